@@ -1,0 +1,81 @@
+"""One protocol that every database backend implements, and the factory that picks one.
+
+The protocol speaks only in ncm-migrate's own value objects, so SQL and MongoDB services
+go through the same executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+
+Phase = Literal["start", "done"]
+StepCallback = Callable[[Step, Phase, StepResult | None], None]
+
+
+class ConnectFailed(Exception):
+    """One connection attempt failed; the retry policy decides whether to try again."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    server_version: str
+    latency_ms: float
+    can_create: bool | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+class Backend(Protocol):
+    """What the executor needs from one service's database."""
+
+    config: ServiceConfig
+
+    @property
+    def transactional(self) -> bool:
+        """True when a failed step leaves nothing behind (so a failure is not dirty)."""
+
+    def open(self) -> None:
+        """Connect once; raise `ConnectFailed` if the database does not answer a query."""
+
+    def close(self) -> None: ...
+
+    def lock(self, timeout_s: float) -> AbstractContextManager[None]:
+        """Hold the service's migration lock; raise `LockTimeout` after `timeout_s`."""
+
+    def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState: ...
+
+    def apply(
+        self,
+        steps: Sequence[Step],
+        revisions: Mapping[str, Revision],
+        ctx: RunContext,
+        fake: bool,
+        on_step: StepCallback,
+    ) -> list[StepResult]:
+        """Run `steps` in order, each with its ledger row; stop at the first failure."""
+
+    def verify(self, revision: Revision) -> str | None:
+        """Run an applied revision's `verify`; the error text, or None when it passes."""
+
+    def history(self, limit: int | None = None) -> list[LedgerRow]: ...
+
+    def server_info(self) -> ServerInfo: ...
+
+    def record(self, revision: str, direction: str, status: str, checksum: str | None,
+               ctx: RunContext) -> None:
+        """Append one finished ledger row (used by `repair`)."""
+
+
+def make_backend(config: ServiceConfig, connect_timeout_s: float) -> Backend:
+    """The backend for a service's URL scheme."""
+    if config.backend == "mongo":
+        from .mongo import MongoBackend
+
+        return MongoBackend(config, connect_timeout_s)
+    from .sql import SqlBackend
+
+    return SqlBackend(config, connect_timeout_s)

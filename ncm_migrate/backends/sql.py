@@ -1,0 +1,608 @@
+"""SQL services on SQLAlchemy and Alembic: engine, lock, ledger, and applying revisions.
+
+Each service's `migrations/` is a plain Alembic script directory and needs no `env.py`:
+the environment is built here. Alembic's own `RevisionStep`s run every revision, so its
+version table (and `alembic current`) always agrees; each step's ledger row is written by
+an `on_version_apply` callback inside the step's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from io import StringIO
+from types import ModuleType
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, RevisionStep
+from alembic.script import ScriptDirectory
+from alembic.script.revision import Revision as AlembicRevision
+from alembic.script.revision import RevisionMap
+from alembic.util import load_python_file
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from .. import ledger as ledger_rules
+from ..discovery import versions_dir
+from ..errors import MigrationFailed, NcmError, RevisionFileError
+from ..locking import file_lock, lock_key, lock_name, wait_for
+from ..metadata import target_metadata
+from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..urls import sqlite_file
+from . import ConnectFailed, ServerInfo, StepCallback
+
+log = logging.getLogger(__name__)
+
+_ledger_md = sa.MetaData()
+LEDGER = sa.Table(
+    ledger_rules.TABLE,
+    _ledger_md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("revision", sa.String(128), nullable=False),
+    sa.Column("direction", sa.String(4), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("checksum", sa.String(64)),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("environment", sa.String(64), nullable=False),
+    sa.Column("tool_version", sa.String(32), nullable=False),
+    sa.Index("ix_ncm_migrations_service", "service", "id"),
+)
+_memory_locks: dict[str, threading.Lock] = {}
+
+
+def create_engine(url: str, connect_timeout_s: float) -> Engine:
+    """An engine that does what migrations need on every database.
+
+    PostgreSQL and MySQL get a connect timeout; SQLite gets real transactional DDL (pysqlite
+    otherwise commits before DDL) and its folder created.
+    """
+    parsed = sa.engine.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("mysql", "mariadb") and parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername=f"{backend}+pymysql")
+    args: dict[str, Any] = {}
+    if parsed.get_driver_name() in ("psycopg", "psycopg2", "pymysql"):
+        args["connect_timeout"] = max(1, int(connect_timeout_s))
+    elif backend == "sqlite":
+        args["timeout"] = 30
+        path = sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=args)
+    if backend == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _no_pysqlite_autocommit(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def alembic_revision_map(revisions: Mapping[str, Revision]) -> RevisionMap:
+    """Alembic's revision map built from headers, with no module imported."""
+
+    def load() -> list[AlembicRevision]:
+        return [
+            AlembicRevision(
+                rev.revision,
+                _down(rev),
+                dependencies=rev.depends_on or None,
+                branch_labels=rev.branch_labels or None,
+            )
+            for rev in revisions.values()
+        ]
+
+    return RevisionMap(load)
+
+
+def load_revision_module(rev: Revision) -> ModuleType:
+    """Import one revision file; a file that cannot be imported is bad input (exit 2)."""
+    try:
+        return load_python_file(str(rev.path.parent), rev.path.name)
+    except Exception as exc:
+        raise RevisionFileError(
+            f"{rev.path}: revision {rev.service}:{rev.revision} cannot be imported: "
+            f"{type(exc).__name__}: {exc}."
+        ) from exc
+
+
+class _Step(RevisionStep):
+    """Alembic's step for one revision, running the function we give it."""
+
+    def __init__(
+        self, rmap: RevisionMap, rev: AlembicRevision, is_upgrade: bool, fn: Any, doc: str
+    ) -> None:
+        # Not RevisionStep.__init__: it reads the function off an imported module, and
+        # these revisions come from headers; the module (if any) is ours to import.
+        self.revision_map = rmap
+        self.revision = rev  # type: ignore[assignment]
+        self.is_upgrade = is_upgrade
+        self.migration_fn = fn
+        self._doc = doc
+
+    @property
+    def doc(self) -> str:
+        return self._doc
+
+
+def _noop(**_kw: Any) -> None:
+    return None
+
+
+class SqlBackend:
+    """One SQL service's database."""
+
+    def __init__(self, config: ServiceConfig, connect_timeout_s: float) -> None:
+        assert config.database_url is not None
+        self.config = config
+        self._timeout = connect_timeout_s
+        self._engine: Engine | None = None
+        self._conn: Connection | None = None
+
+    # -- connection -------------------------------------------------------------
+
+    @property
+    def dialect(self) -> str:
+        return self._engine_().dialect.name
+
+    @property
+    def transactional(self) -> bool:
+        return self.dialect not in ("mysql", "mariadb")
+
+    def _engine_(self) -> Engine:
+        if self._engine is None:
+            assert self.config.database_url is not None
+            self._engine = create_engine(self.config.database_url, self._timeout)
+        return self._engine
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("SqlBackend.open() was not called")
+        return self._conn
+
+    def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            conn = self._engine_().connect()
+            conn.exec_driver_sql("SELECT 1")
+            conn.commit()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            raise ConnectFailed(_short(exc)) from None
+        except sa.exc.DBAPIError as exc:
+            raise ConnectFailed(_short(exc)) from None
+        self._conn = conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # -- lock ---------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, timeout_s: float) -> Iterator[None]:
+        with self._named_lock(self.config.version_table, timeout_s):
+            yield
+
+    @contextmanager
+    def _named_lock(self, name: str, timeout_s: float) -> Iterator[None]:
+        what = f"service '{self.config.name}'"
+        dialect = self.dialect
+        conn = self.conn
+        if dialect == "postgresql":
+            key = lock_key(lock_name("pg", name))
+
+            def try_pg() -> bool:
+                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+                ok = bool(got.scalar())
+                conn.commit()
+                return ok
+
+            wait_for(try_pg, timeout_s, what)
+            try:
+                yield
+            finally:
+                self._release(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        elif dialect in ("mysql", "mariadb"):
+            db = conn.exec_driver_sql("SELECT DATABASE()").scalar() or ""
+            mname = lock_name(str(db), name)
+
+            def try_my() -> bool:
+                got = conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": mname}).scalar()
+                conn.commit()
+                return got == 1
+
+            wait_for(try_my, timeout_s, what)
+            try:
+                yield
+            finally:
+                self._release(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": mname})
+        else:
+            assert self.config.database_url is not None
+            path = sqlite_file(self.config.database_url)
+            if path is None:
+                mem = _memory_locks.setdefault(self.config.database_url, threading.Lock())
+                wait_for(lambda: mem.acquire(blocking=False), timeout_s, what)
+                try:
+                    yield
+                finally:
+                    mem.release()
+            else:
+                with file_lock(path.with_name(f"{path.name}.{name}.lock"), timeout_s, what):
+                    yield
+
+    def _release(self, stmt: sa.TextClause, params: dict[str, Any]) -> None:
+        if self._conn is None or self._conn.closed:
+            return
+        try:
+            if self._conn.in_transaction():
+                self._conn.rollback()
+            self._conn.execute(stmt, params)
+            self._conn.commit()
+        except sa.exc.DBAPIError:
+            log.warning("could not release the lock of %s; closing the connection releases it",
+                        self.config.name)
+
+    # -- state --------------------------------------------------------------------
+
+    def _ensure_ledger(self) -> None:
+        conn = self.conn
+        if sa.inspect(conn).has_table(ledger_rules.TABLE):
+            conn.commit()
+            return
+        with self._named_lock(ledger_rules.TABLE, 60.0):
+            _ledger_md.create_all(conn, tables=[LEDGER], checkfirst=True)
+            conn.commit()
+
+    def _rows(self, service: str | None = None, limit: int | None = None) -> list[LedgerRow]:
+        conn = self.conn
+        if not sa.inspect(conn).has_table(ledger_rules.TABLE):
+            conn.commit()
+            return []
+        query = sa.select(LEDGER)
+        if service is not None:
+            query = query.where(LEDGER.c.service == service)
+        query = query.order_by(LEDGER.c.id.desc() if limit else LEDGER.c.id)
+        if limit:
+            query = query.limit(limit)
+        rows = [_row(r._mapping) for r in conn.execute(query)]
+        conn.commit()
+        return list(reversed(rows)) if limit else rows
+
+    def current_heads(self) -> tuple[str, ...]:
+        ctx = MigrationContext.configure(
+            self.conn, opts={"version_table": self.config.version_table}
+        )
+        heads = ctx.get_current_heads()
+        self.conn.commit()
+        return tuple(sorted(heads))
+
+    def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState:
+        heads = self.current_heads()
+        rows = self._rows(self.config.name)
+        applied = _applied_from_heads(heads, revisions)
+        unknown = tuple(h for h in heads if h not in revisions)
+        return ServiceState(
+            heads=heads,
+            applied=frozenset(applied),
+            dirty=ledger_rules.dirty_mark(rows, self.transactional),
+            checksums=tuple(sorted(ledger_rules.applied_checksums(rows).items())),
+            unknown=unknown,
+        )
+
+    def history(self, limit: int | None = None) -> list[LedgerRow]:
+        return self._rows(self.config.name, limit)
+
+    def server_info(self) -> ServerInfo:
+        start = time.perf_counter()
+        self.conn.exec_driver_sql("SELECT 1").scalar()
+        latency = (time.perf_counter() - start) * 1000
+        dialect = self.conn.dialect
+        version = ".".join(str(p) for p in (dialect.server_version_info or ()))
+        self.conn.commit()
+        return ServerInfo(server_version=f"{dialect.name} {version}".strip(), latency_ms=latency)
+
+    # -- applying -----------------------------------------------------------------
+
+    def apply(
+        self,
+        steps: Sequence[Step],
+        revisions: Mapping[str, Revision],
+        ctx: RunContext,
+        fake: bool,
+        on_step: StepCallback,
+    ) -> list[StepResult]:
+        self._ensure_ledger()
+        conn = self.conn
+        rmap = alembic_revision_map(revisions)
+        results: list[StepResult] = []
+        current: dict[str, Any] = {}
+        transactional = self.transactional
+
+        def ledger_insert(step: Step, status: str, started: datetime, **extra: Any) -> Any:
+            rev = revisions[step.revision]
+            return conn.execute(
+                LEDGER.insert().values(
+                    service=step.service, revision=step.revision, direction=step.direction,
+                    status=status, checksum=rev.checksum, started_at=started,
+                    actor=ctx.actor, host=ctx.host, environment=ctx.environment,
+                    tool_version=ctx.tool_version, **extra,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+
+        def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[_Step]:
+            if on_version_applied not in mctx.on_version_apply_callbacks:
+                mctx.on_version_apply_callbacks = (
+                    *mctx.on_version_apply_callbacks, on_version_applied
+                )
+            for step in steps:
+                rev = revisions[step.revision]
+                module = None if fake else load_revision_module(rev)
+                up = step.direction == "up"
+                fn = _noop if module is None else getattr(module, "upgrade" if up else "downgrade", None)
+                if fn is None:
+                    raise RevisionFileError(
+                        f"{rev.path}: revision {step.service}:{step.revision} defines no "
+                        f"{'upgrade' if up else 'downgrade'}() function."
+                    )
+                current.clear()
+                current.update(step=step, module=module, started=ledger_rules.utcnow(),
+                               t0=time.perf_counter(), row_id=None)
+                on_step(step, "start", None)
+                if not transactional:
+                    current["row_id"] = ledger_insert(step, "running", current["started"])
+                    conn.commit()
+                yield _Step(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
+                result = StepResult(step.service, step.revision, step.direction,
+                                    _outcome(step, fake), current["duration_ms"])
+                results.append(result)
+                on_step(step, "done", result)
+
+        def on_version_applied(**_kw: Any) -> None:
+            step: Step = current["step"]
+            module = current["module"]
+            if step.direction == "up" and module is not None and hasattr(module, "verify"):
+                module.verify()
+            finished = ledger_rules.utcnow()
+            duration = (time.perf_counter() - current["t0"]) * 1000
+            current["duration_ms"] = duration
+            values = dict(status=_outcome(step, fake), finished_at=finished, duration_ms=duration)
+            if current["row_id"] is None:
+                ledger_insert(step, started=current["started"], **values)
+            else:
+                conn.execute(
+                    LEDGER.update().where(LEDGER.c.id == current["row_id"]).values(**values)
+                )
+
+        try:
+            self._run_alembic(steps_fn)
+        except RevisionFileError:
+            self._abandon(current, ledger_insert, "failed")
+            raise
+        except Exception as exc:
+            step = current.get("step")
+            if step is None:
+                raise
+            self._abandon(current, ledger_insert, "failed")
+            duration = (time.perf_counter() - current["t0"]) * 1000
+            message = f"{type(exc).__name__}: {_short(exc)}"
+            results.append(
+                StepResult(step.service, step.revision, step.direction, "failed", duration, message)
+            )
+            on_step(step, "done", results[-1])
+            log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
+            raise MigrationFailed(
+                f"Revision {step.service}:{step.revision} failed "
+                f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}",
+                step.service,
+                step.revision,
+                results,
+            ) from exc
+        return results
+
+    def _abandon(self, current: dict[str, Any], ledger_insert: Any, status: str) -> None:
+        """After a failed step: roll back what is left and record the failure."""
+        step = current.get("step")
+        conn = self.conn
+        if conn.in_transaction():
+            conn.rollback()
+        if step is None:
+            return
+        finished = ledger_rules.utcnow()
+        duration = (time.perf_counter() - current["t0"]) * 1000
+        values = dict(status=status, finished_at=finished, duration_ms=duration)
+        if current.get("row_id") is not None:
+            conn.execute(LEDGER.update().where(LEDGER.c.id == current["row_id"]).values(**values))
+        else:
+            ledger_insert(step, started=current["started"], **values)
+        conn.commit()
+
+    def _run_alembic(self, steps_fn: Any) -> None:
+        cfg = self.config
+        config = Config()
+        config.set_main_option("script_location", str(cfg.migrations_dir))
+        script = ScriptDirectory(
+            str(cfg.migrations_dir), version_locations=[str(versions_dir(cfg.migrations_dir))]
+        )
+        if cfg.use_env_py:
+            self._run_env_py(config, script, steps_fn)
+            return
+        if self.conn.in_transaction():
+            self.conn.commit()
+        with EnvironmentContext(config, script, fn=steps_fn) as env:
+            env.configure(
+                connection=self.conn,
+                version_table=cfg.version_table,
+                transaction_per_migration=True,
+                target_metadata=target_metadata(cfg),
+                render_as_batch=self.dialect == "sqlite",
+            )
+            env.run_migrations()
+
+    def _run_env_py(self, config: Config, script: ScriptDirectory, steps_fn: Any) -> None:
+        """The service's own env.py, handed our connection as Alembic's cookbook describes."""
+        if self.conn.in_transaction():
+            self.conn.commit()
+        config.attributes["connection"] = self.conn
+        with EnvironmentContext(config, script, fn=steps_fn):
+            script.run_env()
+
+    def verify(self, revision: Revision) -> str | None:
+        module = load_revision_module(revision)
+        check = getattr(module, "verify", None)
+        if check is None:
+            return None
+        steps_run: list[str] = []
+
+        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[_Step]:
+            steps_run.append(revision.revision)
+            return iter(())
+
+        try:
+            config = Config()
+            script = ScriptDirectory(str(self.config.migrations_dir))
+            with EnvironmentContext(config, script, fn=steps_fn) as env:
+                env.configure(connection=self.conn, version_table=self.config.version_table,
+                              target_metadata=target_metadata(self.config))
+                from alembic.operations import Operations
+
+                with Operations.context(env.get_context()):
+                    check()
+            return None
+        except Exception as exc:
+            return f"{type(exc).__name__}: {_short(exc)}"
+        finally:
+            if self.conn.in_transaction():
+                self.conn.rollback()
+
+    def record(self, revision: str, direction: str, status: str, checksum: str | None,
+               ctx: RunContext) -> None:
+        self._ensure_ledger()
+        now = ledger_rules.utcnow()
+        self.conn.execute(
+            LEDGER.insert().values(
+                service=self.config.name, revision=revision, direction=direction, status=status,
+                checksum=checksum, started_at=now, finished_at=now, duration_ms=0.0,
+                actor=ctx.actor, host=ctx.host, environment=ctx.environment,
+                tool_version=ctx.tool_version,
+            )
+        )
+        self.conn.commit()
+
+    # -- offline ------------------------------------------------------------------
+
+    def offline_sql(
+        self, steps: Sequence[Step], revisions: Mapping[str, Revision], start_heads: Sequence[str]
+    ) -> str:
+        """The SQL `steps` would run, rendered without a database (Alembic's offline mode)."""
+        rmap = alembic_revision_map(revisions)
+        buffer = StringIO()
+
+        current: list[str] = []
+
+        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[_Step]:
+            for step in steps:
+                rev = revisions[step.revision]
+                current[:] = [step.revision]
+                module = load_revision_module(rev)
+                up = step.direction == "up"
+                fn = getattr(module, "upgrade" if up else "downgrade")
+                yield _Step(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
+
+        cfg = self.config
+        config = Config()
+        script = ScriptDirectory(str(cfg.migrations_dir))
+        script.revision_map = rmap
+        env = EnvironmentContext(
+            config, script, fn=steps_fn, as_sql=True,
+            starting_rev=",".join(start_heads) or None, output_buffer=buffer,
+        )
+        with env:
+            assert cfg.database_url is not None
+            env.configure(
+                url=cfg.database_url,
+                literal_binds=True,
+                version_table=cfg.version_table,
+                transaction_per_migration=True,
+                target_metadata=target_metadata(cfg),
+                render_as_batch=cfg.database_url.startswith("sqlite"),
+            )
+            try:
+                env.run_migrations()
+            except Exception as exc:
+                raise NcmError(
+                    f"Revision {cfg.name}:{current[0] if current else '?'} cannot be rendered as "
+                    f"SQL without a database (it reads data or reflects tables): "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from None
+        return buffer.getvalue()
+
+
+def _down(rev: Revision) -> str | tuple[str, ...] | None:
+    if not rev.down_revisions:
+        return None
+    if len(rev.down_revisions) == 1:
+        return rev.down_revisions[0]
+    return rev.down_revisions
+
+
+def _applied_from_heads(heads: Sequence[str], revisions: Mapping[str, Revision]) -> set[str]:
+    seen: set[str] = set()
+    stack = [h for h in heads if h in revisions]
+    labels = {lbl: r.revision for r in revisions.values() for lbl in r.branch_labels}
+    while stack:
+        rev = stack.pop()
+        if rev in seen or rev not in revisions:
+            continue
+        seen.add(rev)
+        node = revisions[rev]
+        stack.extend(node.down_revisions)
+        stack.extend(labels.get(d, d) for d in node.depends_on)
+    return seen
+
+
+def _outcome(step: Step, fake: bool) -> Any:
+    if fake:
+        return "faked"
+    return "applied" if step.direction == "up" else "reverted"
+
+
+def _row(m: Any) -> LedgerRow:
+    def iso(v: Any) -> str | None:
+        return v.isoformat() if isinstance(v, datetime) else (str(v) if v is not None else None)
+
+    return LedgerRow(
+        id=m["id"], service=m["service"], revision=m["revision"], direction=m["direction"],
+        status=m["status"], checksum=m["checksum"], started_at=iso(m["started_at"]) or "",
+        finished_at=iso(m["finished_at"]), duration_ms=m["duration_ms"], actor=m["actor"],
+        host=m["host"], environment=m["environment"], tool_version=m["tool_version"],
+    )
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's background link."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+

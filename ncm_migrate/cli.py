@@ -1,0 +1,409 @@
+"""The command line: the only module that imports Typer, prints, or exits.
+
+Every command parses its options, calls a verb from `commands`, and prints the result;
+an `NcmError` becomes one sentence on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import commands
+from .errors import ConfirmationRefused, NcmError
+from .executor import Event, RunReport
+from .model import Plan, StepResult
+from .urls import redact_known
+
+app = typer.Typer(
+    name="ncm-migrate",
+    help="Migrations for every service of a monorepo: Django's manage.py on Alembic's engine.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_default_root: Path | None = None
+
+
+@dataclass
+class Globals:
+    env: str | None
+    settings: Path | None
+    root: Path | None
+    verbosity: int
+
+    @property
+    def where(self) -> dict[str, Any]:
+        return {"env": self.env, "root": self.root, "settings_dir": self.settings}
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_known(record.getMessage())
+        record.args = None
+        return True
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_RedactingFilter())
+    root = logging.getLogger("ncm_migrate")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if verbosity >= 1:
+        sql = logging.getLogger("alembic.runtime.migration")
+        sql.handlers[:] = [handler]
+        sql.setLevel(logging.INFO)
+    if verbosity >= 2:
+        engine = logging.getLogger("sqlalchemy.engine")
+        engine.handlers[:] = [handler]
+        engine.setLevel(logging.INFO)
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    env: Annotated[
+        str | None, typer.Option("--env", help="Environment (default: NCM_ENV, else development).")
+    ] = None,
+    settings: Annotated[
+        Path | None, typer.Option("--settings", help="Settings folder (default: ./settings).")
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More output; -vv for SQL.")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors.")] = False,
+) -> None:
+    """Migrations for every service of a monorepo.
+
+    Example: python manage.py migrate --env staging
+    """
+    verbosity = -1 if quiet else verbose
+    _setup_logging(verbosity)
+    ctx.obj = Globals(env=env, settings=settings, root=_default_root, verbosity=verbosity)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn an `NcmError` into one sentence on stderr and its exit code."""
+    try:
+        yield
+    except NcmError as exc:
+        err.print(f"Error: {redact_known(str(exc))}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _json(value: Any) -> None:
+    def plain(v: Any) -> Any:
+        if is_dataclass(v) and not isinstance(v, type):
+            return {k: plain(x) for k, x in asdict(v).items()}
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    print(redact_known(json.dumps(plain(value), indent=2, default=str)))
+
+
+def _g(ctx: typer.Context) -> Globals:
+    g = ctx.obj
+    assert isinstance(g, Globals)
+    return g
+
+
+# -- services, showmigrations --------------------------------------------------------
+
+
+@app.command("services")
+def services_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the services found, their backend, masked URL and dependencies.
+
+    Example: python manage.py services --env staging --json
+    """
+    with _errors():
+        found = commands.services(**_g(ctx).where)
+        if as_json:
+            _json([{k: v for k, v in asdict(s).items() if k != "skip_reason"} for s in found])
+            return
+        table = Table("service", "backend", "url", "version table", "depends on", box=None)
+        for s in found:
+            url = s.url if s.skip_reason is None else f"(skipped: {s.skip_reason})"
+            table.add_row(s.name, s.backend, url, s.version_table, ", ".join(s.depends_on))
+        out.print(table)
+
+
+@app.command("showmigrations")
+def showmigrations_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show every revision with [X] applied or [ ] pending, heads and dirty marks.
+
+    Example: python manage.py showmigrations users billing
+    """
+    with _errors():
+        found = commands.showmigrations(services or (), **_g(ctx).where)
+        if as_json:
+            _json({"services": [
+                {k: v for k, v in asdict(s).items() if k != "conflicting_heads"} for s in found
+            ]})
+            return
+        for s in found:
+            note = f"  (DIRTY at {s.dirty}: run repair {s.name})" if s.dirty else ""
+            out.print(f"{s.name} [{s.backend}]{note}", markup=False)
+            for r in s.revisions:
+                mark = "X" if r.applied else " "
+                doc = f"  {r.doc}" if r.doc else ""
+                out.print(f" [{mark}] {r.revision}{doc}", markup=False)
+            if not s.revisions:
+                out.print(" (no migrations)")
+            if s.conflicting_heads:
+                out.print(f" several heads: {', '.join(s.conflicting_heads)} "
+                          f"(run makemigrations {s.name} --merge)", markup=False)
+            elif s.pending:
+                out.print(f" {s.pending} pending", markup=False)
+
+
+app.command("status", help="Alias of showmigrations.")(showmigrations_cmd)
+
+
+# -- migrate, rollback -----------------------------------------------------------------
+
+
+class _StepPrinter:
+    """One plain line per step: time, service, revision, direction, outcome, duration."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet or event.kind != "done" or event.result is None:
+            return
+        r = event.result
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        arrow = "up  " if r.direction == "up" else "down"
+        out.print(
+            f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} {r.duration_ms:.0f}ms",
+            markup=False,
+        )
+
+
+def _print_plan(plan: Plan) -> None:
+    if not plan.steps:
+        out.print("Nothing to do: every service is at its target.")
+        return
+    for n, s in enumerate(plan.steps, 1):
+        arrow = "up  " if s.direction == "up" else "down"
+        out.print(f"{n:>4}. [level {s.level}] {arrow} {s.service}:{s.revision}", markup=False)
+
+
+def _summary(report: RunReport) -> None:
+    counts: dict[str, dict[str, int]] = {}
+    for r in report.results:
+        row = counts.setdefault(r.service, {})
+        row[r.outcome] = row.get(r.outcome, 0) + 1
+    if not counts:
+        return
+    outcomes = ["applied", "reverted", "faked", "skipped", "failed", "not-run"]
+    table = Table("service", *outcomes, title="Summary", box=None)
+    total = dict.fromkeys(outcomes, 0)
+    for service, row in counts.items():
+        table.add_row(service, *(str(row.get(o, 0)) for o in outcomes))
+        for o in outcomes:
+            total[o] += row.get(o, 0)
+    table.add_row("total", *(str(total[o]) for o in outcomes))
+    out.print(table)
+
+
+def _result_json(plan: Plan, report: RunReport) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "error": redact_known(str(report.error)) if report.error else None,
+        "steps": [asdict(r) for r in report.results],
+    }
+
+
+def _finish(plan: Plan, report: RunReport, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        _json(_result_json(plan, report))
+    elif not quiet:
+        if not plan.steps:
+            out.print("Nothing to do: every service is at its target.")
+        _summary(report)
+    if report.error is not None:
+        raise report.error
+
+
+@app.command("migrate")
+def migrate_cmd(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None,
+    target: Annotated[str | None, typer.Argument(help="Revision, head, or zero.")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Show the steps; change nothing.")] = False,
+    fake: Annotated[bool, typer.Option("--fake", help="Record steps without running them.")] = False,
+    sql: Annotated[bool, typer.Option("--sql", help="Print the SQL instead of running it.")] = False,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Services at once.")] = None,
+    cascade: Annotated[
+        bool, typer.Option("--cascade", help="Backwards: roll back dependents first.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive work.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Apply every pending revision of every service, in dependency order.
+
+    With SVC TARGET, move one service to a revision, forwards or backwards (zero = base).
+
+    Example: python manage.py migrate --env staging --jobs 4
+    """
+    g = _g(ctx)
+    services = [service] if service else []
+    with _errors():
+        if plan:
+            steps = commands.plan(services, target, cascade=cascade, **g.where)
+            if as_json:
+                _json({"steps": [asdict(s) for s in steps.steps]})
+            else:
+                _print_plan(steps)
+            return
+        if sql:
+            print(commands.migrate_sql(services, target, **g.where))
+            return
+        result = commands.migrate(
+            services, target, fake=fake, jobs=jobs, cascade=cascade,
+            report=_StepPrinter(quiet=as_json or g.verbosity < 0), **g.where,
+        )
+        _finish(result.plan, result.report, as_json, g.verbosity < 0)
+    del yes
+
+
+@app.command("rollback")
+def rollback_cmd(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service to move backwards.")],
+    target: Annotated[str | None, typer.Argument(help="Revision to keep, or zero.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", "-n", min=1, help="Revisions to revert.")] = None,
+    cascade: Annotated[bool, typer.Option("--cascade", help="Roll back dependents first.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive work.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Revert a service's latest revision, or back to TARGET.
+
+    Refused while other services' applied revisions still require what it would remove,
+    unless --cascade rolls those back first.
+
+    Example: python manage.py rollback billing --steps 2
+    """
+    g = _g(ctx)
+    with _errors():
+        result = commands.rollback(
+            service, target, steps=steps, cascade=cascade,
+            report=_StepPrinter(quiet=as_json or g.verbosity < 0), **g.where,
+        )
+        _finish(result.plan, result.report, as_json, g.verbosity < 0)
+    del yes
+
+
+@app.command("sqlmigrate")
+def sqlmigrate_cmd(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service.")],
+    revision: Annotated[str, typer.Argument(help="Revision id or unique prefix.")],
+    backwards: Annotated[bool, typer.Option("--backwards", help="The downgrade's SQL.")] = False,
+) -> None:
+    """Print the SQL a revision runs, without a database (Alembic's offline mode).
+
+    Example: python manage.py sqlmigrate users 0002
+    """
+    with _errors():
+        print(commands.sqlmigrate(service, revision, backwards=backwards, **_g(ctx).where))
+
+
+@app.command("history")
+def history_cmd(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Latest N rows.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the ledger: who applied what, when, how long, and the outcome.
+
+    Example: python manage.py history users --limit 20
+    """
+    with _errors():
+        rows = commands.history([service] if service else [], limit=limit, **_g(ctx).where)
+        if as_json:
+            _json(rows)
+            return
+        table = Table("started", "service", "revision", "dir", "status", "ms", "actor",
+                      "host", "env", box=None)
+        for r in rows:
+            table.add_row(r.started_at[:19], r.service, r.revision, r.direction, r.status,
+                          f"{r.duration_ms or 0:.0f}", r.actor, r.host, r.environment)
+        out.print(table)
+
+
+def _confirm_refused(what: str) -> ConfirmationRefused:
+    return ConfirmationRefused(f"{what} needs confirmation: pass --yes.")
+
+
+_GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"}
+_GLOBAL_VALUED = {"--env", "--settings"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let `--env`, `--settings`, `-v` and `-q` follow the command too
+    (`manage.py migrate --env staging`), by moving them in front of it."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in _GLOBAL_FLAGS:
+            front.append(arg)
+        elif arg in _GLOBAL_VALUED and i + 1 < len(argv):
+            front.extend(argv[i : i + 2])
+            i += 1
+        elif arg.split("=", 1)[0] in _GLOBAL_VALUED and "=" in arg:
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def main(root: Path | None = None, argv: list[str] | None = None) -> None:
+    """Entry point for `manage.py` (which passes its own folder as `root`) and `ncm-migrate`."""
+    global _default_root
+    _default_root = root
+    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    app(args=args, prog_name="manage.py" if root else "ncm-migrate")
+
+
+__all__ = ["StepResult", "app", "main"]

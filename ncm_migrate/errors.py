@@ -1,0 +1,128 @@
+"""One root error for everything a user can cause; each leaf carries its exit code.
+
+The CLI turns an `NcmError` into one sentence on stderr and `exit_code`; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import StepResult
+
+
+class NcmError(Exception):
+    """Root of every error ncm-migrate raises on purpose."""
+
+    exit_code = 1
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (parallel runs); keep their data on the way.
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[NcmError], message: str, state: dict[str, object]) -> NcmError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class BadInput(NcmError):
+    """The user asked for something that cannot be: exit 2."""
+
+    exit_code = 2
+
+
+class SettingsError(BadInput):
+    """A setting is missing, malformed or unknown; names the key and where it came from."""
+
+
+class UnknownEnvironment(SettingsError):
+    def __init__(self, env: str, known: list[str]) -> None:
+        self.env = env
+        self.known = known
+        super().__init__(
+            f"Unknown environment '{env}'; known environments: {', '.join(known) or '(none)'}."
+        )
+
+
+class UnknownService(BadInput):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        super().__init__(
+            f"Unknown service '{name}'; services found: {', '.join(known) or '(none)'}."
+        )
+
+
+class ServiceNotConfigured(BadInput):
+    """A service named on the command line has no database in this environment."""
+
+
+class RevisionFileError(BadInput):
+    """A revision file cannot be read: syntax error, missing header, duplicate id."""
+
+
+class UnknownRevision(BadInput):
+    """A revision named by the user or by a header does not exist."""
+
+
+class GraphError(BadInput):
+    """A cycle or a dependency that points nowhere."""
+
+
+class ConfirmationRefused(BadInput):
+    """Destructive work in a protected environment without confirmation."""
+
+
+class MigrationFailed(NcmError):
+    """A revision raised while it was applied or reverted."""
+
+    def __init__(
+        self,
+        message: str,
+        service: str = "",
+        revision: str = "",
+        results: list[StepResult] | None = None,
+    ) -> None:
+        self.service = service
+        self.revision = revision
+        self.results: list[StepResult] = list(results or [])
+        super().__init__(message)
+
+
+class DirtyService(NcmError):
+    """A service whose last step failed on a database without transactional DDL."""
+
+
+class ChecksumMismatch(NcmError):
+    """An applied revision's file changed after it was applied."""
+
+
+class MultipleHeads(NcmError):
+    """A service's history forked without a merge."""
+
+
+class RollbackRefused(NcmError):
+    """Other services' applied revisions still require what a rollback would remove."""
+
+
+class ProblemsFound(NcmError):
+    """validate, lint or check found problems."""
+
+
+class ToolMissing(NcmError):
+    """An external program (pg_dump, mysqldump, ...) is not on PATH."""
+
+
+class LockTimeout(NcmError):
+    """Another runner held the lock past `lock.timeout_s`: exit 3."""
+
+    exit_code = 3
+
+
+class DatabaseUnreachable(NcmError):
+    """A database stayed unreachable after the retries: exit 4."""
+
+    exit_code = 4

@@ -1,0 +1,348 @@
+"""The cross-service revision graph and the plans drawn from it. Pure: no I/O.
+
+Nodes are `RevisionKey(service, revision)`. A node's parents are its `down_revision`s and
+Alembic `depends_on` inside its service, the `requires` it names in other services, and,
+for a service's base revisions, the heads of every service it `depends_on`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .errors import GraphError, UnknownRevision
+from .model import Plan, Revision, RevisionKey, Step
+
+ZERO = ("zero", "base")
+HEAD = ("head", "heads")
+
+
+@dataclass
+class Graph:
+    """Every revision of every service, with its resolved parents."""
+
+    nodes: dict[RevisionKey, Revision]
+    parents: dict[RevisionKey, tuple[RevisionKey, ...]]
+    intra_parents: dict[RevisionKey, tuple[RevisionKey, ...]]
+    by_service: dict[str, list[str]]
+    service_depends: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _children: dict[RevisionKey, list[RevisionKey]] | None = None
+
+    def revisions(self, service: str) -> list[Revision]:
+        return [self.nodes[RevisionKey(service, r)] for r in self.by_service.get(service, [])]
+
+    def heads(self, service: str) -> tuple[str, ...]:
+        """Revisions that no other revision of the service names as its down_revision."""
+        revs = self.by_service.get(service, [])
+        downs = {d for r in revs for d in self.nodes[RevisionKey(service, r)].down_revisions}
+        return tuple(r for r in revs if r not in downs)
+
+    def children(self, key: RevisionKey) -> list[RevisionKey]:
+        if self._children is None:
+            kids: dict[RevisionKey, list[RevisionKey]] = {k: [] for k in self.nodes}
+            for node, parents in self.parents.items():
+                for parent in parents:
+                    kids[parent].append(node)
+            for lst in kids.values():
+                lst.sort()
+            self._children = kids
+        return self._children[key]
+
+    def ancestors(self, keys: Iterable[RevisionKey], intra_only: bool = True) -> set[RevisionKey]:
+        """`keys` and everything they need (inside their service when `intra_only`)."""
+        edges = self.intra_parents if intra_only else self.parents
+        seen: set[RevisionKey] = set()
+        stack = list(keys)
+        while stack:
+            key = stack.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            stack.extend(edges[key])
+        return seen
+
+    def descendants(self, keys: Iterable[RevisionKey]) -> set[RevisionKey]:
+        seen: set[RevisionKey] = set()
+        stack = list(keys)
+        while stack:
+            key = stack.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            stack.extend(self.children(key))
+        return seen
+
+    def heads_of(self, service: str, applied: frozenset[str]) -> tuple[str, ...]:
+        """The heads a version table holds for an applied set: applied revisions that no
+        applied revision names as its down_revision."""
+        downs = {d for r in applied for d in self.nodes[RevisionKey(service, r)].down_revisions}
+        return tuple(sorted(r for r in applied if r not in downs))
+
+    def applied_from_heads(self, service: str, heads: Iterable[str]) -> frozenset[str]:
+        """The revisions a version table's heads stand for: the heads and their ancestors."""
+        keys = [RevisionKey(service, h) for h in heads if RevisionKey(service, h) in self.nodes]
+        return frozenset(k.revision for k in self.ancestors(keys))
+
+    def resolve(self, service: str, ident: str) -> str:
+        """A revision id from an id, a unique prefix of one, or a branch label."""
+        revs = self.by_service.get(service)
+        if revs is None:
+            raise UnknownRevision(f"Unknown service '{service}' in revision '{service}:{ident}'.")
+        if ident in revs:
+            return ident
+        labelled = [r for r in revs if ident in self.nodes[RevisionKey(service, r)].branch_labels]
+        if len(labelled) == 1:
+            return labelled[0]
+        matches = [r for r in revs if r.startswith(ident)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise UnknownRevision(
+                f"Revision '{ident}' of service '{service}' is ambiguous: it could be "
+                f"{', '.join(matches[:5])}; give more characters."
+            )
+        raise UnknownRevision(
+            f"Service '{service}' has no revision '{ident}' (see `showmigrations {service}`)."
+        )
+
+    def conflicting_heads(self, service: str) -> tuple[str, ...]:
+        """Heads that fork from a common revision without a branch label of their own."""
+        heads = self.heads(service)
+        if len(heads) < 2:
+            return ()
+        lineage = {h: self._lineage(service, h) for h in heads}
+        labels = {
+            h: {lbl for r in lineage[h] for lbl in self.nodes[RevisionKey(service, r)].branch_labels}
+            for h in heads
+        }
+        bad: set[str] = set()
+        for i, a in enumerate(heads):
+            for b in heads[i + 1 :]:
+                if lineage[a] & lineage[b] and not (labels[a] ^ labels[b]):
+                    bad.update((a, b))
+        return tuple(sorted(bad))
+
+    def _lineage(self, service: str, head: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [head]
+        while stack:
+            rev = stack.pop()
+            if rev not in seen:
+                seen.add(rev)
+                stack.extend(self.nodes[RevisionKey(service, rev)].down_revisions)
+        return seen
+
+
+def build_graph(
+    revisions: Mapping[str, Sequence[Revision]],
+    service_depends: Mapping[str, Sequence[str]] | None = None,
+) -> Graph:
+    """Resolve every edge and check the whole graph for cycles.
+
+    Raises `GraphError` (exit 2) for a `down_revision`, `depends_on` or `requires` that
+    points nowhere, and for a cycle, printed as a path.
+    """
+    depends = {k: tuple(v) for k, v in (service_depends or {}).items()}
+    nodes = {rev.key: rev for revs in revisions.values() for rev in revs}
+    by_service = {svc: sorted(r.revision for r in revs) for svc, revs in revisions.items()}
+    graph = Graph(nodes, {}, {}, by_service, depends)
+    for key, rev in nodes.items():
+        intra: list[RevisionKey] = []
+        for down in rev.down_revisions:
+            if RevisionKey(key.service, down) not in nodes:
+                raise GraphError(
+                    f"Revision {key} ({rev.path}) has down_revision '{down}', which does "
+                    f"not exist in service '{key.service}'."
+                )
+            intra.append(RevisionKey(key.service, down))
+        for dep in rev.depends_on:
+            target = dep.split(":", 1) if ":" in dep else (key.service, dep)
+            try:
+                intra.append(RevisionKey(target[0], graph.resolve(target[0], target[1])))
+            except UnknownRevision:
+                raise GraphError(
+                    f"Revision {key} ({rev.path}) depends_on '{dep}', which does not exist."
+                ) from None
+        cross: list[RevisionKey] = []
+        for req in rev.requires:
+            svc, sep, ident = req.partition(":")
+            if not sep or not ident:
+                raise GraphError(
+                    f"Revision {key} ({rev.path}) requires '{req}'; write it as service:revision."
+                )
+            if svc not in by_service:
+                raise GraphError(
+                    f"Revision {key} ({rev.path}) requires '{req}', but there is no service "
+                    f"'{svc}'."
+                )
+            try:
+                cross.append(RevisionKey(svc, graph.resolve(svc, ident)))
+            except UnknownRevision:
+                raise GraphError(
+                    f"Revision {key} ({rev.path}) requires '{req}', which does not exist "
+                    f"in service '{svc}'."
+                ) from None
+        graph.intra_parents[key] = tuple(sorted(set(intra)))
+        graph.parents[key] = tuple(sorted(set(intra + cross)))
+    for svc, deps in depends.items():
+        bases = [k for k in nodes if k.service == svc and not nodes[k].down_revisions]
+        dep_heads = [RevisionKey(d, h) for d in deps for h in graph.heads(d)]
+        for base in bases:
+            graph.parents[base] = tuple(sorted(set(graph.parents[base]) | set(dep_heads)))
+    cycle = find_cycle(graph)
+    if cycle:
+        raise GraphError(
+            "Cycle in the migration graph: "
+            + " -> ".join(str(k) for k in cycle)
+            + " (each needs the next); break it by removing one requires/depends_on."
+        )
+    return graph
+
+
+def find_cycle(graph: Graph) -> list[RevisionKey] | None:
+    """A cycle as a path whose first and last node are the same, or None."""
+    state: dict[RevisionKey, int] = {}
+    for start in sorted(graph.nodes):
+        if state.get(start):
+            continue
+        stack: list[tuple[RevisionKey, int]] = [(start, 0)]
+        path: list[RevisionKey] = []
+        while stack:
+            node, idx = stack.pop()
+            if idx == 0:
+                state[node] = 1
+                path.append(node)
+            parents = graph.parents[node]
+            if idx < len(parents):
+                stack.append((node, idx + 1))
+                nxt = parents[idx]
+                if state.get(nxt) == 1:
+                    return [*path[path.index(nxt) :], nxt]
+                if not state.get(nxt):
+                    stack.append((nxt, 0))
+            else:
+                state[node] = 2
+                path.pop()
+    return None
+
+
+def plan_upgrade(
+    graph: Graph,
+    applied: Mapping[str, frozenset[str]],
+    targets: Sequence[RevisionKey],
+) -> Plan:
+    """Steps that bring every target and everything it needs up, in a deterministic order.
+
+    Depth first from each target in turn: before a revision, exactly what it needs from
+    its own and other services, and no further.
+    """
+    order: list[RevisionKey] = []
+    done: set[RevisionKey] = set()
+
+    def is_applied(key: RevisionKey) -> bool:
+        return key.revision in applied.get(key.service, frozenset())
+
+    for target in targets:
+        stack: list[tuple[RevisionKey, int]] = [(target, 0)]
+        while stack:
+            node, idx = stack.pop()
+            if node in done or is_applied(node):
+                continue
+            parents = graph.parents[node]
+            if idx < len(parents):
+                stack.append((node, idx + 1))
+                stack.append((parents[idx], 0))
+            else:
+                done.add(node)
+                order.append(node)
+    return _leveled(graph, [Step(k.service, k.revision, "up") for k in order])
+
+
+def upgrade_targets(graph: Graph, services: Sequence[str]) -> list[RevisionKey]:
+    """The heads of `services`, services in dependency order then by name."""
+    return [RevisionKey(s, h) for s in services for h in graph.heads(s)]
+
+
+def plan_downgrade(graph: Graph, remove: Iterable[RevisionKey]) -> Plan:
+    """Steps that revert `remove`, children before parents, in a deterministic order."""
+    removing = set(remove)
+    order: list[RevisionKey] = []
+    done: set[RevisionKey] = set()
+    for start in sorted(removing, reverse=True):
+        stack: list[tuple[RevisionKey, int]] = [(start, 0)]
+        while stack:
+            node, idx = stack.pop()
+            if node in done:
+                continue
+            kids = [k for k in graph.children(node) if k in removing]
+            if idx < len(kids):
+                stack.append((node, idx + 1))
+                stack.append((kids[idx], 0))
+            else:
+                done.add(node)
+                order.append(node)
+    return _leveled(graph, [Step(k.service, k.revision, "down") for k in order], reverse=True)
+
+
+def removal_set(
+    graph: Graph, applied: Mapping[str, frozenset[str]], service: str, keep: frozenset[str]
+) -> set[RevisionKey]:
+    """The applied revisions of `service` outside `keep`."""
+    return {
+        RevisionKey(service, r) for r in applied.get(service, frozenset()) if r not in keep
+    } & set(graph.nodes)
+
+
+def dependents_outside(
+    graph: Graph, applied: Mapping[str, frozenset[str]], removing: set[RevisionKey]
+) -> set[RevisionKey]:
+    """Applied revisions not in `removing` that need something in it."""
+    out: set[RevisionKey] = set()
+    for key in graph.descendants(removing) - removing:
+        if key.revision in applied.get(key.service, frozenset()):
+            out.add(key)
+    return out
+
+
+def keep_for_target(graph: Graph, service: str, target: str) -> frozenset[str]:
+    """What stays applied when `service` is moved back to `target` (`zero` keeps nothing)."""
+    if target in ZERO:
+        return frozenset()
+    rev = graph.resolve(service, target)
+    return frozenset(k.revision for k in graph.ancestors([RevisionKey(service, rev)]))
+
+
+def last_applied(
+    graph: Graph, applied: Mapping[str, frozenset[str]], service: str, steps: int
+) -> set[RevisionKey]:
+    """The `steps` most recently applied revisions of `service` (a suffix of its order)."""
+    mine = applied.get(service, frozenset())
+    keys = [RevisionKey(service, h) for h in graph.heads(service)]
+    everything = plan_upgrade(_intra_only(graph), {}, keys).steps
+    order = [s.key for s in everything if s.revision in mine]
+    return set(order[len(order) - steps :]) if steps > 0 else set()
+
+
+def _intra_only(graph: Graph) -> Graph:
+    return Graph(graph.nodes, graph.intra_parents, graph.intra_parents, graph.by_service)
+
+
+def _leveled(graph: Graph, steps: list[Step], reverse: bool = False) -> Plan:
+    """Give each step a level: one past the highest level of anything it must wait for."""
+    position = {s.key: i for i, s in enumerate(steps)}
+    level: dict[RevisionKey, int] = {}
+    last_of_service: dict[str, int] = {}
+    out: list[Step] = []
+    for step in steps:
+        key = step.key
+        waits = graph.children(key) if reverse else list(graph.parents[key])
+        lvl = 0
+        for other in waits:
+            if other in position and other in level:
+                lvl = max(lvl, level[other] + 1)
+        if step.service in last_of_service:
+            lvl = max(lvl, last_of_service[step.service] + 1)
+        level[key] = lvl
+        last_of_service[step.service] = lvl
+        out.append(Step(step.service, step.revision, step.direction, lvl))
+    return Plan(tuple(out))

@@ -1,0 +1,89 @@
+"""The ledger's contract: the columns every backend writes, and what its rows mean.
+
+Append-only: one row per step run, never updated except from `running` to its outcome.
+Backends store the rows; this module reads meaning out of them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from .model import LedgerRow, RunContext
+
+TABLE = "ncm_migrations"
+COLUMNS = (
+    "id", "service", "revision", "direction", "status", "checksum", "started_at",
+    "finished_at", "duration_ms", "actor", "host", "environment", "tool_version",
+)
+STATUSES = ("running", "applied", "reverted", "faked", "failed")
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ncm-migrate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def actor() -> str:
+    """`NCM_ACTOR`, else the operating-system user."""
+    explicit = os.environ.get("NCM_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def run_context(environment: str) -> RunContext:
+    return RunContext(
+        environment=environment,
+        actor=actor(),
+        host=socket.gethostname(),
+        tool_version=tool_version(),
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def dirty_mark(rows: Iterable[LedgerRow], transactional: bool) -> str | None:
+    """The revision a service is dirty at, or None.
+
+    A service is dirty when its latest row is `running` or `failed` on a database that
+    cannot roll DDL back: part of that revision may have run. On transactional databases a
+    `failed` row only records an attempt that left nothing behind, but a `running` row that
+    was committed means a runner died mid-step, so it is dirty there too.
+    """
+    last = None
+    for row in rows:
+        last = row
+    if last is None:
+        return None
+    if last.status == "running" or (last.status == "failed" and not transactional):
+        return last.revision
+    return None
+
+
+def applied_checksums(rows: Iterable[LedgerRow]) -> dict[str, str]:
+    """For each revision the ledger says is applied now, the checksum it was applied with."""
+    sums: dict[str, str] = {}
+    for row in rows:
+        if row.status in ("applied", "faked") and row.direction == "up":
+            sums[row.revision] = row.checksum or ""
+        elif row.status in ("reverted", "faked") and row.direction == "down":
+            sums.pop(row.revision, None)
+    return sums
+
+
+def applied_from_ledger(rows: Iterable[LedgerRow]) -> set[str]:
+    """The revisions applied now by the ledger alone (MongoDB keeps no version table)."""
+    return set(applied_checksums(rows))

@@ -1,0 +1,72 @@
+"""A service's SQLAlchemy metadata: from its `models.py`, or a naming convention setting.
+
+Alembic's operations take constraint names from the target metadata's naming convention,
+so histories written against a convention run unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import sqlalchemy as sa
+
+from .errors import SettingsError
+from .model import ServiceConfig
+
+
+def target_metadata(config: ServiceConfig) -> sa.MetaData | None:
+    """The metadata Alembic should see for `config`, or None when it has none.
+
+    The `naming_convention` setting wins; otherwise the service's `models` setting or its
+    `models.py` (`metadata`, else `Base.metadata`).
+    """
+    if config.naming_convention:
+        return sa.MetaData(naming_convention=dict(config.naming_convention))
+    return load_models_metadata(config)
+
+
+def load_models_metadata(config: ServiceConfig) -> sa.MetaData | None:
+    if config.models:
+        module_name, _, attr = config.models.partition(":")
+        path = config.root / (module_name.replace(".", "/") + ".py")
+        if not path.is_file():
+            raise SettingsError(
+                f"Setting 'services.{config.name}.models' points to {path}, which does not exist."
+            )
+        return _metadata_of(_load(path, config.name), attr, path)
+    path = config.root / "models.py"
+    if not path.is_file():
+        return None
+    module = _load(path, config.name)
+    if isinstance(getattr(module, "metadata", None), sa.MetaData):
+        return _metadata_of(module, "metadata", path)
+    return _metadata_of(module, "Base.metadata", path)
+
+
+def _metadata_of(module: ModuleType, attr: str, path: Path) -> sa.MetaData:
+    value: object = module
+    for part in attr.split("."):
+        value = getattr(value, part, None)
+    if not isinstance(value, sa.MetaData):
+        raise SettingsError(f"{path} has no SQLAlchemy MetaData at '{attr}'.")
+    return value
+
+
+@cache
+def _load(path: Path, service: str) -> ModuleType:
+    name = f"ncm_models_{service}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SettingsError(f"{path} cannot be imported as a Python module.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise SettingsError(f"{path} failed to import: {type(exc).__name__}: {exc}.") from exc
+    return module

@@ -1,0 +1,162 @@
+"""Frozen value objects shared by every layer: revisions, services, steps and plans.
+
+Nothing here does I/O or imports a database library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Direction = Literal["up", "down"]
+Outcome = Literal["applied", "reverted", "faked", "failed", "skipped", "not-run"]
+BackendName = Literal["sql", "mongo"]
+MIGRATION_TYPES = ("schema", "data", "index", "seed", "merge")
+
+
+@dataclass(frozen=True, order=True)
+class RevisionKey:
+    """A node of the cross-service graph: `(service, revision)`."""
+
+    service: str
+    revision: str
+
+    def __str__(self) -> str:
+        return f"{self.service}:{self.revision}"
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A revision file's header, read without importing the module."""
+
+    service: str
+    revision: str
+    down_revisions: tuple[str, ...]
+    path: Path
+    checksum: str
+    branch_labels: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    migration_type: str = "schema"
+    doc: str = ""
+    defines: frozenset[str] = frozenset()
+    line_of: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def key(self) -> RevisionKey:
+        return RevisionKey(self.service, self.revision)
+
+    @property
+    def is_merge(self) -> bool:
+        return len(self.down_revisions) > 1
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service's effective settings in the chosen environment."""
+
+    name: str
+    root: Path
+    backend: BackendName = "sql"
+    database_url: str | None = None
+    version_table: str = "alembic_version"
+    depends_on: tuple[str, ...] = ()
+    enabled: bool = True
+    naming_convention: tuple[tuple[str, str], ...] = ()
+    models: str | None = None
+    revision_ids: Literal["numbered", "hash"] = "numbered"
+    use_env_py: bool = False
+    database_name: str | None = None
+    skip_reason: str | None = None
+
+    @property
+    def migrations_dir(self) -> Path:
+        return self.root / "migrations"
+
+    @property
+    def active(self) -> bool:
+        return self.skip_reason is None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One revision to run in one direction; steps of one `level` may run side by side."""
+
+    service: str
+    revision: str
+    direction: Direction
+    level: int = 0
+
+    @property
+    def key(self) -> RevisionKey:
+        return RevisionKey(self.service, self.revision)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Steps in the exact order a serial run executes them."""
+
+    steps: tuple[Step, ...]
+
+    def services(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for step in self.steps:
+            seen.setdefault(step.service)
+        return list(seen)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What happened to one step."""
+
+    service: str
+    revision: str
+    direction: Direction
+    outcome: Outcome
+    duration_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What a database says about one service: its heads, applied set and dirty mark."""
+
+    heads: tuple[str, ...] = ()
+    applied: frozenset[str] = frozenset()
+    dirty: str | None = None
+    checksums: tuple[tuple[str, str], ...] = ()
+    unknown: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One row of the append-only `ncm_migrations` ledger."""
+
+    id: int | str
+    service: str
+    revision: str
+    direction: Direction
+    status: str
+    checksum: str | None
+    started_at: str
+    finished_at: str | None
+    duration_ms: float | None
+    actor: str
+    host: str
+    environment: str
+    tool_version: str
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who runs a step and where: written to the ledger and the audit log."""
+
+    environment: str
+    actor: str
+    host: str
+    tool_version: str
+    extra: dict[str, str] = field(default_factory=dict)

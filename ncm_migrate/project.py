@@ -1,0 +1,83 @@
+"""A monorepo loaded for one environment: settings, every service's revisions, the graph.
+
+Loading reads only disk: no database is touched and no revision module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .discovery import read_revisions
+from .errors import ServiceNotConfigured
+from .graph import Graph, build_graph
+from .model import Revision, ServiceConfig
+from .settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Project:
+    settings: Settings
+    revisions: dict[str, dict[str, Revision]]
+    graph: Graph
+
+    @property
+    def root(self) -> Path:
+        return self.settings.root
+
+    def service(self, name: str) -> ServiceConfig:
+        return self.settings.service(name)
+
+    def select(self, names: Sequence[str] = ()) -> list[ServiceConfig]:
+        """The services a command works on: those named (each must be configured), or every
+        active one, logging one line for each service left out and why."""
+        if names:
+            chosen = []
+            for name in names:
+                svc = self.service(name)
+                if not svc.active:
+                    raise ServiceNotConfigured(
+                        f"Service '{name}' cannot be used in environment "
+                        f"'{self.settings.env}': {svc.skip_reason}."
+                    )
+                chosen.append(svc)
+            return chosen
+        for svc in self.settings.services:
+            if not svc.active:
+                log.warning("skipping service '%s': %s", svc.name, svc.skip_reason)
+        return [s for s in self.settings.services if s.active]
+
+
+def find_root(start: Path | None = None) -> Path:
+    """`NCM_ROOT`, else the nearest folder upwards holding `manage.py` or
+    `settings/settings.toml`, else the current folder."""
+    explicit = os.environ.get("NCM_ROOT")
+    if explicit:
+        return Path(explicit).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "manage.py").is_file() or (folder / "settings" / "settings.toml").is_file():
+            return folder
+    return here
+
+
+def load_project(
+    root: Path | None = None, env: str | None = None, settings_dir: Path | None = None
+) -> Project:
+    """Settings for `env`, every service's revision headers, and the checked graph."""
+    root = root or find_root()
+    settings = load_settings(root, env, settings_dir)
+    revisions = {
+        svc.name: {r.revision: r for r in read_revisions(svc.name, svc.migrations_dir)}
+        for svc in settings.services
+    }
+    graph = build_graph(
+        {name: list(revs.values()) for name, revs in revisions.items()},
+        {svc.name: svc.depends_on for svc in settings.services},
+    )
+    return Project(settings, revisions, graph)

@@ -1,0 +1,59 @@
+"""The one retry policy: connecting and health checks only, never a migration.
+
+Exponential backoff with jitter (tenacity), bounded by `connect.retries` attempts after
+the first and by `connect.max_wait_s` in total; each retry is logged on one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from .backends import Backend, ConnectFailed
+from .errors import DatabaseUnreachable
+from .settings import ConnectSettings
+from .urls import mask_url, password_of, redact
+
+log = logging.getLogger(__name__)
+
+
+def open_with_retries(backend: Backend, policy: ConnectSettings, max_wait_s: float | None = None) -> None:
+    """Open `backend`, retrying while it does not answer; `DatabaseUnreachable` at the end."""
+    cfg = backend.config
+    masked = mask_url(cfg.database_url)
+    secret = password_of(cfg.database_url)
+    budget = policy.max_wait_s if max_wait_s is None else max_wait_s
+    started = time.monotonic()
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "%s: %s not reachable (attempt %d): %s; retrying in %.1fs",
+            cfg.name, masked, state.attempt_number, redact(str(exc), [secret]), delay,
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(policy.retries + 1) | stop_before_delay(budget),
+        wait=wait_exponential_jitter(initial=0.2, max=max(0.2, budget / 4), jitter=0.5),
+        retry=retry_if_exception_type(ConnectFailed),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        retrying(backend.open)
+    except ConnectFailed as exc:
+        raise DatabaseUnreachable(
+            f"Service '{cfg.name}': the database at {masked} stayed unreachable after "
+            f"{time.monotonic() - started:.1f}s ({redact(str(exc), [secret])}); check that it "
+            "is running and that connect.retries / connect.max_wait_s allow it time to start."
+        ) from None

@@ -1,0 +1,123 @@
+"""Database URLs: which backend a URL means, whether it is well formed, and masking.
+
+Passwords never leave this module unmasked: `mask_url` hides them in a URL and `redact`
+hides known passwords anywhere in a text (a driver's error message, say).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+MONGO_SCHEMES = ("mongodb", "mongodb+srv")
+ASYNC_DRIVERS = {"asyncpg", "psycopg_async", "aiomysql", "asyncmy", "aiosqlite"}
+_known_secrets: set[str] = set()
+_MONGO_USERINFO = re.compile(r"^(mongodb(?:\+srv)?://)([^:@/]*):([^@/]*)@")
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def backend_of(url: str) -> str:
+    """`mongo` for a `mongodb://` or `mongodb+srv://` URL, else `sql`."""
+    return "mongo" if scheme_of(url) in MONGO_SCHEMES else "sql"
+
+
+def check_url(url: str) -> str | None:
+    """None when `url` is well formed, else what is wrong with it (never the password)."""
+    if "://" not in url:
+        return "it has no scheme (expected e.g. postgresql+psycopg://, sqlite:///, mongodb://)"
+    if backend_of(url) == "mongo":
+        rest = url.split("://", 1)[1]
+        host = rest.split("@")[-1].split("/", 1)[0]
+        return None if host else "it names no host"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "SQLAlchemy cannot parse it"
+    if parsed.get_backend_name() not in ("postgresql", "mysql", "mariadb", "sqlite"):
+        return f"the database '{parsed.get_backend_name()}' is not supported"
+    return None
+
+
+def is_async(url: str) -> bool:
+    scheme = scheme_of(url)
+    return "+" in scheme and scheme.split("+", 1)[1] in ASYNC_DRIVERS
+
+
+def resolve_sqlite_path(url: str, root: Path) -> str:
+    """Make a relative SQLite file path absolute under the project root."""
+    if not scheme_of(url).startswith("sqlite"):
+        return url
+    prefix, _, path = url.partition(":///")
+    if not path or path.startswith("/") or path.startswith(":memory:") or path.startswith("file:"):
+        return url
+    query = ""
+    if "?" in path:
+        path, query = path.split("?", 1)
+        query = "?" + query
+    return f"{prefix}:///{(root / path).resolve()}{query}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for an in-memory database."""
+    if not scheme_of(url).startswith("sqlite"):
+        return None
+    path = url.partition(":///")[2].split("?", 1)[0]
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return Path(path)
+
+
+def password_of(url: str | None) -> str | None:
+    if not url or "://" not in url:
+        return None
+    try:
+        parts = urlsplit(url)
+        return unquote(parts.password) if parts.password else None
+    except ValueError:
+        return None
+
+
+def remember_secret(url: str | None) -> None:
+    """Note a URL's password so that `redact_known` hides it in any output."""
+    secret = password_of(url)
+    if secret:
+        _known_secrets.add(secret)
+
+
+def redact_known(text: str) -> str:
+    """`text` with every password seen in this process's settings hidden."""
+    return redact(text, _known_secrets)
+
+
+def mask_url(url: str | None) -> str:
+    """The URL with its password replaced by `***`."""
+    if not url:
+        return ""
+    if backend_of(url) == "mongo":
+        return _MONGO_USERINFO.sub(r"\1\2:***@", url)
+    secret = password_of(url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return redact(url, [secret] if secret else [])
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every known secret (and its URL-quoted form) replaced by `***`."""
+    from urllib.parse import quote
+
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        if len(secret) < 3:
+            continue
+        text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return text
