@@ -15,7 +15,7 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_before_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from .backends import Backend, ConnectFailed
@@ -44,7 +44,7 @@ def open_with_retries(backend: Backend, policy: ConnectSettings, max_wait_s: flo
 
     retrying = Retrying(
         stop=stop_after_attempt(policy.retries + 1) | stop_before_delay(budget),
-        wait=wait_exponential_jitter(initial=0.2, max=max(0.2, budget / 4), jitter=0.5),
+        wait=wait_random_exponential(multiplier=0.2, max=max(0.2, budget / 4)),
         retry=retry_if_exception_type(ConnectFailed),
         before_sleep=before_sleep,
         reraise=True,

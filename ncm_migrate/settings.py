@@ -173,6 +173,7 @@ def load_settings(
                     f"({sources.of(('services', svc.name, 'depends_on'))}) names unknown "
                     f"service '{dep}'; services found: {', '.join(names)}."
                 )
+    _check_version_tables(services, sources)
     protected = _bool(merged, "protected", sources)
     severity = _get(merged, ("lint", "severity"))
     if severity is None:
@@ -280,6 +281,23 @@ def _service_config(
         database_name=_opt_str(raw, "database", sources, prefix=prefix),
         skip_reason=skip,
     )
+
+
+def _check_version_tables(services: tuple[ServiceConfig, ...], sources: _Sources) -> None:
+    """Two services on one database must not share a version table."""
+    seen: dict[tuple[str, str], str] = {}
+    for svc in services:
+        if svc.database_url is None or svc.backend != "sql" or not svc.active:
+            continue
+        key = (svc.database_url, svc.version_table)
+        if key in seen:
+            raise SettingsError(
+                f"Services '{seen[key]}' and '{svc.name}' share one database and the version "
+                f"table '{svc.version_table}' ({sources.of(('services', svc.name))}); give one "
+                f"of them its own: services.{svc.name}.version_table = "
+                f"\"alembic_version_{svc.name}\"."
+            )
+        seen[key] = svc.name
 
 
 @dataclass

@@ -1,0 +1,93 @@
+"""Shared fixtures: fresh databases on the local servers, and throw-away monorepos.
+
+PostgreSQL and MariaDB tests skip when a server is down, except with
+NCM_TEST_REQUIRE_SERVERS=1 (as in CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from monorepo import Monorepo
+
+PG_ADMIN = os.environ.get("NCM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MYSQL_ADMIN = os.environ.get("NCM_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+REQUIRE = os.environ.get("NCM_TEST_REQUIRE_SERVERS") == "1"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable: {exc}"
+    if REQUIRE:
+        pytest.fail(message + " (NCM_TEST_REQUIRE_SERVERS=1)")
+    pytest.skip(message)
+
+
+def _with_db(url: str, name: str) -> str:
+    return sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    name = f"ncm_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    yield _with_db(PG_ADMIN, name)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh MariaDB/MySQL database, dropped afterwards."""
+    name = f"ncm_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(MYSQL_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+    except sa.exc.OperationalError as exc:
+        _unavailable("MariaDB", exc)
+    yield _with_db(MYSQL_ADMIN, name)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("sqlite")
+    return f"sqlite:///{folder / 'db.sqlite'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on SQLite, PostgreSQL and MariaDB."""
+    fixture = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mysql": "mysql_url"}[request.param]
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's NCM_* variables."""
+    for name in list(os.environ):
+        if name.startswith("NCM_") and not name.startswith("NCM_TEST_"):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Monorepo:
+    """An empty monorepo in a temporary folder."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    return Monorepo(root)

@@ -1,0 +1,134 @@
+"""Build throw-away monorepos for tests, and run the CLI against them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ncm_migrate import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def revision_file(
+    revision: str,
+    down: str | Sequence[str] | None = None,
+    upgrade: str = "pass",
+    downgrade: str = "pass",
+    requires: Sequence[str] = (),
+    doc: str = "",
+    extra: str = "",
+    branch_labels: Sequence[str] | None = None,
+    depends_on: Sequence[str] | None = None,
+    migration_type: str = "schema",
+) -> str:
+    """The text of an Alembic revision file with ncm-migrate's header."""
+    down_repr = repr(tuple(down) if isinstance(down, list | tuple) else down)
+    return (
+        f'"""{doc or revision}"""\n\n'
+        f"revision = {revision!r}\n"
+        f"down_revision = {down_repr}\n"
+        f"branch_labels = {tuple(branch_labels) if branch_labels else None!r}\n"
+        f"depends_on = {tuple(depends_on) if depends_on else None!r}\n"
+        f"requires = {list(requires)!r}\n"
+        f"migration_type = {migration_type!r}\n\n"
+        "import sqlalchemy as sa\nfrom alembic import op\n\n"
+        f"{textwrap.dedent(extra)}\n\n"
+        f"def upgrade() -> None:\n{textwrap.indent(textwrap.dedent(upgrade).strip(), '    ')}\n\n\n"
+        f"def downgrade() -> None:\n{textwrap.indent(textwrap.dedent(downgrade).strip(), '    ')}\n"
+    )
+
+
+def create_table(table: str) -> tuple[str, str]:
+    """upgrade/downgrade bodies that create and drop a small table."""
+    return (
+        f"op.create_table({table!r}, sa.Column('id', sa.Integer, primary_key=True))",
+        f"op.drop_table({table!r})",
+    )
+
+
+@dataclass
+class Monorepo:
+    root: Path
+
+    def write(self, relpath: str, text: str) -> Path:
+        path = self.root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def service(self, name: str) -> Path:
+        path = self.root / "services" / name / "migrations"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def revision(self, service: str, revision: str, **kw: object) -> Path:
+        folder = self.service(service)
+        return self.write(
+            str((folder / f"{revision}.py").relative_to(self.root)),
+            revision_file(revision, **kw),  # type: ignore[arg-type]
+        )
+
+    def table(self, service: str, revision: str, table: str, **kw: object) -> Path:
+        up, down = create_table(table)
+        return self.revision(service, revision, upgrade=up, downgrade=down, **kw)
+
+    def settings(self, text: str) -> Path:
+        return self.write("settings/settings.toml", textwrap.dedent(text))
+
+    def urls(self, urls: Mapping[str, str], env: str = "development", extra: str = "") -> Path:
+        """settings.toml giving each service its URL in `env`."""
+        parts = [f"[{env}]\n{textwrap.dedent(extra)}"]
+        for svc, url in urls.items():
+            parts.append(f'[{env}.services.{svc}]\ndatabase_url = "{url}"\n')
+        return self.settings("\n".join(parts))
+
+    def cli(self, *args: str, env: Mapping[str, str] | None = None) -> CliResult:
+        """Run the CLI in-process (typer's CliRunner)."""
+        runner = CliRunner()
+        old = cli._default_root
+        cli._default_root = self.root
+        try:
+            result = runner.invoke(
+                cli.app, cli.hoist_global_options(list(args)), env=dict(env or {}),
+                catch_exceptions=False,
+            )
+        finally:
+            cli._default_root = old
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    def run(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> CliResult:
+        """Run `python manage.py ...` in a real subprocess."""
+        manage = self.root / "manage.py"
+        if not manage.exists():
+            manage.write_text(
+                "from pathlib import Path\nfrom ncm_migrate.cli import main\n"
+                "main(root=Path(__file__).resolve().parent)\n"
+            )
+        full_env = {
+            k: v for k, v in os.environ.items() if not k.startswith("NCM_") or k.startswith("NCM_TEST_")
+        }
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, str(manage), *args],
+            cwd=self.root, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
