@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .commands import (
     MigrateResult,
+    doctor,
     history,
     migrate,
     migrate_sql,
@@ -16,12 +17,14 @@ from .commands import (
     services,
     showmigrations,
     sqlmigrate,
+    wait,
 )
 from .errors import NcmError
 
 __all__ = [
     "MigrateResult",
     "NcmError",
+    "doctor",
     "history",
     "migrate",
     "migrate_sql",
@@ -30,4 +33,5 @@ __all__ = [
     "services",
     "showmigrations",
     "sqlmigrate",
+    "wait",
 ]

@@ -7,7 +7,6 @@ an `NcmError` becomes one sentence on stderr and its exit code.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +17,20 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from . import commands
 from .errors import ConfirmationRefused, NcmError
 from .executor import Event, RunReport
+from .logs import configure_logging, verbosity_levels
 from .model import Plan, StepResult
 from .urls import redact_known
 
@@ -51,32 +59,6 @@ class Globals:
         return {"env": self.env, "root": self.root, "settings_dir": self.settings}
 
 
-class _RedactingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_known(record.getMessage())
-        record.args = None
-        return True
-
-
-def _setup_logging(verbosity: int) -> None:
-    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(_RedactingFilter())
-    root = logging.getLogger("ncm_migrate")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    if verbosity >= 1:
-        sql = logging.getLogger("alembic.runtime.migration")
-        sql.handlers[:] = [handler]
-        sql.setLevel(logging.INFO)
-    if verbosity >= 2:
-        engine = logging.getLogger("sqlalchemy.engine")
-        engine.handlers[:] = [handler]
-        engine.setLevel(logging.INFO)
-
-
 @app.callback()
 def _options(
     ctx: typer.Context,
@@ -96,7 +78,7 @@ def _options(
     Example: python manage.py migrate --env staging
     """
     verbosity = -1 if quiet else verbose
-    _setup_logging(verbosity)
+    configure_logging(verbosity_levels(verbosity))
     ctx.obj = Globals(env=env, settings=settings, root=_default_root, verbosity=verbosity)
 
 
@@ -194,22 +176,67 @@ app.command("status", help="Alias of showmigrations.")(showmigrations_cmd)
 # -- migrate, rollback -----------------------------------------------------------------
 
 
-class _StepPrinter:
-    """One plain line per step: time, service, revision, direction, outcome, duration."""
+class _Reporter:
+    """Progress of a run. On a terminal: an overall bar and one per service, and each
+    revision's time. Elsewhere (CI, Docker logs): one plain line per step with time,
+    service, direction, revision, outcome and duration. Quiet: nothing."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self.progress: Progress | None = None
+        self.overall: TaskID | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _Reporter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
     def __call__(self, event: Event) -> None:
-        if self.quiet or event.kind != "done" or event.result is None:
+        if self.quiet:
             return
-        r = event.result
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        arrow = "up  " if r.direction == "up" else "down"
-        out.print(
-            f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} {r.duration_ms:.0f}ms",
-            markup=False,
+        if event.kind == "plan" and event.plan is not None:
+            if out.is_terminal and event.plan.steps:
+                self._start(event.plan)
+            return
+        step, r = event.step, event.result
+        if step is None:
+            return
+        if self.progress is None:
+            if r is not None:
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                arrow = "up  " if r.direction == "up" else "down"
+                out.print(f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} "
+                          f"{r.duration_ms:.0f}ms", markup=False)
+            return
+        task = self.tasks.get(step.service)
+        if r is None:
+            if task is not None:
+                self.progress.update(task, description=f"  {step.service}: {step.revision}")
+            return
+        mark = {"applied": "[green]✓", "reverted": "[yellow]↩", "faked": "[blue]~",
+                "skipped": "[dim]-", "failed": "[red]✗"}.get(r.outcome, "·")
+        self.progress.console.print(
+            f"{mark}[/] {r.service} {r.direction} {r.revision} [dim]{r.outcome} "
+            f"{r.duration_ms:.0f}ms[/]"
         )
+        if self.overall is not None:
+            self.progress.advance(self.overall)
+        if task is not None:
+            self.progress.advance(task)
+
+    def _start(self, plan: Plan) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=out, transient=True,
+        )
+        self.overall = self.progress.add_task("all services", total=len(plan.steps))
+        for service in plan.services():
+            count = sum(1 for s in plan.steps if s.service == service)
+            self.tasks[service] = self.progress.add_task(f"  {service}", total=count)
+        self.progress.start()
 
 
 def _print_plan(plan: Plan) -> None:
@@ -219,6 +246,13 @@ def _print_plan(plan: Plan) -> None:
     for n, s in enumerate(plan.steps, 1):
         arrow = "up  " if s.direction == "up" else "down"
         out.print(f"{n:>4}. [level {s.level}] {arrow} {s.service}:{s.revision}", markup=False)
+
+
+def _show_cascade(plan: Plan) -> None:
+    """--cascade shows what it will roll back, in order, before it starts."""
+    if any(s.direction == "down" for s in plan.steps):
+        out.print("Rolling back, in this order:")
+        _print_plan(plan)
 
 
 def _summary(report: RunReport) -> None:
@@ -292,10 +326,11 @@ def migrate_cmd(
         if sql:
             print(commands.migrate_sql(services, target, **g.where))
             return
-        result = commands.migrate(
-            services, target, fake=fake, jobs=jobs, cascade=cascade,
-            report=_StepPrinter(quiet=as_json or g.verbosity < 0), **g.where,
-        )
+        with _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
+            result = commands.migrate(
+                services, target, fake=fake, jobs=jobs, cascade=cascade, report=reporter,
+                confirm=_show_cascade if cascade and not as_json else None, **g.where,
+            )
         _finish(result.plan, result.report, as_json, g.verbosity < 0)
     del yes
 
@@ -319,10 +354,11 @@ def rollback_cmd(
     """
     g = _g(ctx)
     with _errors():
-        result = commands.rollback(
-            service, target, steps=steps, cascade=cascade,
-            report=_StepPrinter(quiet=as_json or g.verbosity < 0), **g.where,
-        )
+        with _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
+            result = commands.rollback(
+                service, target, steps=steps, cascade=cascade, report=reporter,
+                confirm=_show_cascade if cascade and not as_json else None, **g.where,
+            )
         _finish(result.plan, result.report, as_json, g.verbosity < 0)
     del yes
 
@@ -364,6 +400,61 @@ def history_cmd(
             table.add_row(r.started_at[:19], r.service, r.revision, r.direction, r.status,
                           f"{r.duration_ms or 0:.0f}", r.actor, r.host, r.environment)
         out.print(table)
+
+
+@app.command("wait")
+def wait_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Seconds (default: connect.max_wait_s).")
+    ] = None,
+) -> None:
+    """Wait until every selected database accepts a real query; exit 4 if one never does.
+
+    Example: python manage.py wait --env docker --timeout 120
+    """
+    with _errors():
+        took = commands.wait(services or (), timeout=timeout, **_g(ctx).where)
+        if _g(ctx).verbosity >= 0:
+            for name, seconds in took.items():
+                out.print(f"{name}: up ({seconds:.1f}s)", markup=False)
+
+
+@app.command("doctor")
+def doctor_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per service: reachable, latency, server version, privileges, heads, pending, lock.
+
+    Exits 1 when a database is unreachable.
+
+    Example: python manage.py doctor --env staging --json
+    """
+    with _errors():
+        found = commands.doctor(services or (), **_g(ctx).where)
+        if as_json:
+            _json([{**asdict(d), "details": dict(d.details)} for d in found])
+        else:
+            table = Table("service", "reachable", "latency", "server", "can create",
+                          "heads", "pending", "lock", box=None)
+            for d in found:
+                table.add_row(
+                    d.service, "yes" if d.reachable else "[red]no[/]",
+                    f"{d.latency_ms:.1f}ms" if d.latency_ms is not None else "-",
+                    d.server_version or "-",
+                    {True: "yes", False: "[red]no[/]", None: "-"}[d.can_create],
+                    ", ".join(d.heads) or "-", "-" if d.pending is None else str(d.pending),
+                    d.lock or "-",
+                )
+            out.print(table)
+            for d in found:
+                if d.error:
+                    err.print(redact_known(d.error), markup=False)
+        if not all(d.reachable for d in found):
+            raise typer.Exit(1)
 
 
 def _confirm_refused(what: str) -> ConfirmationRefused:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import health
 from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
 from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
 from .graph import (
@@ -285,6 +286,33 @@ def history(
             backend.close()
     rows.sort(key=lambda r: (r.started_at, str(r.id)))
     return rows[-limit:] if limit else rows
+
+
+def wait(
+    services: Sequence[str] = (),
+    *,
+    timeout: float | None = None,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> dict[str, float]:
+    """Wait until every selected database accepts a real query (default budget:
+    `connect.max_wait_s`); the seconds each took. `DatabaseUnreachable` (exit 4) otherwise."""
+    project = load_project(root, env, settings_dir)
+    budget = project.settings.connect.max_wait_s if timeout is None else timeout
+    return health.wait_for(project, project.select(services), budget)
+
+
+def doctor(
+    services: Sequence[str] = (),
+    *,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> list[health.Diagnosis]:
+    """Connectivity, latency, server version, privileges, heads, pending and lock state."""
+    project = load_project(root, env, settings_dir)
+    return health.diagnose(project, project.select(services))
 
 
 # -- wiring ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Literal
 from .backends import Backend, make_backend
 from .errors import ChecksumMismatch, DirtyService, GraphError, MigrationFailed, NcmError
 from .graph import Graph
+from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from .retry import open_with_retries
 from .settings import ConnectSettings
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Event:
-    """Progress: a step started or finished."""
+    """Progress: the plan about to run (`plan`), or one step that started or finished."""
 
-    kind: Literal["start", "done"]
-    step: Step
+    kind: Literal["plan", "start", "done"]
+    step: Step | None = None
     result: StepResult | None = None
+    plan: Plan | None = None
 
 
 Reporter = Callable[[Event], None]
@@ -162,6 +164,7 @@ def apply_plan(
 ) -> RunReport:
     """Run every segment job (one per segment of `plan`), at most `parallel` at once."""
     run = RunReport()
+    report(Event("plan", plan=plan))
     if parallel <= 1 or len(jobs) <= 1:
         for job in jobs:
             try:
@@ -194,7 +197,10 @@ def _apply_parallel(
     running: dict[Future[list[StepResult]], int] = {}
     pending = list(range(len(jobs)))
     try:
-        with ProcessPoolExecutor(max_workers=parallel, mp_context=mp) as pool:
+        with ProcessPoolExecutor(
+            max_workers=parallel, mp_context=mp,
+            initializer=configure_logging, initargs=(current_levels(),),
+        ) as pool:
             while pending or running:
                 if run.error is None:
                     for i in [i for i in pending if waits[i] <= done]:

@@ -9,6 +9,7 @@ an `on_version_apply` callback inside the step's transaction.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -321,7 +322,39 @@ class SqlBackend:
         dialect = self.conn.dialect
         version = ".".join(str(p) for p in (dialect.server_version_info or ()))
         self.conn.commit()
-        return ServerInfo(server_version=f"{dialect.name} {version}".strip(), latency_ms=latency)
+        can_create, extra = self._privileges()
+        return ServerInfo(
+            server_version=f"{dialect.name} {version}".strip(),
+            latency_ms=latency,
+            can_create=can_create,
+            extra=extra,
+        )
+
+    def _privileges(self) -> tuple[bool, tuple[tuple[str, str], ...]]:
+        """Whether this user may create tables (and, on PostgreSQL, indexes concurrently)."""
+        conn = self.conn
+        dialect = self.dialect
+        try:
+            if dialect == "postgresql":
+                can = bool(conn.exec_driver_sql(
+                    "SELECT has_schema_privilege(current_schema(), 'CREATE')"
+                ).scalar())
+                # CREATE INDEX CONCURRENTLY needs no more than CREATE on the schema and
+                # ownership of the table, but it cannot run inside a transaction block.
+                extra = (("can_create_index_concurrently", str(can).lower()),)
+                conn.commit()
+                return can, extra
+            if dialect == "sqlite":
+                path = sqlite_file(self.config.database_url or "")
+                return (path is None or os.access(path.parent, os.W_OK)), ()
+            probe = "ncm_doctor_probe"
+            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {probe} (id INTEGER)")
+            conn.exec_driver_sql(f"DROP TABLE {probe}")
+            conn.commit()
+            return True, ()
+        except sa.exc.DBAPIError:
+            conn.rollback()
+            return False, ()
 
     # -- applying -----------------------------------------------------------------
 

@@ -1,0 +1,98 @@
+"""Is each database there, and how is it: `wait` and `doctor`.
+
+Both go through the one retry policy (`retry.open_with_retries`): `wait` with its own
+time budget, `doctor` with a single attempt so that it answers quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from .backends import make_backend
+from .errors import DatabaseUnreachable, LockTimeout
+from .graph import plan_upgrade, upgrade_targets
+from .model import ServiceConfig
+from .project import Project
+from .retry import open_with_retries
+from .urls import mask_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What `doctor` found for one service."""
+
+    service: str
+    backend: str
+    url: str
+    reachable: bool
+    latency_ms: float | None = None
+    server_version: str | None = None
+    can_create: bool | None = None
+    version_table: str | None = None
+    heads: tuple[str, ...] = ()
+    pending: int | None = None
+    lock: str | None = None
+    details: tuple[tuple[str, str], ...] = ()
+    error: str | None = None
+
+
+def wait_for(project: Project, services: Sequence[ServiceConfig], timeout_s: float) -> dict[str, float]:
+    """Block until every service's database answers a real query; seconds each took.
+
+    Raises `DatabaseUnreachable` (exit 4) naming the first service still down after
+    `timeout_s`, counted from the start for all services together.
+    """
+    started = time.monotonic()
+    took: dict[str, float] = {}
+    policy = replace(project.settings.connect, retries=1_000_000)
+    for svc in services:
+        remaining = max(0.0, timeout_s - (time.monotonic() - started))
+        backend = make_backend(svc, project.settings.connect.timeout_s)
+        t0 = time.monotonic()
+        try:
+            open_with_retries(backend, policy, max_wait_s=remaining)
+            took[svc.name] = time.monotonic() - t0
+            log.info("%s: %s is up (%.1fs)", svc.name, mask_url(svc.database_url), took[svc.name])
+        finally:
+            backend.close()
+    return took
+
+
+def diagnose(project: Project, services: Sequence[ServiceConfig]) -> list[Diagnosis]:
+    """One `Diagnosis` per service, never raising for a database that is down."""
+    policy = replace(project.settings.connect, retries=0)
+    out = []
+    for svc in services:
+        base = Diagnosis(svc.name, svc.backend, mask_url(svc.database_url), reachable=False,
+                         version_table=svc.version_table if svc.backend == "sql" else None)
+        backend = make_backend(svc, project.settings.connect.timeout_s)
+        try:
+            open_with_retries(backend, policy)
+        except DatabaseUnreachable as exc:
+            out.append(replace(base, error=str(exc)))
+            backend.close()
+            continue
+        try:
+            info = backend.server_info()
+            state = backend.read_state(project.revisions[svc.name])
+            order = plan_upgrade(project.graph, {svc.name: state.applied},
+                                 upgrade_targets(project.graph, [svc.name]))
+            try:
+                with backend.lock(0.0):
+                    lock = "free"
+            except LockTimeout:
+                lock = "held"
+            out.append(replace(
+                base, reachable=True, latency_ms=round(info.latency_ms, 2),
+                server_version=info.server_version, can_create=info.can_create,
+                heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
+                lock=lock, details=info.extra,
+            ))
+        finally:
+            backend.close()
+    return out
