@@ -263,12 +263,16 @@ def upgrade_targets(graph: Graph, services: Sequence[str]) -> list[RevisionKey]:
     return [RevisionKey(s, h) for s in services for h in graph.heads(s)]
 
 
-def plan_downgrade(graph: Graph, remove: Iterable[RevisionKey]) -> Plan:
-    """Steps that revert `remove`, children before parents, in a deterministic order."""
+def plan_downgrade(
+    graph: Graph, remove: Iterable[RevisionKey], first: Iterable[RevisionKey] = ()
+) -> Plan:
+    """Steps that revert `remove`, children before parents, in a deterministic order;
+    what is in `first` (other services' dependents, for a cascade) as early as it can."""
     removing = set(remove)
+    leading = sorted(set(first) & removing, reverse=True)
     order: list[RevisionKey] = []
     done: set[RevisionKey] = set()
-    for start in sorted(removing, reverse=True):
+    for start in leading + sorted(removing - set(leading), reverse=True):
         stack: list[tuple[RevisionKey, int]] = [(start, 0)]
         while stack:
             node, idx = stack.pop()
@@ -305,11 +309,16 @@ def dependents_outside(
 
 
 def keep_for_target(graph: Graph, service: str, target: str) -> frozenset[str]:
-    """What stays applied when `service` is moved back to `target` (`zero` keeps nothing)."""
+    """What may stay applied when `service` is moved back to `target` (`zero` keeps nothing).
+
+    As Django and Alembic do: everything except what builds on `target`, so revisions on
+    other branches of the service stay where they are.
+    """
     if target in ZERO:
         return frozenset()
-    rev = graph.resolve(service, target)
-    return frozenset(k.revision for k in graph.ancestors([RevisionKey(service, rev)]))
+    key = RevisionKey(service, graph.resolve(service, target))
+    later = {k.revision for k in graph.descendants([key]) if k.service == service and k != key}
+    return frozenset(r for r in graph.by_service.get(service, []) if r not in later)
 
 
 def last_applied(

@@ -37,7 +37,9 @@ def load_models_metadata(config: ServiceConfig) -> sa.MetaData | None:
             raise SettingsError(
                 f"Setting 'services.{config.name}.models' points to {path}, which does not exist."
             )
-        return _metadata_of(_load(path, config.name), attr, path)
+        return _metadata_of(
+            _load(path, config.name), attr, path, f"services.{config.name}.models = '{config.models}'"
+        )
     path = config.root / "models.py"
     if not path.is_file():
         return None
@@ -47,12 +49,13 @@ def load_models_metadata(config: ServiceConfig) -> sa.MetaData | None:
     return _metadata_of(module, "Base.metadata", path)
 
 
-def _metadata_of(module: ModuleType, attr: str, path: Path) -> sa.MetaData:
+def _metadata_of(module: ModuleType, attr: str, path: Path, setting: str = "") -> sa.MetaData:
     value: object = module
     for part in attr.split("."):
         value = getattr(value, part, None)
     if not isinstance(value, sa.MetaData):
-        raise SettingsError(f"{path} has no SQLAlchemy MetaData at '{attr}'.")
+        named = f" (setting {setting})" if setting else ""
+        raise SettingsError(f"{path} has no SQLAlchemy MetaData at '{attr}'{named}.")
     return value
 
 

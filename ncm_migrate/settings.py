@@ -128,6 +128,8 @@ def load_settings(
     sdir = settings_dir_of(root, settings_dir)
     env = (env or environ.get("NCM_ENV") or DEFAULT_ENV).lower()
     files = [str(_DEFAULTS)] + [str(sdir / n) for n in PROJECT_FILES if (sdir / n).is_file()]
+    for path in files[1:]:
+        _read_toml(Path(path))  # a clear error naming the file and line, before Dynaconf's own
     project = _dynaconf(files, env)
     env_layer = _lower_keys(_env_layer(environ))
     merged = _deep_merge(_lower_keys(project.as_dict()), env_layer)
@@ -146,6 +148,7 @@ def load_settings(
         if path.is_file():
             svc_layers[folder.name] = _lower_keys(_dynaconf([str(path)], env).as_dict())
             sources.service_files[folder.name] = path
+            sources.service_layers[folder.name] = svc_layers[folder.name]
     files_only = _lower_keys(project.as_dict())
     services_cfg = dict(files_only.get("services") or {})
     for name, layer in svc_layers.items():
@@ -222,6 +225,8 @@ def _service_config(
     url_key = (*prefix, "database_url") if own_url is not None else ("database_url",)
     enabled = _bool(raw, "enabled", sources, prefix=prefix, default=True)
     backend = raw.get("backend")
+    if backend is not None and backend not in ("sql", "mongo"):
+        raise _bad((*prefix, "backend"), backend, "'sql' or 'mongo'", sources)
     if url is not None:
         if not isinstance(url, str) or not url.strip():
             raise _bad(url_key, "(hidden)", "a database URL string", sources)
@@ -307,11 +312,16 @@ class _Sources:
     project: Any
     env_layer: dict[str, Any]
     service_files: dict[str, Path]
+    service_layers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of(self, key: tuple[str, ...]) -> str:
         if _get(self.env_layer, key) is not None:
             return "environment variable NCM_" + "__".join(k.upper() for k in key)
-        if len(key) >= 3 and key[0] == "services" and key[1] in self.service_files:
+        if (
+            len(key) >= 3
+            and key[0] == "services"
+            and _get(self.service_layers.get(key[1], {}), key[2:]) is not None
+        ):
             return str(self.service_files[key[1]])
         try:
             history = get_history(self.project, key=".".join(key))

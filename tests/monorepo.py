@@ -132,3 +132,44 @@ class CliResult:
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
+
+
+def tables(url: str) -> set[str]:
+    """The table names in the database at `url`."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def ledger(url: str, service: str | None = None) -> list[dict[str, object]]:
+    """The `ncm_migrations` rows at `url` (of one service), oldest first."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("ncm_migrations"):
+                return []
+            where = " WHERE service = :s" if service else ""
+            rows = conn.execute(sa.text(f"SELECT * FROM ncm_migrations{where} ORDER BY id"), {"s": service})
+            return [dict(r._mapping) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def version_heads(url: str, version_table: str = "alembic_version") -> set[str]:
+    """What plain Alembic (`alembic current`) reads from the version table at `url`."""
+    import sqlalchemy as sa
+    from alembic.runtime.migration import MigrationContext
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table": version_table})
+            return set(ctx.get_current_heads())
+    finally:
+        engine.dispose()
