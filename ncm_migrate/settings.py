@@ -128,8 +128,8 @@ def load_settings(
     sdir = settings_dir_of(root, settings_dir)
     env = (env or environ.get("NCM_ENV") or DEFAULT_ENV).lower()
     files = [str(_DEFAULTS)] + [str(sdir / n) for n in PROJECT_FILES if (sdir / n).is_file()]
-    for path in files[1:]:
-        _read_toml(Path(path))  # a clear error naming the file and line, before Dynaconf's own
+    for name in files[1:]:
+        _read_toml(Path(name))  # a clear error naming the file and line, before Dynaconf's own
     project = _dynaconf(files, env)
     env_layer = _lower_keys(_env_layer(environ))
     merged = _deep_merge(_lower_keys(project.as_dict()), env_layer)
