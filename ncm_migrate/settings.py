@@ -87,6 +87,7 @@ class Settings:
     lint_squawk: bool = False
     audit_log_path: Path | None = None
     known_envs: tuple[str, ...] = ()
+    services_dir: Path = Path("services")
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -211,6 +212,7 @@ def load_settings(
         lint_squawk=_bool(merged, "lint.squawk", sources),
         audit_log_path=(root / str(audit)) if audit else None,
         known_envs=tuple(known),
+        services_dir=root / services_dir,
     )
 
 
