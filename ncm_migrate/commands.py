@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import health
+from .audit import AuditLog
+from .backup import Manifest
 from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
 from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
+from .findings import Report
 from .graph import (
     HEAD,
     ZERO,
@@ -25,9 +28,11 @@ from .graph import (
     removal_set,
     upgrade_targets,
 )
-from .ledger import run_context
 from .model import LedgerRow, Plan, RevisionKey, ServiceConfig, ServiceState
-from .project import Project, load_project
+from .project import Project, find_root, load_project
+from .questioner import NonInteractiveQuestioner, Questioner, confirm_plan
+from .repair import RepairAction
+from .settings import load_settings
 from .urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -119,10 +124,13 @@ def showmigrations(
     selected = project.select(services)
     states = read_states(project, [s.name for s in selected])
     out = []
+    # One plan for every selected service (not one per service: with cross-service
+    # `requires` each would walk most of the graph again), split per service.
+    names = [svc.name for svc in selected]
+    order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, names)).steps
     for svc in selected:
         state = states[svc.name]
-        order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, [svc.name]))
-        revs = [s for s in order.steps if s.service == svc.name]
+        revs = [s for s in order if s.service == svc.name]
         statuses = tuple(
             RevisionStatus(
                 revision=s.revision,
@@ -173,13 +181,17 @@ def migrate(
     cascade: bool = False,
     report: Reporter | None = None,
     confirm: Callable[[Plan], None] | None = None,
+    questioner: Questioner | None = None,
 ) -> MigrateResult:
     """Bring services to head (or one service to `target`, forwards or backwards).
 
-    `confirm` sees the plan before anything runs and may raise to refuse it.
+    In a protected environment `questioner` (default: refuse) confirms downgrades,
+    destructive revisions and `fake`; `confirm` then sees the plan before anything runs
+    and may raise to refuse it.
     """
     project = load_project(root, env, settings_dir)
     steps, _states = _plan(project, services, target, cascade)
+    _confirm_protected(project, steps, fake, questioner)
     if confirm is not None:
         confirm(steps)
     return _execute(project, steps, fake, jobs, report)
@@ -197,8 +209,10 @@ def rollback(
     fake: bool = False,
     report: Reporter | None = None,
     confirm: Callable[[Plan], None] | None = None,
+    questioner: Questioner | None = None,
 ) -> MigrateResult:
-    """Move `service` backwards to `target`, or by `steps` revisions (default 1)."""
+    """Move `service` backwards to `target`, or by `steps` revisions (default 1); in a
+    protected environment only once `questioner` (default: refuse) confirms it."""
     project = load_project(root, env, settings_dir)
     svc = project.select([service])[0]
     if target is not None and steps is not None:
@@ -211,6 +225,7 @@ def rollback(
         keep = keep_for_target(project.graph, svc.name, target)
         remove = removal_set(project.graph, applied, svc.name, keep)
     downgrade = _downgrade_plan(project, applied, remove, cascade)
+    _confirm_protected(project, downgrade, fake, questioner)
     if confirm is not None:
         confirm(downgrade)
     return _execute(project, downgrade, fake, 1, report)
@@ -315,6 +330,134 @@ def doctor(
     return health.diagnose(project, project.select(services))
 
 
+def validate(
+    services: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> Report:
+    """Graph, files, version tables, applied checksums and lint, as findings (no exception
+    for what it finds: `Report.exit_code` says 0, 1 or 2)."""
+    from .validate import validate_settings
+
+    settings = load_settings(root or find_root(), env, settings_dir)
+    return Report.of(validate_settings(settings, services), strict)
+
+
+def lint(
+    services: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> Report:
+    """Dangerous operations in the selected services' `upgrade()`s (no database needed)."""
+    from .lint import lint_service
+    from .validate import read_inventory, select
+
+    settings = load_settings(root or find_root(), env, settings_dir)
+    revisions = read_inventory(settings).revisions
+    findings = []
+    for svc in select(settings, services):
+        findings += lint_service(svc, revisions[svc.name], settings.lint_severity, settings.root,
+                                 squawk=settings.lint_squawk)
+    return Report.of(findings, strict)
+
+
+def check(
+    *,
+    strict: bool = False,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> Report:
+    """For CI: validate every service, plus pending revisions and dirty marks."""
+    from .validate import validate_settings
+
+    settings = load_settings(root or find_root(), env, settings_dir)
+    return Report.of(validate_settings(settings, (), pending=True), strict)
+
+
+def repair(
+    service: str,
+    *,
+    questioner: Questioner | None = None,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> list[RepairAction]:
+    """Clear `service`'s dirty mark and re-record edited revisions' checksums, in the ledger
+    and the audit log."""
+    from .repair import repair_service
+
+    project = load_project(root, env, settings_dir)
+    svc = project.select([service])[0]
+    settings = project.settings
+    if settings.protected:
+        (questioner or NonInteractiveQuestioner()).confirm(
+            settings.env, svc.name, ["rewrites its ledger (repair)"]
+        )
+    audit = AuditLog.open(settings.audit_log_path, settings.root, "repair", settings.env)
+    backend = open_backend(svc, settings.connect)
+    try:
+        actions = repair_service(backend, project.revisions[svc.name], audit.ctx, settings.lock.timeout_s)
+    finally:
+        backend.close()
+    for action in actions:
+        audit.record(svc.name, action.status, revision=action.revision, direction=action.direction,
+                     detail=action.reason)
+    return actions
+
+
+def backup(
+    service: str,
+    out: Path | None = None,
+    *,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> tuple[Path, Manifest]:
+    """Back up one service's database into `out` (default `backup.dir/<env>/<svc>/<time>/`)."""
+    project = load_project(root, env, settings_dir)
+    svc = project.select([service])[0]
+    audit = AuditLog.open(project.settings.audit_log_path, project.root, "backup", project.settings.env)
+    return _backup(project, svc, out, audit)
+
+
+def restore(
+    service: str,
+    folder: Path,
+    *,
+    questioner: Questioner | None = None,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> Manifest:
+    """Replace one service's database with a backup (confirmed first where protected)."""
+    from .backup import read_manifest, restore_database
+
+    project = load_project(root, env, settings_dir)
+    svc = project.select([service])[0]
+    settings = project.settings
+    manifest = read_manifest(folder)
+    if settings.protected:
+        (questioner or NonInteractiveQuestioner()).confirm(
+            settings.env, svc.name, [f"replaces its whole database with the backup in {folder}"]
+        )
+    audit = AuditLog.open(settings.audit_log_path, settings.root, "restore", settings.env)
+    backend = open_backend(svc, settings.connect)
+    try:
+        with backend.lock(settings.lock.timeout_s):
+            manifest = restore_database(svc, folder, encryption_key=settings.backup.encryption_key)
+    finally:
+        backend.close()
+    audit.record(svc.name, "restored", detail=f"from {folder} (heads {', '.join(manifest.heads) or 'none'})")
+    return manifest
+
+
 # -- wiring ------------------------------------------------------------------------
 
 
@@ -324,9 +467,14 @@ def _require_sql(svc: ServiceConfig, what: str) -> None:
 
 
 def _states_for(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
-    """States of every active service (a plan may reach into any of them)."""
-    active = [s.name for s in project.settings.services if s.active]
-    return read_states(project, sorted(set(active) | set(names)))
+    """States of `names` and of every active service a plan over them may reach: what
+    they need (forwards) and what needs them (backwards, for the cross-service rule)."""
+    graph = project.graph
+    keys = [k for k in graph.nodes if k.service in names]
+    reach = graph.ancestors(keys, intra_only=False) | graph.descendants(keys)
+    involved = set(names) | {k.service for k in reach}
+    active = {s.name for s in project.settings.services if s.active}
+    return read_states(project, sorted(involved & active | set(names)))
 
 
 def _plan(
@@ -379,14 +527,48 @@ def _downgrade_plan(
             + ", ".join(str(b) for b in sorted(blockers))
             + "; roll those back first, or use --cascade."
         )
-    return plan_downgrade(project.graph, remove | blockers)
+    return plan_downgrade(project.graph, remove | blockers, first=blockers)
+
+
+def _confirm_protected(
+    project: Project, steps: Plan, fake: bool, questioner: Questioner | None
+) -> None:
+    """In a protected environment, have destructive work confirmed before anything runs."""
+    if project.settings.protected and steps:
+        configs = {s.name: s for s in project.settings.services}
+        confirm_plan(questioner or NonInteractiveQuestioner(), project.settings.env, steps,
+                     project.revisions, configs, project.root, fake)
+
+
+def _backup(project: Project, svc: ServiceConfig, out: Path | None, audit: AuditLog) -> tuple[Path, Manifest]:
+    """A backup of one service, taken under its lock and written to the audit log."""
+    from .backup import backup_database, default_dir
+
+    settings = project.settings
+    folder = out or default_dir(settings.backup.dir, settings.env, svc.name)
+    backend = open_backend(svc, settings.connect)
+    try:
+        with backend.lock(settings.lock.timeout_s):
+            heads = backend.read_state(project.revisions[svc.name]).heads
+            manifest = backup_database(svc, folder, environment=settings.env, heads=heads,
+                                       encryption_key=settings.backup.encryption_key)
+    finally:
+        backend.close()
+    audit.record(svc.name, "backed-up", detail=f"to {folder}")
+    return folder, manifest
 
 
 def _execute(
     project: Project, steps: Plan, fake: bool, jobs: int | None, report: Reporter | None
 ) -> MigrateResult:
     settings = project.settings
-    ctx = run_context(settings.env)
+    audit = AuditLog.open(settings.audit_log_path, settings.root, "migrate", settings.env)
+    if settings.backup.before_migrate and not fake:
+        for name in steps.services():
+            folder, _manifest = _backup(project, project.service(name), None, audit)
+            log.warning("backed up service '%s' to %s before migrating", name, folder)
+    report = audit.reporter(report or _ignore)
+    ctx = audit.ctx
     segment_jobs = [
         SegmentJob(
             config=project.service(seg[0].service),
@@ -401,7 +583,7 @@ def _execute(
         for seg in segments(steps)
     ]
     parallel = jobs if jobs is not None else settings.jobs
-    run = apply_plan(steps, project.graph, segment_jobs, parallel, report or _ignore)
+    run = apply_plan(steps, project.graph, segment_jobs, parallel, report)
     return MigrateResult(steps, run)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import queue
+import multiprocessing.context
+import multiprocessing.queues
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -188,18 +190,16 @@ def _apply_parallel(
 ) -> RunReport:
     segs = [job.steps for job in jobs]
     waits = segment_waits(graph, segs)
-    mp = multiprocessing.get_context("spawn")
-    manager = mp.Manager()
-    events: queue.Queue[Event | None] = manager.Queue()
+    mp = _process_context()
+    events: multiprocessing.queues.Queue[Event | None] = mp.Queue()
     drain = threading.Thread(target=_drain, args=(events, report), daemon=True)
-    drain.start()
     done: set[int] = set()
     running: dict[Future[list[StepResult]], int] = {}
     pending = list(range(len(jobs)))
     try:
         with ProcessPoolExecutor(
-            max_workers=parallel, mp_context=mp,
-            initializer=configure_logging, initargs=(current_levels(),),
+            max_workers=min(parallel, len(jobs)), mp_context=mp,
+            initializer=_init_worker, initargs=(current_levels(), events),
         ) as pool:
             while pending or running:
                 if run.error is None:
@@ -207,7 +207,9 @@ def _apply_parallel(
                         if len(running) >= parallel:
                             break
                         pending.remove(i)
-                        running[pool.submit(_worker, jobs[i], events)] = i
+                        running[pool.submit(_worker, jobs[i])] = i
+                if drain.ident is None:  # after the first workers are forked
+                    drain.start()
                 if not running:
                     break
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -222,19 +224,40 @@ def _apply_parallel(
                             run.error = exc
     finally:
         events.put(None)
-        drain.join(timeout=5)
-        manager.shutdown()
+        if drain.ident is None:
+            drain.start()
+        drain.join()
+        events.close()
     _not_run(run, jobs)
     order = {s.key: n for n, s in enumerate(plan.steps)}
     run.results.sort(key=lambda r: order.get(Step(r.service, r.revision, r.direction).key, 0))
     return run
 
 
-def _worker(job: SegmentJob, events: queue.Queue[Event | None]) -> list[StepResult]:
-    return run_segment(job, events.put)
+def _process_context() -> multiprocessing.context.BaseContext:
+    """Worker processes that start fast. On Linux, fork: the parent has closed every
+    connection and runs no other thread while the pool forks (the event drain starts
+    after), and children need no imports. Elsewhere, spawn."""
+    if sys.platform == "linux":
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
-def _drain(events: queue.Queue[Event | None], report: Reporter) -> None:
+_events: multiprocessing.queues.Queue[Event | None] | None = None
+
+
+def _init_worker(levels: dict[str, int], events: multiprocessing.queues.Queue[Event | None]) -> None:
+    global _events
+    configure_logging(levels)
+    _events = events
+
+
+def _worker(job: SegmentJob) -> list[StepResult]:
+    assert _events is not None
+    return run_segment(job, _events.put)
+
+
+def _drain(events: multiprocessing.queues.Queue[Event | None], report: Reporter) -> None:
     while True:
         event = events.get()
         if event is None:

@@ -1,0 +1,121 @@
+"""Connecting is retried (and only connecting): a database that comes up late is
+migrated; one that never does is exit 4 within the configured bound."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from monorepo import Monorepo
+
+
+class DelayedProxy:
+    """A TCP proxy on a free local port that starts listening only after `delay_s`."""
+
+    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.target = target
+        self.delay_s = delay_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        if self.stop.wait(self.delay_s):
+            return
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        server.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        server.close()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def late_pg(pg_url: str) -> Iterator[tuple[str, DelayedProxy]]:
+    proxy = DelayedProxy(("127.0.0.1", 5432), delay_s=2.0)
+    url = sa.engine.make_url(pg_url).set(port=proxy.port).render_as_string(hide_password=False)
+    yield url, proxy
+    proxy.stop.set()
+
+
+def test_database_that_comes_up_during_the_retries_is_migrated(
+    repo: Monorepo, late_pg: tuple[str, DelayedProxy]
+) -> None:
+    url, _proxy = late_pg
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": url}, extra="[development.connect]\nretries = 20\nmax_wait_s = 30\n")
+    t0 = time.monotonic()
+    result = repo.cli("migrate")
+    assert result.code == 0, result.output
+    assert time.monotonic() - t0 >= 1.5
+    assert "not reachable" in result.stderr and "retrying" in result.stderr
+    assert "applied" in result.stdout
+
+
+def test_database_that_never_comes_up_is_exit_4_within_the_bound(repo: Monorepo) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{port}/x"},
+              extra="[development.connect]\nretries = 50\nmax_wait_s = 3\n")
+    t0 = time.monotonic()
+    result = repo.cli("migrate")
+    elapsed = time.monotonic() - t0
+    assert result.code == 4, result.output
+    assert elapsed < 3 + 2  # the budget, plus start-up
+    assert "users" in result.stderr and "unreachable" in result.stderr
+    assert "s3cret-pw" not in result.output
+    assert result.stderr.count("retrying") >= 2
+
+
+def test_wait_times_out_with_exit_4(repo: Monorepo) -> None:
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": "mysql+pymysql://root@127.0.0.1:1/x"})
+    t0 = time.monotonic()
+    result = repo.cli("wait", "--timeout", "1.5")
+    assert result.code == 4
+    assert time.monotonic() - t0 < 1.5 + 2
+
+
+def test_wait_returns_once_the_databases_answer(repo: Monorepo, db_url: str) -> None:
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": db_url})
+    result = repo.cli("wait", "--timeout", "10")
+    assert result.code == 0, result.output
+    assert "users: up" in result.stdout
+
+
+def test_wait_on_a_late_database(repo: Monorepo, late_pg: tuple[str, DelayedProxy]) -> None:
+    url, _proxy = late_pg
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": url})
+    result = repo.cli("wait", "--timeout", "20")
+    assert result.code == 0, result.output
