@@ -391,6 +391,9 @@ class SqlBackend:
                 )
             for step in steps:
                 rev = revisions[step.revision]
+                # The previous step is committed: a file that cannot be imported must not be
+                # recorded against it (nor against itself: it never started).
+                current.clear()
                 module = None if fake else load_revision_module(rev)
                 up = step.direction == "up"
                 fn = _noop if module is None else getattr(module, "upgrade" if up else "downgrade", None)
@@ -399,7 +402,6 @@ class SqlBackend:
                         f"{rev.path}: revision {step.service}:{step.revision} defines no "
                         f"{'upgrade' if up else 'downgrade'}() function."
                     )
-                current.clear()
                 current.update(step=step, module=module, started=ledger_rules.utcnow(),
                                t0=time.perf_counter(), row_id=None)
                 on_step(step, "start", None)

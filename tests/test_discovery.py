@@ -1,0 +1,213 @@
+"""Discovery: services found on disk (flat and nested layouts), revision headers read
+without importing them, and every malformed file as one clear error with exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from monorepo import Monorepo, ledger, tables
+
+from ncm_migrate.discovery import find_service_dirs, read_revision
+
+NESTED = Path(__file__).parent / "fixtures" / "monorepos" / "nested"
+
+
+def bad_input(repo: Monorepo, *args: str) -> str:
+    """Run a command that must refuse with exit 2 and one sentence; return the sentence."""
+    result = repo.cli(*args)
+    assert result.code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def one_service(repo: Monorepo, sqlite_url: str = "sqlite:///var/db.sqlite") -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.urls({"users": sqlite_url})
+
+
+# -- layouts -----------------------------------------------------------------------------
+
+
+def test_nested_layout(repo: Monorepo, db_url: str) -> None:
+    shutil.copytree(NESTED, repo.root, dirs_exist_ok=True)
+    env = {"NCM_DATABASE_URL": db_url}
+    found = json.loads(repo.cli("services", "--json", env=env).stdout)
+    assert [(s["name"], s["version_table"]) for s in found] == [
+        ("billing", "alembic_version_billing"), ("users", "alembic_version_users"),
+    ]
+    result = repo.cli("migrate", env=env)
+    assert result.code == 0, result.output
+    assert {"users", "invoices"} <= tables(db_url)
+    assert [(r["service"], r["revision"]) for r in ledger(db_url)] == [
+        ("users", "0001_initial"), ("users", "0002_add_email"), ("billing", "0001_invoices"),
+    ]
+
+
+def test_flat_glob_does_not_see_nested_services(repo: Monorepo) -> None:
+    shutil.copytree(NESTED, repo.root, dirs_exist_ok=True)
+    assert [p.name for p in find_service_dirs(repo.root, "services", "*/*")] == ["billing", "users"]
+    assert find_service_dirs(repo.root, "services", "*") == []
+
+
+def test_services_dir_setting(repo: Monorepo) -> None:
+    repo.write("apps/orders/migrations/0001_initial.py", "revision = '0001_initial'\n")
+    repo.settings('[default]\nservices_dir = "apps"\n')
+    found = json.loads(repo.cli("services", "--json").stdout)
+    assert [s["name"] for s in found] == ["orders"]
+
+
+def test_same_name_twice_in_a_nested_layout(repo: Monorepo) -> None:
+    repo.write("services/a/users/migrations/0001.py", "revision = '0001'\n")
+    repo.write("services/b/users/migrations/0001.py", "revision = '0001'\n")
+    repo.settings('[default]\nservices_glob = "*/*"\n')
+    message = bad_input(repo, "services")
+    assert "'users'" in message and "services/a/users" in message and "services/b/users" in message
+
+
+@pytest.mark.parametrize("name", ["Billing", "user-service", "2fa", "_private"])
+def test_invalid_service_folder_name(repo: Monorepo, name: str) -> None:
+    one_service(repo)
+    repo.write(f"services/{name}/migrations/0001.py", "revision = '0001'\n")
+    message = bad_input(repo, "services")
+    assert f"'{name}'" in message and str(repo.root / "services" / name) in message
+    assert "[a-z][a-z0-9_]*" in message
+
+
+def test_folder_without_migrations_is_not_a_service(repo: Monorepo) -> None:
+    one_service(repo)
+    repo.write("services/Shared-Lib/helpers.py", "X = 1\n")
+    found = json.loads(repo.cli("services", "--json").stdout)
+    assert [s["name"] for s in found] == ["users"]
+
+
+def test_classic_layout_skips_env_py_and_mako(repo: Monorepo) -> None:
+    repo.write("services/users/migrations/env.py", "raise RuntimeError('never imported')\n")
+    repo.write("services/users/migrations/script.py.mako", "${message}\n")
+    repo.write("services/users/migrations/versions/abc123_first.py", "revision = 'abc123'\n")
+    repo.write("services/users/migrations/versions/__init__.py", "")
+    found = json.loads(repo.cli("services", "--json").stdout)
+    assert [s["name"] for s in found] == ["users"]
+    rev = read_revision("users", repo.root / "services/users/migrations/versions/abc123_first.py")
+    assert rev.revision == "abc123" and rev.down_revisions == ()
+
+
+# -- malformed revision files ------------------------------------------------------------
+
+
+def test_syntax_error_names_file_and_line(repo: Monorepo) -> None:
+    one_service(repo)
+    path = repo.write(
+        "services/users/migrations/0002_broken.py",
+        'revision = "0002_broken"\ndown_revision = "0001_initial"\n\ndef upgrade(:\n    pass\n',
+    )
+    message = bad_input(repo, "services")
+    assert f"{path}:4:" in message and "syntax error" in message and "'users'" in message
+
+
+def test_missing_revision(repo: Monorepo) -> None:
+    one_service(repo)
+    path = repo.write("services/users/migrations/0002_nameless.py", 'down_revision = "0001_initial"\n')
+    message = bad_input(repo, "services")
+    assert str(path) in message and "revision" in message
+
+
+def test_revision_header_must_be_a_literal(repo: Monorepo) -> None:
+    one_service(repo)
+    path = repo.write(
+        "services/users/migrations/0002_computed.py",
+        'import os\nrevision = os.environ["REV"]\ndown_revision = "0001_initial"\n',
+    )
+    message = bad_input(repo, "services")
+    assert f"{path}:2" in message and "'revision' must be a literal" in message
+
+
+def test_duplicate_revision_id(repo: Monorepo) -> None:
+    one_service(repo)
+    path = repo.revision("users", "0002_copy", down="0001_initial")
+    path.write_text(path.read_text().replace("revision = '0002_copy'", "revision = '0001_initial'"))
+    message = bad_input(repo, "services")
+    assert "Duplicate revision id '0001_initial'" in message
+    assert "0001_initial.py" in message and "0002_copy.py" in message
+
+
+def test_down_revision_pointing_nowhere(repo: Monorepo) -> None:
+    one_service(repo)
+    repo.table("users", "0002_more", "more", down="0001_inital")
+    message = bad_input(repo, "services")
+    assert "users:0002_more" in message and "down_revision '0001_inital'" in message
+    assert "0002_more.py" in message
+
+
+def test_depends_on_pointing_nowhere(repo: Monorepo) -> None:
+    one_service(repo)
+    repo.table("users", "0002_more", "more", down="0001_initial", depends_on=["nothere"])
+    message = bad_input(repo, "services")
+    assert "users:0002_more" in message and "depends_on 'nothere'" in message
+
+
+@pytest.mark.parametrize(
+    ("requires", "says"),
+    [
+        ("billing:0009", "which does not exist in service 'billing'"),
+        ("payments:0001", "there is no service 'payments'"),
+        ("billing", "write it as service:revision"),
+    ],
+)
+def test_requires_pointing_nowhere(repo: Monorepo, requires: str, says: str) -> None:
+    one_service(repo)
+    repo.table("billing", "0001_initial", "invoices")
+    repo.table("users", "0002_more", "more", down="0001_initial", requires=[requires])
+    message = bad_input(repo, "services")
+    assert "users:0002_more" in message and f"'{requires}'" in message and says in message
+
+
+def test_requires_cycle(repo: Monorepo) -> None:
+    repo.table("users", "0001_initial", "users_t", requires=["billing:0001"])
+    repo.table("billing", "0001_initial", "invoices", requires=["users:0001"])
+    message = bad_input(repo, "services")
+    assert "Cycle" in message and "users:0001_initial" in message and "billing:0001_initial" in message
+
+
+def test_unknown_migration_type(repo: Monorepo) -> None:
+    one_service(repo)
+    repo.table("users", "0002_more", "more", down="0001_initial", migration_type="ddl")
+    message = bad_input(repo, "services")
+    assert "0002_more.py" in message and "migration_type" in message and "'ddl'" in message
+
+
+# -- headers without importing -----------------------------------------------------------
+
+
+def test_broken_import_still_lists_and_plans(repo: Monorepo, sqlite_url: str, tmp_path: Path) -> None:
+    """Listing and planning never import a revision; only applying it does, and fails."""
+    marker = tmp_path / "imported"
+    repo.table("users", "0001_initial", "users_t")
+    repo.table(
+        "users", "0002_broken", "broken", down="0001_initial",
+        extra=f"open({str(marker)!r}, 'w').close()\nimport module_that_does_not_exist\n",
+    )
+    repo.urls({"users": sqlite_url})
+
+    assert repo.cli("services").code == 0
+    status = repo.cli("showmigrations", "--json")
+    assert status.code == 0, status.output
+    revs = json.loads(status.stdout)["services"][0]["revisions"]
+    assert [r["revision"] for r in revs] == ["0001_initial", "0002_broken"]
+    plan = json.loads(repo.cli("migrate", "--plan", "--json").stdout)["steps"]
+    assert [s["revision"] for s in plan] == ["0001_initial", "0002_broken"]
+    assert not marker.exists()
+
+    result = repo.cli("migrate")
+    assert result.code == 2
+    assert "0002_broken.py" in result.stderr and "module_that_does_not_exist" in result.stderr
+    assert marker.exists()
+    # What came before it was applied and recorded as such; the broken one never started.
+    assert "users_t" in tables(sqlite_url)
+    assert [(r["revision"], r["status"]) for r in ledger(sqlite_url)] == [("0001_initial", "applied")]
+    applied = json.loads(repo.cli("showmigrations", "--json").stdout)["services"][0]["revisions"]
+    assert [r["applied"] for r in applied] == [True, False]
