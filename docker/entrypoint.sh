@@ -13,6 +13,9 @@ set -eu
 app_dir="${NCM_APP_DIR:-/app}"
 python="${PYTHON:-python}"
 env_name="${NCM_ENV:-docker}"
+# The environment of every command, unless it names another with --env.
+NCM_ENV="$env_name"
+export NCM_ENV
 # NCM_* variables are settings to manage.py; this one is ours alone.
 unset NCM_APP_DIR
 
