@@ -8,16 +8,19 @@ an `on_version_apply` callback inside the step's transaction.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from io import StringIO
 from types import ModuleType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from alembic.config import Config
@@ -28,6 +31,7 @@ from alembic.script.revision import Revision as AlembicRevision
 from alembic.script.revision import RevisionMap
 from alembic.util import load_python_file
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
@@ -36,7 +40,7 @@ from ..errors import MigrationFailed, NcmError, RevisionFileError
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..urls import sqlite_file
+from ..urls import is_async, sqlite_file
 from . import ConnectFailed, ServerInfo, StepCallback
 
 log = logging.getLogger(__name__)
@@ -61,37 +65,75 @@ LEDGER = sa.Table(
     sa.Index("ix_ncm_migrations_service", "service", "id"),
 )
 _memory_locks: dict[str, threading.Lock] = {}
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def create_engine(url: str, connect_timeout_s: float) -> Engine:
-    """An engine that does what migrations need on every database.
+def _driver_call(
+    method: Callable[Concatenate[SqlBackend, P], T],
+) -> Callable[Concatenate[SqlBackend, P], T]:
+    """Run a public method inside the async driver's context (see `SqlBackend._in_driver`)."""
 
-    PostgreSQL and MySQL get a connect timeout; SQLite gets real transactional DDL (pysqlite
-    otherwise commits before DDL) and its folder created.
-    """
+    def wrapper(self: SqlBackend, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._in_driver(lambda: method(self, *args, **kwargs))
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, Any]]:
+    """The URL (bare `mysql://` gets PyMySQL) and driver arguments: a connect timeout, and
+    for SQLite a busy timeout and its folder created."""
     parsed = sa.engine.make_url(url)
     backend = parsed.get_backend_name()
     if backend in ("mysql", "mariadb") and parsed.drivername in ("mysql", "mariadb"):
         parsed = parsed.set(drivername=f"{backend}+pymysql")
     args: dict[str, Any] = {}
-    if parsed.get_driver_name() in ("psycopg", "psycopg2", "pymysql"):
+    driver = parsed.get_driver_name()
+    if driver in ("psycopg", "psycopg2", "pymysql", "psycopg_async", "aiomysql", "asyncmy"):
         args["connect_timeout"] = max(1, int(connect_timeout_s))
+    elif driver == "asyncpg":
+        args["timeout"] = max(1.0, connect_timeout_s)
     elif backend == "sqlite":
         args["timeout"] = 30
         path = sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+    return parsed, args
+
+
+def _transactional_sqlite(engine: Engine) -> None:
+    """Real transactional DDL on SQLite: the driver must not commit before DDL (SQLAlchemy's
+    documented recipe, for pysqlite and aiosqlite alike)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_autocommit(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+def create_engine(url: str, connect_timeout_s: float) -> Engine:
+    """A sync engine that does what migrations need on every database."""
+    parsed, args = _engine_args(url, connect_timeout_s)
     engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=args)
-    if backend == "sqlite":
+    if parsed.get_backend_name() == "sqlite":
+        _transactional_sqlite(engine)
+    return engine
 
-        @sa.event.listens_for(engine, "connect")
-        def _no_pysqlite_autocommit(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
 
-        @sa.event.listens_for(engine, "begin")
-        def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN")
+def create_async_engine(url: str, connect_timeout_s: float) -> AsyncEngine:
+    """The same for an async driver URL (asyncpg, psycopg_async, aiomysql, asyncmy,
+    aiosqlite): migrations then run through `AsyncConnection.run_sync`, as in Alembic's
+    asyncio recipe."""
+    from sqlalchemy.ext.asyncio import create_async_engine as make
 
+    parsed, args = _engine_args(url, connect_timeout_s)
+    engine = make(parsed, poolclass=NullPool, connect_args=args)
+    if parsed.get_backend_name() == "sqlite":
+        _transactional_sqlite(engine.sync_engine)
     return engine
 
 
@@ -155,12 +197,18 @@ class SqlBackend:
         self._timeout = connect_timeout_s
         self._engine: Engine | None = None
         self._conn: Connection | None = None
+        self._async = is_async(config.database_url)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aengine: AsyncEngine | None = None
+        self._aconn: AsyncConnection | None = None
+        self._inside_driver = False
 
     # -- connection -------------------------------------------------------------
 
     @property
     def dialect(self) -> str:
-        return self._engine_().dialect.name
+        assert self.config.database_url is not None
+        return sa.engine.make_url(self.config.database_url).get_backend_name()
 
     @property
     def transactional(self) -> bool:
@@ -178,20 +226,58 @@ class SqlBackend:
             raise RuntimeError("SqlBackend.open() was not called")
         return self._conn
 
+    def _in_driver(self, fn: Callable[[], T]) -> T:
+        """Run `fn`, which uses `self.conn`; with an async driver, inside
+        `AsyncConnection.run_sync` on this backend's own event loop."""
+        if not self._async or self._inside_driver:
+            return fn()
+        assert self._loop is not None and self._aconn is not None
+
+        def inner(_sync_conn: Connection) -> T:
+            self._inside_driver = True
+            try:
+                return fn()
+            finally:
+                self._inside_driver = False
+
+        return self._loop.run_until_complete(self._aconn.run_sync(inner))
+
     def open(self) -> None:
         if self._conn is not None:
             return
         try:
-            conn = self._engine_().connect()
-            conn.exec_driver_sql("SELECT 1")
-            conn.commit()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            if self._async:
+                self._open_async()
+            else:
+                self._conn = self._engine_().connect()
+
+            def probe() -> None:
+                self.conn.exec_driver_sql("SELECT 1")
+                self.conn.commit()
+
+            self._in_driver(probe)
+        except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+            self.close()
             raise ConnectFailed(_short(exc)) from None
-        except sa.exc.DBAPIError as exc:
-            raise ConnectFailed(_short(exc)) from None
-        self._conn = conn
+
+    def _open_async(self) -> None:
+        assert self.config.database_url is not None
+        self._loop = asyncio.new_event_loop()
+        self._aengine = create_async_engine(self.config.database_url, self._timeout)
+        self._aconn = self._loop.run_until_complete(self._aengine.connect())
+        self._conn = self._aconn.sync_connection
 
     def close(self) -> None:
+        if self._async and self._loop is not None:
+            loop = self._loop
+            with contextlib.suppress(Exception):
+                if self._aconn is not None:
+                    loop.run_until_complete(self._aconn.close())
+                if self._aengine is not None:
+                    loop.run_until_complete(self._aengine.dispose())
+            loop.close()
+            self._loop, self._aconn, self._aengine, self._conn = None, None, None, None
+            return
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -220,13 +306,13 @@ class SqlBackend:
                 conn.commit()
                 return ok
 
-            wait_for(try_pg, timeout_s, what)
+            wait_for(lambda: self._in_driver(try_pg), timeout_s, what)
             try:
                 yield
             finally:
                 self._release(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         elif dialect in ("mysql", "mariadb"):
-            db = conn.exec_driver_sql("SELECT DATABASE()").scalar() or ""
+            db = self._in_driver(lambda: conn.exec_driver_sql("SELECT DATABASE()").scalar()) or ""
             mname = lock_name(str(db), name)
 
             def try_my() -> bool:
@@ -234,7 +320,7 @@ class SqlBackend:
                 conn.commit()
                 return got == 1
 
-            wait_for(try_my, timeout_s, what)
+            wait_for(lambda: self._in_driver(try_my), timeout_s, what)
             try:
                 yield
             finally:
@@ -256,6 +342,10 @@ class SqlBackend:
     def _release(self, stmt: sa.TextClause, params: dict[str, Any]) -> None:
         if self._conn is None or self._conn.closed:
             return
+        self._in_driver(lambda: self._release_now(stmt, params))
+
+    def _release_now(self, stmt: sa.TextClause, params: dict[str, Any]) -> None:
+        assert self._conn is not None
         try:
             if self._conn.in_transaction():
                 self._conn.rollback()
@@ -291,6 +381,7 @@ class SqlBackend:
         conn.commit()
         return list(reversed(rows)) if limit else rows
 
+    @_driver_call
     def current_heads(self) -> tuple[str, ...]:
         ctx = MigrationContext.configure(
             self.conn, opts={"version_table": self.config.version_table}
@@ -299,6 +390,7 @@ class SqlBackend:
         self.conn.commit()
         return tuple(sorted(heads))
 
+    @_driver_call
     def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState:
         heads = self.current_heads()
         rows = self._rows(self.config.name)
@@ -312,9 +404,11 @@ class SqlBackend:
             unknown=unknown,
         )
 
+    @_driver_call
     def history(self, limit: int | None = None) -> list[LedgerRow]:
         return self._rows(self.config.name, limit)
 
+    @_driver_call
     def server_info(self) -> ServerInfo:
         start = time.perf_counter()
         self.conn.exec_driver_sql("SELECT 1").scalar()
@@ -358,6 +452,7 @@ class SqlBackend:
 
     # -- applying -----------------------------------------------------------------
 
+    @_driver_call
     def apply(
         self,
         steps: Sequence[Step],
@@ -503,6 +598,7 @@ class SqlBackend:
         with EnvironmentContext(config, script, fn=steps_fn):
             script.run_env()
 
+    @_driver_call
     def verify(self, revision: Revision) -> str | None:
         module = load_revision_module(revision)
         check = getattr(module, "verify", None)
@@ -531,6 +627,7 @@ class SqlBackend:
             if self.conn.in_transaction():
                 self.conn.rollback()
 
+    @_driver_call
     def record(self, revision: str, direction: str, status: str, checksum: str | None,
                ctx: RunContext) -> None:
         self._ensure_ledger()
