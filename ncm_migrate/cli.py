@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
@@ -30,8 +30,12 @@ from rich.table import Table
 from . import commands
 from .errors import ConfirmationRefused, NcmError
 from .executor import Event, RunReport
+from .findings import Report
 from .logs import configure_logging, verbosity_levels
 from .model import Plan, StepResult
+from .project import find_root
+from .questioner import Questioner, questioner_for
+from .service_commands import ServiceCommand, find_service_commands, load_service_command
 from .urls import redact_known
 
 app = typer.Typer(
@@ -329,10 +333,10 @@ def migrate_cmd(
         with _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
             result = commands.migrate(
                 services, target, fake=fake, jobs=jobs, cascade=cascade, report=reporter,
-                confirm=_show_cascade if cascade and not as_json else None, **g.where,
+                confirm=_show_cascade if cascade and not as_json else None,
+                questioner=_questioner(yes), **g.where,
             )
         _finish(result.plan, result.report, as_json, g.verbosity < 0)
-    del yes
 
 
 @app.command("rollback")
@@ -357,10 +361,10 @@ def rollback_cmd(
         with _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
             result = commands.rollback(
                 service, target, steps=steps, cascade=cascade, report=reporter,
-                confirm=_show_cascade if cascade and not as_json else None, **g.where,
+                confirm=_show_cascade if cascade and not as_json else None,
+                questioner=_questioner(yes), **g.where,
             )
         _finish(result.plan, result.report, as_json, g.verbosity < 0)
-    del yes
 
 
 @app.command("sqlmigrate")
@@ -457,6 +461,316 @@ def doctor_cmd(
             raise typer.Exit(1)
 
 
+# -- validate, lint, check, repair, backup, restore -----------------------------------
+
+
+def _prompt(text: str) -> str:
+    answer: str = typer.prompt(text, default="", show_default=False, err=True)
+    return answer
+
+
+def _questioner(yes: bool) -> Questioner:
+    """Typed confirmation on a terminal; elsewhere only --yes confirms."""
+    return questioner_for(yes, sys.stdin.isatty() and sys.stderr.isatty(), _prompt)
+
+
+def _findings(report: Report, as_json: bool, quiet: bool) -> None:
+    """Print a report's findings (JSON: `{ok, findings}`) and exit with its code."""
+    if as_json:
+        _json({"ok": report.ok, "findings": list(report.findings)})
+    else:
+        for f in report.findings:
+            colour = "red" if f.severity == "error" else "yellow"
+            where = f"{f.service}:{f.revision}" if f.revision else f.service
+            out.print(f"[{colour}]{f.severity:<7}[/] {where} [bold]{f.rule}[/] {f.where()}")
+            out.print(f"        {redact_known(f.message)}", markup=False)
+        if not quiet:
+            verdict = "OK" if report.ok else "FAILED"
+            out.print(f"{verdict}: {report.summary()}", markup=False)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+@app.command("validate")
+def validate_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+) -> None:
+    """Check the graph, revision files, version tables, applied checksums and lint.
+
+    Exits 1 on errors (0 with warnings only, unless --strict), 2 for a cycle or a missing
+    revision.
+
+    Example: python manage.py validate users --json
+    """
+    g = _g(ctx)
+    with _errors():
+        report = commands.validate(services or (), strict=strict, **g.where)
+    _findings(report, as_json, g.verbosity < 0)
+
+
+@app.command("lint")
+def lint_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+) -> None:
+    """Find dangerous operations in revisions' upgrade(), with file, line and reason.
+
+    Silence one with a comment `# ncm: allow <rule>` on its line or the line above.
+
+    Example: python manage.py lint billing --env production
+    """
+    g = _g(ctx)
+    with _errors():
+        report = commands.lint(services or (), strict=strict, **g.where)
+    _findings(report, as_json, g.verbosity < 0)
+
+
+@app.command("check")
+def check_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+) -> None:
+    """For CI: validate everything, and fail when a revision is pending or a service dirty.
+
+    Example: python manage.py check --env test --json
+    """
+    g = _g(ctx)
+    with _errors():
+        report = commands.check(strict=strict, **g.where)
+    _findings(report, as_json, g.verbosity < 0)
+
+
+@app.command("repair")
+def repair_cmd(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service to repair.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm in a protected environment.")] = False,
+) -> None:
+    """After a manual fix: clear a failed (dirty) mark and re-record edited revisions' checksums.
+
+    Example: python manage.py repair billing
+    """
+    with _errors():
+        actions = commands.repair(service, questioner=_questioner(yes), **_g(ctx).where)
+        if not actions:
+            out.print(f"Nothing to repair in service '{service}'.", markup=False)
+        for a in actions:
+            out.print(f"{service}:{a.revision} {a.direction} {a.status}: {a.reason}", markup=False)
+
+
+@app.command("backup")
+def backup_cmd(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service to back up.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Folder (default: backup.dir/<env>/<svc>/<time>/).")
+    ] = None,
+) -> None:
+    """Back up one service's database into a folder, with a manifest.json.
+
+    Example: python manage.py backup billing -o backups/billing-before-release
+    """
+    with _errors():
+        folder, manifest = commands.backup(service, out_dir, **_g(ctx).where)
+        lock = " (encrypted)" if manifest.encrypted else ""
+        out.print(f"Backed up {service} ({manifest.dialect}, heads "
+                  f"{', '.join(manifest.heads) or 'none'}) to {folder}{lock}", markup=False)
+
+
+@app.command("restore")
+def restore_cmd(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service to restore.")],
+    folder: Annotated[Path, typer.Argument(help="A folder written by `backup`.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm in a protected environment.")] = False,
+) -> None:
+    """Replace one service's database with a backup folder's contents.
+
+    Example: python manage.py restore billing var/backups/production/billing/20250101T120000Z --yes
+    """
+    with _errors():
+        manifest = commands.restore(service, folder, questioner=_questioner(yes), **_g(ctx).where)
+        out.print(f"Restored {service} from {folder} (taken {manifest.time}, heads "
+                  f"{', '.join(manifest.heads) or 'none'})", markup=False)
+
+
+# -- makemigrations, startservice, init --------------------------------------------------
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the current folder when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@app.command("makemigrations")
+def makemigrations_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    message: Annotated[
+        str | None, typer.Option("-m", "--message", help="What it does; also names the file.")
+    ] = None,
+    migration_type: Annotated[
+        str | None, typer.Option("--type", "-t", help="schema (default), data, index or seed.")
+    ] = None,
+    empty: Annotated[bool, typer.Option("--empty", help="The template only, no autogenerate.")] = False,
+    requires: Annotated[
+        list[str] | None, typer.Option("--requires", help="SVC:REV of another service it needs.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 naming services whose models changed.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be written.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Merge SVC's conflicting heads.")] = False,
+) -> None:
+    """Write new revisions: autogenerated from models.py (compared with a scratch database,
+    never yours), or from the template of a migration type.
+
+    Example: python manage.py makemigrations users -m "add email"
+    """
+    g = _g(ctx)
+    with _errors():
+        result = commands.makemigrations(
+            services or (), message=message, migration_type=migration_type, empty=empty,
+            requires=requires or (), check=check, dry_run=dry_run, merge=merge, **g.where,
+        )
+        if check:
+            out.print("No changes detected: every service's models match its migrations.")
+            return
+        for new in result.written:
+            note = " (dry run: nothing written)" if dry_run else ""
+            out.print(f"Migrations for '{new.service}'{note}:", markup=False)
+            out.print(f"  {_shown(new.path)}", markup=False)
+            for change in new.changes:
+                out.print(f"    - {change}", markup=False)
+            if dry_run:
+                out.print(new.text, markup=False)
+        for name in result.unchanged:
+            what = "No conflicts detected to merge" if merge else "No changes detected"
+            out.print(f"{what} in {name}", markup=False)
+        for name, reason in result.skipped:
+            out.print(f"Skipped {name}: {reason}", markup=False)
+
+
+@app.command("startservice")
+def startservice_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The new service's name ([a-z][a-z0-9_]*).")],
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="sql or mongo (default: from the URL, else sql).")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Its URL in this environment (no password).")
+    ] = None,
+) -> None:
+    """Scaffold a new service: migrations/, models.py (SQL) and its settings.toml.
+
+    Example: python manage.py startservice billing --database-url postgresql+psycopg://app@db/billing
+    """
+    with _errors():
+        created = commands.startservice(name, backend=backend, database_url=database_url, **_g(ctx).where)
+        out.print(f"Created service '{name}':", markup=False)
+        for path in created:
+            out.print(f"  {_shown(path)}", markup=False)
+        out.print(f"Next: `python manage.py makemigrations {name}`.", markup=False)
+
+
+@app.command("init")
+def init_cmd(
+    directory: Annotated[Path | None, typer.Argument(help="The repository (default: here).")] = None,
+) -> None:
+    """Scaffold manage.py, settings/ and services/ into a repository.
+
+    Example: ncm-migrate init my-monorepo
+    """
+    with _errors():
+        created = commands.init(directory)
+        for path in created:
+            out.print(f"Created {_shown(path)}", markup=False)
+        where = f"cd {_shown(directory)} && " if directory else ""
+        out.print(f"Next: {where}python manage.py startservice NAME", markup=False)
+
+
+# -- service commands ----------------------------------------------------------------------
+
+
+def _add_service_command(target: typer.Typer, command: ServiceCommand) -> None:
+    """Offer `services/<svc>/commands/<name>.py` as `<svc>:<name>`; its module is imported
+    only when the command runs, and parses its own arguments (and --help)."""
+
+    @target.command(
+        command.full_name,
+        help=command.help or f"The {command.service} service's {command.name} command.",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                          "allow_interspersed_args": False},
+        add_help_option=False,
+        rich_help_panel="Service commands",
+    )
+    def run(ctx: typer.Context) -> None:
+        with _errors():
+            loaded = load_service_command(command)
+        if isinstance(loaded, typer.Typer):
+            sub = loaded
+        else:
+            sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            sub.command(command.full_name, help=command.help or None)(loaded)
+        parent = ctx.parent.info_name if ctx.parent and ctx.parent.info_name else "manage.py"
+        sub(args=list(ctx.args), prog_name=f"{parent} {command.full_name}")
+
+
+def app_for(root: Path | None, argv: Sequence[str] = ()) -> typer.Typer:
+    """The CLI for the monorepo at `root`: the built-in commands, plus its services'
+    commands when `argv` may run or list one (no command, --help, or `svc:name`)."""
+    word = _command_word(argv)
+    if word is not None and ":" not in word and word not in ("-h", "--help"):
+        return app
+    found = find_service_commands(root or find_root(), env=_option_value(argv, "--env"))
+    if not found:
+        return app
+    full = typer.Typer(
+        name=app.info.name, help=app.info.help, no_args_is_help=True, add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
+    )
+    full.registered_callback = app.registered_callback
+    full.registered_commands = list(app.registered_commands)
+    full.registered_groups = list(app.registered_groups)
+    for command in found:
+        _add_service_command(full, command)
+    return full
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first argument that is not a global option (or its value)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _GLOBAL_VALUED:
+            i += 2
+            continue
+        if arg in _GLOBAL_FLAGS or arg.split("=", 1)[0] in _GLOBAL_VALUED:
+            i += 1
+            continue
+        return arg
+    return None
+
+
+def _option_value(argv: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def _confirm_refused(what: str) -> ConfirmationRefused:
     return ConfirmationRefused(f"{what} needs confirmation: pass --yes.")
 
@@ -494,7 +808,7 @@ def main(root: Path | None = None, argv: list[str] | None = None) -> None:
     global _default_root
     _default_root = root
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
-    app(args=args, prog_name="manage.py" if root else "ncm-migrate")
+    app_for(root, args)(args=args, prog_name="manage.py" if root else "ncm-migrate")
 
 
 __all__ = ["StepResult", "app", "main"]

@@ -13,9 +13,22 @@ if TYPE_CHECKING:
 
 
 class NcmError(Exception):
-    """Root of every error ncm-migrate raises on purpose."""
+    """Root of every error ncm-migrate raises on purpose.
+
+    An error that stops a run carries every step's outcome in `results` (what was applied
+    before it, what failed, what did not run, and what was rolled back afterwards).
+    """
 
     exit_code = 1
+
+    @property
+    def results(self) -> list[StepResult]:
+        found: list[StepResult] = self.__dict__.get("_results", [])
+        return found
+
+    @results.setter
+    def results(self, value: list[StepResult]) -> None:
+        self.__dict__["_results"] = list(value)
 
     def __reduce__(self) -> tuple[object, ...]:
         # Errors cross process boundaries (parallel runs); keep their data on the way.
@@ -88,8 +101,13 @@ class MigrationFailed(NcmError):
     ) -> None:
         self.service = service
         self.revision = revision
-        self.results: list[StepResult] = list(results or [])
+        self.results = list(results or [])
         super().__init__(message)
+
+
+class LockLost(MigrationFailed):
+    """Mid-run, another runner took a MongoDB service's lease or claimed the next step;
+    the step was not run."""
 
 
 class DirtyService(NcmError):
@@ -112,8 +130,24 @@ class ProblemsFound(NcmError):
     """validate, lint or check found problems."""
 
 
+class ModelsChanged(NcmError):
+    """makemigrations --check: a service's models.py has changes no revision holds yet."""
+
+    def __init__(self, message: str, services: list[str] | None = None) -> None:
+        self.services = list(services or [])
+        super().__init__(message)
+
+
 class ToolMissing(NcmError):
     """An external program (pg_dump, mysqldump, ...) is not on PATH."""
+
+
+class BackupInvalid(BadInput):
+    """A backup folder cannot be used: no manifest, another service, or the wrong key."""
+
+
+class BackupFailed(NcmError):
+    """A dump or restore program failed."""
 
 
 class LockTimeout(NcmError):

@@ -1,0 +1,72 @@
+"""What `validate`, `lint` and `check` report: findings, and the exit code they add up to.
+
+Pure values: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+# Findings that mean the input cannot be used at all: a cycle or a missing revision is bad
+# input (exit 2) in every command, so validate and check exit 2 on these too.
+BAD_INPUT_RULES = frozenset({"cycle", "missing-revision", "duplicate-revision", "malformed-revision"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: where it is, which rule found it, and how bad it is."""
+
+    service: str
+    revision: str
+    rule: str
+    severity: Severity
+    message: str
+    file: str
+    line: int | None = None
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class Report:
+    """Findings in a stable order, and the exit code they mean."""
+
+    findings: tuple[Finding, ...]
+    strict: bool = False
+
+    @classmethod
+    def of(cls, findings: Iterable[Finding], strict: bool = False) -> Report:
+        ordered = sorted(
+            set(findings), key=lambda f: (f.service, f.revision, f.file, f.line or 0, f.rule, f.message)
+        )
+        return cls(tuple(ordered), strict)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def exit_code(self) -> int:
+        """2 for bad input, 1 for errors (or warnings with `strict`), else 0."""
+        if any(f.rule in BAD_INPUT_RULES for f in self.findings):
+            return 2
+        if self.errors or (self.strict and self.warnings):
+            return 1
+        return 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def summary(self) -> str:
+        e, w = len(self.errors), len(self.warnings)
+        return f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}"

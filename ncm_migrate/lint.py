@@ -1,0 +1,368 @@
+"""Dangerous operations in revisions' `upgrade()`, found in the source without running it.
+
+Each rule names one operation that can lose data or lock a busy table; a comment
+`# ncm: allow <rule>` on the line (or the line above) silences it. PostgreSQL services may
+also run squawk over the SQL a revision renders offline.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tokenize
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NcmError, ToolMissing
+from .findings import Finding, Severity
+from .model import Revision, ServiceConfig, Step
+from .urls import redact_known, scheme_of
+
+log = logging.getLogger(__name__)
+
+RULES: dict[str, str] = {
+    "drop-table": "drops a table and its rows",
+    "drop-column": "drops a column and its data",
+    "drop-index": "drops an index",
+    "drop-collection": "drops a MongoDB collection and its documents",
+    "rename-table": "renames a table: code still using the old name breaks",
+    "rename-column": "renames a column: code still using the old name breaks",
+    "not-null-without-default": "makes a column of an existing table NOT NULL without a server default",
+    "type-change": "changes a column's type: may rewrite the table and lose data",
+    "non-concurrent-index": "creates an index without CONCURRENTLY: writes to the table block meanwhile",
+    "raw-sql-drop": "runs raw SQL that drops or truncates",
+}
+# Operations that lose data: in a protected environment they need confirmation.
+DESTRUCTIVE = frozenset(
+    {"drop-table", "drop-column", "drop-index", "drop-collection", "rename-table", "rename-column",
+     "type-change", "raw-sql-drop"}
+)
+_ALLOW = re.compile(r"#\s*ncm:\s*allow\s+([\w:,\- ]+)")
+_DESTRUCTIVE_SQL = re.compile(r"\b(DROP|TRUNCATE)\b", re.IGNORECASE)
+_SQL_DROPS = {
+    "drop_table": "drop-table",
+    "drop_column": "drop-column",
+    "drop_index": "drop-index",
+    "rename_table": "rename-table",
+}
+_MONGO_DROPS = {
+    "drop_collection": "drop-collection",
+    "drop": "drop-collection",
+    "drop_index": "drop-index",
+    "drop_indexes": "drop-index",
+    "drop_search_index": "drop-index",
+}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One dangerous call: the rule, the line range of the call, and what it does."""
+
+    rule: str
+    line: int
+    end_line: int
+    detail: str
+
+
+def lint_revision(
+    config: ServiceConfig,
+    rev: Revision,
+    severity: Severity,
+    root: Path,
+    include_allowed: bool = False,
+) -> list[Finding]:
+    """The findings of one revision's `upgrade()`; silenced ones only with `include_allowed`."""
+    text = rev.path.read_text(encoding="utf-8")
+    try:
+        tree = ast.parse(text, filename=str(rev.path))
+    except SyntaxError:
+        return []  # validate reports the file as malformed
+    upgrade = _function(tree, "upgrade")
+    if upgrade is None:
+        return []
+    allowed = allow_comments(text)
+    postgres = is_postgres(config)
+    hits = _mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres)
+    out = []
+    for hit in hits:
+        if not include_allowed and _silenced(hit.rule, hit.line, hit.end_line, allowed):
+            continue
+        out.append(
+            Finding(
+                service=rev.service,
+                revision=rev.revision,
+                rule=hit.rule,
+                severity=severity,
+                message=f"{hit.detail}: {RULES[hit.rule]} (silence with `# ncm: allow {hit.rule}`)",
+                file=_relative(rev.path, root),
+                line=hit.line,
+            )
+        )
+    return out
+
+
+def lint_service(
+    config: ServiceConfig,
+    revisions: Mapping[str, Revision],
+    severity: Severity,
+    root: Path,
+    squawk: bool = False,
+) -> list[Finding]:
+    """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too."""
+    findings: list[Finding] = []
+    for rev in revisions.values():
+        findings.extend(lint_revision(config, rev, severity, root))
+    if squawk and config.backend == "sql" and is_postgres(config):
+        findings.extend(squawk_service(config, revisions, severity, root))
+    return findings
+
+
+def is_postgres(config: ServiceConfig) -> bool:
+    return config.backend == "sql" and scheme_of(config.database_url or "").startswith("postgres")
+
+
+def allow_comments(text: str) -> dict[int, set[str]]:
+    """`# ncm: allow rule-a, rule-b` comments by line number."""
+    out: dict[int, set[str]] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                match = _ALLOW.search(tok.string)
+                if match:
+                    rules = {r for r in re.split(r"[\s,]+", match.group(1)) if r}
+                    out.setdefault(tok.start[0], set()).update(rules)
+    except (tokenize.TokenError, SyntaxError):
+        return out
+    return out
+
+
+def _silenced(rule: str, line: int, end_line: int, allowed: Mapping[int, set[str]]) -> bool:
+    for n in range(line - 1, end_line + 1):
+        rules = allowed.get(n, set())
+        if rule in rules or "all" in rules:
+            return True
+    return False
+
+
+def _function(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
+            return node
+    return None
+
+
+def _calls(fn: ast.AST) -> Iterator[tuple[ast.Call, str]]:
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute):
+                yield node, func.attr
+            elif isinstance(func, ast.Name):
+                yield node, func.id
+
+
+def _hit(rule: str, node: ast.Call, detail: str) -> Hit:
+    return Hit(rule, node.lineno, node.end_lineno or node.lineno, detail)
+
+
+def _sql_hits(fn: ast.AST, postgres: bool) -> Iterator[Hit]:
+    for call, name in _calls(fn):
+        what = _first_string(call)
+        if name in _SQL_DROPS:
+            yield _hit(_SQL_DROPS[name], call, f"{name}({what!r})" if what else f"{name}()")
+        elif name == "alter_column":
+            column = _string_arg(call, 1) or _keyword_string(call, "column_name") or "?"
+            kws = {k.arg: k.value for k in call.keywords if k.arg}
+            if "new_column_name" in kws:
+                yield _hit("rename-column", call, f"alter_column({column!r}, new_column_name=...)")
+            if "type_" in kws:
+                yield _hit("type-change", call, f"alter_column({column!r}, type_=...)")
+            if _is_false(kws.get("nullable")):
+                yield _hit("not-null-without-default", call, f"alter_column({column!r}, nullable=False)")
+        elif name == "add_column":
+            new = _column_call(call)
+            if new is not None and _required_without_default(new):
+                label = _first_string(new) or "?"
+                yield _hit("not-null-without-default", call,
+                           f"add_column({label!r}, nullable=False) with no server_default")
+        elif name == "create_index" and postgres:
+            kws = {k.arg: k.value for k in call.keywords if k.arg}
+            if not _is_true(kws.get("postgresql_concurrently")):
+                yield _hit("non-concurrent-index", call, f"create_index({what!r})")
+        elif name in ("execute", "exec_driver_sql"):
+            sql = _sql_text(call)
+            match = _DESTRUCTIVE_SQL.search(sql or "")
+            if match:
+                yield _hit("raw-sql-drop", call, f"{name}() with {match.group(1).upper()}")
+
+
+def _mongo_hits(fn: ast.AST) -> Iterator[Hit]:
+    for call, name in _calls(fn):
+        if name == "drop" and (call.args or not isinstance(call.func, ast.Attribute)):
+            continue  # `coll.drop()` takes no arguments; anything else is not a collection
+        if name in _MONGO_DROPS:
+            yield _hit(_MONGO_DROPS[name], call, f"{name}({_first_string(call) or ''!s})")
+        elif name == "command":
+            verb = _string_arg(call, 0) or ""
+            if verb in ("drop", "dropDatabase"):
+                yield _hit("drop-collection", call, f"command({verb!r})")
+            elif verb in ("dropIndexes", "deleteIndexes"):
+                yield _hit("drop-index", call, f"command({verb!r})")
+
+
+def _string_arg(call: ast.Call, index: int) -> str | None:
+    if len(call.args) > index:
+        arg = call.args[index]
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return arg.value
+    return None
+
+
+def _keyword_string(call: ast.Call, name: str) -> str | None:
+    for kw in call.keywords:
+        if kw.arg == name and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+            return kw.value.value
+    return None
+
+
+def _first_string(call: ast.Call) -> str | None:
+    for arg in call.args:
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return arg.value
+    return None
+
+
+def _is_false(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
+
+
+def _is_true(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is True
+
+
+def _column_call(call: ast.Call) -> ast.Call | None:
+    for arg in [*call.args, *(k.value for k in call.keywords)]:
+        if isinstance(arg, ast.Call):
+            func = arg.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name == "Column":
+                return arg
+    return None
+
+
+def _required_without_default(column: ast.Call) -> bool:
+    kws = {k.arg: k.value for k in column.keywords if k.arg}
+    if _is_true(kws.get("primary_key")):
+        return False
+    default = kws.get("server_default")
+    has_default = default is not None and not (isinstance(default, ast.Constant) and default.value is None)
+    return _is_false(kws.get("nullable")) and not has_default
+
+
+def _sql_text(call: ast.Call) -> str | None:
+    """The SQL text of `execute("...")`, `execute(f"...")` or `execute(sa.text("..."))`."""
+    if not call.args:
+        return None
+    arg = call.args[0]
+    if isinstance(arg, ast.Call) and arg.args:
+        func = arg.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name == "text":
+            arg = arg.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr):
+        return "".join(
+            v.value for v in arg.values if isinstance(v, ast.Constant) and isinstance(v.value, str)
+        )
+    return None
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# -- squawk --------------------------------------------------------------------------
+
+
+def squawk_program() -> str:
+    """The squawk binary (from the `squawk-cli` package): on PATH or beside this Python."""
+    found = shutil.which("squawk")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "squawk"
+    if beside.is_file():
+        return str(beside)
+    raise ToolMissing(
+        "lint.squawk is true but the program 'squawk' was not found; install it with "
+        "`pip install squawk-cli` (or `pip install 'ncm-migrate[squawk]'`), or set lint.squawk = false."
+    )
+
+
+def squawk_service(
+    config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path
+) -> list[Finding]:
+    """squawk's findings on each revision's upgrade SQL, rendered offline, as `squawk:<rule>`."""
+    from .backends.sql import SqlBackend
+
+    program = squawk_program()
+    backend = SqlBackend(config, 1.0)
+    findings: list[Finding] = []
+    for rev in revisions.values():
+        file = _relative(rev.path, root)
+        line = dict(rev.line_of).get("upgrade")
+        step = Step(rev.service, rev.revision, "up")
+        try:
+            sql = backend.offline_sql([step], revisions, rev.down_revisions)
+        except NcmError as exc:
+            findings.append(Finding(rev.service, rev.revision, "squawk:not-rendered", "warning",
+                                    redact_known(str(exc)), file, line))
+            continue
+        sql = without_version_table(sql, config.version_table)
+        allowed = allow_comments(rev.path.read_text(encoding="utf-8"))
+        for rule, message in run_squawk(program, sql, file, root):
+            name = f"squawk:{rule}"
+            if line is not None and _silenced(name, line, line, allowed):
+                continue
+            findings.append(Finding(rev.service, rev.revision, name, severity, message, file, line))
+    return findings
+
+
+def without_version_table(sql: str, version_table: str) -> str:
+    """The rendered SQL less the statements on Alembic's version table (not the user's)."""
+    statements = re.split(r";[ \t]*\n", sql)
+    pattern = re.compile(rf"\b{re.escape(version_table)}\b")
+    kept = [s for s in statements if not pattern.search(s)]
+    return ";\n".join(kept)
+
+
+def run_squawk(program: str, sql: str, file: str, root: Path) -> Iterable[tuple[str, str]]:
+    """(rule, message) for each of squawk's findings on `sql` (squawk's config applies)."""
+    proc = subprocess.run(
+        [program, "--reporter", "json", "--stdin-filepath", file],
+        input=sql, capture_output=True, text=True, cwd=root, check=False, timeout=120,
+    )
+    try:
+        items = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        raise NcmError(
+            f"squawk failed on {file} (exit {proc.returncode}): "
+            f"{redact_known(proc.stderr.strip() or proc.stdout.strip())}"
+        ) from None
+    out = []
+    for item in items if isinstance(items, list) else []:
+        sql_line = int(item.get("line", 0)) + 1
+        help_text = f" {item['help']}" if item.get("help") else ""
+        out.append((str(item.get("rule_name", "unknown")),
+                    f"{item.get('message', '')}{help_text} (SQL line {sql_line})"))
+    return out

@@ -1,0 +1,58 @@
+"""Repairing a service's ledger after a manual fix, by appending rows (never editing them).
+
+A dirty mark is cleared with a `reverted` down row for the failed revision (or a `faked`
+up row when the version table says it did get applied); an applied revision whose file
+was edited on purpose gets a `faked` up row carrying the file's new checksum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .backends import Backend
+from .model import Direction, Revision, RunContext
+
+
+@dataclass(frozen=True)
+class RepairAction:
+    """One ledger row `repair` appended, and why."""
+
+    revision: str
+    direction: Direction
+    status: str
+    reason: str
+
+
+def repair_service(
+    backend: Backend, revisions: Mapping[str, Revision], ctx: RunContext, lock_timeout_s: float
+) -> list[RepairAction]:
+    """Clear the dirty mark and re-record drifted checksums of one service, under its lock."""
+    actions: list[RepairAction] = []
+    with backend.lock(lock_timeout_s):
+        state = backend.read_state(revisions)
+        recorded = dict(state.checksums)
+        if state.dirty:
+            rev = revisions.get(state.dirty)
+            if state.dirty in state.applied and rev is not None:
+                backend.record(state.dirty, "up", "faked", rev.checksum, ctx)
+                recorded[state.dirty] = rev.checksum
+                actions.append(RepairAction(
+                    state.dirty, "up", "faked",
+                    "cleared the dirty mark; the version table has it applied, so it is recorded as applied",
+                ))
+            else:
+                backend.record(state.dirty, "down", "reverted", None, ctx)
+                actions.append(RepairAction(
+                    state.dirty, "down", "reverted",
+                    "cleared the dirty mark; it is not applied and will run again on the next migrate",
+                ))
+        for rev_id, checksum in sorted(recorded.items()):
+            rev = revisions.get(rev_id)
+            if rev is not None and checksum and checksum != rev.checksum:
+                backend.record(rev_id, "up", "faked", rev.checksum, ctx)
+                actions.append(RepairAction(
+                    rev_id, "up", "faked",
+                    f"re-recorded the checksum of the edited file {rev.path.name}",
+                ))
+    return actions

@@ -1,0 +1,313 @@
+"""Everything that can be wrong with a monorepo's migrations, as findings rather than errors.
+
+Files and graph (malformed files, duplicate ids, missing revisions, cycles, forked heads,
+missing upgrade/downgrade), settings (version-table clashes), each database (applied
+revisions whose file changed or disappeared, dirty marks, pending revisions) and lint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from .discovery import read_revision, revision_files
+from .errors import NcmError, ServiceNotConfigured
+from .executor import open_backend
+from .findings import Finding
+from .graph import Graph, find_cycle
+from .lint import lint_service
+from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Inventory:
+    """Every revision file that could be read, per service, and the findings on the rest."""
+
+    revisions: dict[str, dict[str, Revision]]
+    findings: list[Finding]
+
+
+def select(settings: Settings, names: Sequence[str]) -> list[ServiceConfig]:
+    """Named services (each configured here), or every active one, logging the others."""
+    if names:
+        chosen = [settings.service(n) for n in names]
+        for svc in chosen:
+            if not svc.active:
+                raise ServiceNotConfigured(
+                    f"Service '{svc.name}' cannot be used in environment '{settings.env}': "
+                    f"{svc.skip_reason}."
+                )
+        return chosen
+    for svc in settings.services:
+        if not svc.active:
+            log.warning("skipping service '%s': %s", svc.name, svc.skip_reason)
+    return [s for s in settings.services if s.active]
+
+
+def read_inventory(settings: Settings) -> Inventory:
+    """Read every revision header of every service, turning bad files into findings."""
+    revisions: dict[str, dict[str, Revision]] = {}
+    findings: list[Finding] = []
+    for svc in settings.services:
+        found: dict[str, Revision] = {}
+        for path in revision_files(svc.migrations_dir):
+            rel = _rel(path, settings.root)
+            try:
+                rev = read_revision(svc.name, path)
+            except NcmError as exc:
+                findings.append(Finding(svc.name, "", "malformed-revision", "error", str(exc), rel))
+                continue
+            if rev.revision in found:
+                findings.append(Finding(
+                    svc.name, rev.revision, "duplicate-revision", "error",
+                    f"revision id '{rev.revision}' is also used by "
+                    f"{_rel(found[rev.revision].path, settings.root)}; give one of them a new id",
+                    rel, dict(rev.line_of).get("revision"),
+                ))
+                continue
+            found[rev.revision] = rev
+        revisions[svc.name] = found
+    return Inventory(revisions, findings)
+
+
+def graph_findings(
+    settings: Settings, revisions: Mapping[str, Mapping[str, Revision]]
+) -> tuple[list[Finding], Graph]:
+    """Missing revisions, cycles, forked heads and missing functions; and the graph with the
+    dangling edges left out (so the rest can still be checked)."""
+    findings: list[Finding] = []
+    root = settings.root
+    every = {rev.key: rev for revs in revisions.values() for rev in revs.values()}
+    nodes = {
+        key: dataclasses.replace(rev, down_revisions=tuple(
+            d for d in rev.down_revisions if RevisionKey(key.service, d) in every
+        ))
+        for key, rev in every.items()
+    }
+    by_service = {svc: sorted(revs) for svc, revs in revisions.items()}
+    graph = Graph(nodes, {}, {}, by_service)
+
+    def missing(rev: Revision, what: str, key: str) -> None:
+        findings.append(Finding(rev.service, rev.revision, "missing-revision", "error",
+                                f"{what}, which does not exist", _rel(rev.path, root),
+                                dict(rev.line_of).get(key)))
+
+    for key, rev in nodes.items():
+        intra: set[RevisionKey] = set()
+        for down in every[key].down_revisions:
+            if RevisionKey(key.service, down) in nodes:
+                intra.add(RevisionKey(key.service, down))
+            else:
+                missing(rev, f"down_revision '{down}' names a revision of '{key.service}'", "down_revision")
+        for dep in rev.depends_on:
+            svc, _, ident = dep.rpartition(":")
+            target = _resolve(graph, svc or key.service, ident)
+            if target is None:
+                missing(rev, f"depends_on '{dep}' names a revision", "depends_on")
+            else:
+                intra.add(target)
+        cross: set[RevisionKey] = set()
+        for req in rev.requires:
+            svc, sep, ident = req.partition(":")
+            target = _resolve(graph, svc, ident) if sep and ident else None
+            if target is None:
+                missing(rev, f"requires '{req}' names a revision (write service:revision)", "requires")
+            else:
+                cross.add(target)
+        graph.intra_parents[key] = tuple(sorted(intra))
+        graph.parents[key] = tuple(sorted(intra | cross))
+    for config in settings.services:
+        dep_heads = {RevisionKey(d, h) for d in config.depends_on for h in graph.heads(d)}
+        for key in nodes:
+            if key.service == config.name and not nodes[key].down_revisions:
+                graph.parents[key] = tuple(sorted(set(graph.parents[key]) | dep_heads))
+    cycle = find_cycle(graph)
+    if cycle:
+        first = nodes[cycle[0]]
+        findings.append(Finding(
+            first.service, first.revision, "cycle", "error",
+            "cycle in the migration graph: " + " -> ".join(str(k) for k in cycle)
+            + "; break it by removing one requires/depends_on",
+            _rel(first.path, root), dict(first.line_of).get("requires"),
+        ))
+    for config in settings.services:
+        heads = graph.conflicting_heads(config.name)
+        if heads:
+            rev = nodes[RevisionKey(config.name, heads[-1])]
+            findings.append(Finding(
+                config.name, heads[-1], "multiple-heads", "error",
+                f"several heads fork without a merge: {', '.join(heads)}; run "
+                f"`manage.py makemigrations {config.name} --merge`",
+                _rel(rev.path, root), None,
+            ))
+    for rev in nodes.values():
+        for fn in ("upgrade", "downgrade"):
+            if fn not in rev.defines:
+                findings.append(Finding(rev.service, rev.revision, "missing-function", "error",
+                                        f"the revision defines no {fn}() function",
+                                        _rel(rev.path, root), None))
+    return findings, graph
+
+
+def version_table_findings(settings: Settings) -> list[Finding]:
+    """Services whose URLs differ in spelling but reach one database and version table,
+    and version tables named like the ledger."""
+    findings: list[Finding] = []
+    seen: dict[tuple[str, str], str] = {}
+    for svc in settings.services:
+        if svc.backend != "sql" or svc.database_url is None or not svc.active:
+            continue
+        rel = _rel(svc.root, settings.root)
+        if svc.version_table == "ncm_migrations":
+            findings.append(Finding(svc.name, "", "version-table-clash", "error",
+                                    "version_table 'ncm_migrations' is the ledger's table; choose another",
+                                    rel))
+        key = (_database_identity(svc.database_url), svc.version_table)
+        if key in seen:
+            findings.append(Finding(
+                svc.name, "", "version-table-clash", "error",
+                f"services '{seen[key]}' and '{svc.name}' share one database and the version table "
+                f"'{svc.version_table}'; set services.{svc.name}.version_table = "
+                f"\"alembic_version_{svc.name}\"",
+                rel,
+            ))
+        seen.setdefault(key, svc.name)
+    return findings
+
+
+def database_findings(
+    settings: Settings,
+    config: ServiceConfig,
+    revisions: Mapping[str, Revision],
+    graph: Graph,
+    pending: bool,
+) -> list[Finding]:
+    """Drifted or vanished applied revisions, revisions only the database knows, a dirty
+    mark, and (with `pending`) revisions not applied yet."""
+    backend = open_backend(config, settings.connect)
+    try:
+        state = backend.read_state(revisions)
+        rows = backend.history()
+    finally:
+        backend.close()
+    return state_findings(settings, config, revisions, graph, state, rows, pending)
+
+
+def state_findings(
+    settings: Settings,
+    config: ServiceConfig,
+    revisions: Mapping[str, Revision],
+    graph: Graph,
+    state: ServiceState,
+    rows: Sequence[LedgerRow],
+    pending: bool,
+) -> list[Finding]:
+    name = config.name
+    migrations = _rel(config.migrations_dir, settings.root)
+    findings: list[Finding] = []
+    when = _applied_when(rows)
+    for rev_id, checksum in state.checksums:
+        rev = revisions.get(rev_id)
+        applied = f"applied {when.get(rev_id, 'at an unknown time')}"
+        if rev is None:
+            findings.append(Finding(
+                name, rev_id, "missing-file", "error",
+                f"{name}:{rev_id} was {applied} but its file is gone from {migrations}; "
+                "restore it, or check out the right branch",
+                migrations,
+            ))
+        elif checksum and checksum != rev.checksum:
+            findings.append(Finding(
+                name, rev_id, "checksum-drift", "error",
+                f"{name}:{rev_id} was edited after it was {applied}; revert the edit, or run "
+                f"`manage.py repair {name}` if it was deliberate",
+                _rel(rev.path, settings.root),
+            ))
+    recorded = {r for r, _ in state.checksums}
+    for rev_id in state.unknown:
+        if rev_id not in recorded:
+            findings.append(Finding(
+                name, rev_id, "missing-file", "error",
+                f"the database has {name}:{rev_id} applied but no such file exists in {migrations}",
+                migrations,
+            ))
+    if state.dirty:
+        findings.append(Finding(
+            name, state.dirty, "dirty", "error",
+            f"{name}:{state.dirty} failed part way; fix the database, then run `manage.py repair {name}`",
+            migrations,
+        ))
+    if pending:
+        todo = [r for r in graph.by_service.get(name, []) if r not in state.applied]
+        if todo:
+            findings.append(Finding(
+                name, todo[0], "pending", "error",
+                f"{len(todo)} revision(s) not applied yet: {', '.join(todo)}; run `manage.py migrate`",
+                migrations,
+            ))
+    return findings
+
+
+def validate_settings(
+    settings: Settings,
+    names: Sequence[str] = (),
+    *,
+    database: bool = True,
+    pending: bool = False,
+    lint_rules: bool = True,
+) -> list[Finding]:
+    """Every finding for the selected services (graph findings for all of them)."""
+    selected = select(settings, names)
+    chosen = {s.name for s in selected}
+    inventory = read_inventory(settings)
+    graph_found, graph = graph_findings(settings, inventory.revisions)
+    findings = [f for f in inventory.findings + graph_found if f.service in chosen or f.rule == "cycle"]
+    findings += [f for f in version_table_findings(settings) if f.service in chosen]
+    if lint_rules:
+        for svc in selected:
+            findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
+                                     settings.root, squawk=settings.lint_squawk)
+    if database:
+        for svc in selected:
+            findings += database_findings(settings, svc, inventory.revisions[svc.name], graph, pending)
+    return findings
+
+
+def _resolve(graph: Graph, service: str, ident: str) -> RevisionKey | None:
+    try:
+        return RevisionKey(service, graph.resolve(service, ident))
+    except NcmError:
+        return None
+
+
+def _applied_when(rows: Iterable[LedgerRow]) -> dict[str, str]:
+    when: dict[str, str] = {}
+    for row in rows:
+        if row.direction == "up" and row.status in ("applied", "faked"):
+            when[row.revision] = f"on {(row.finished_at or row.started_at)[:19]} by {row.actor}"
+    return when
+
+
+def _database_identity(url: str) -> str:
+    """One spelling for URLs that reach the same database (driver, localhost, default port)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    backend = "mysql" if backend == "mariadb" else backend
+    host = (parsed.host or "").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1", "") else host
+    port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(backend)
+    return f"{backend}://{host}:{port}/{parsed.database}"
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
