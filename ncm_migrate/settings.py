@@ -23,7 +23,7 @@ from dynaconf.utils.inspect import get_history
 from .discovery import find_service_dirs
 from .errors import SettingsError, UnknownEnvironment
 from .model import ServiceConfig
-from .urls import backend_of, check_url, remember_secret, resolve_sqlite_path
+from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve_sqlite_path
 
 DEFAULT_ENV = "development"
 PROJECT_FILES = ("settings.toml", ".secrets.toml", "settings.local.toml")
@@ -431,7 +431,9 @@ def _get(data: Mapping[str, Any], key: tuple[str, ...]) -> Any:
 
 
 def _bad(key: tuple[str, ...], value: object, expected: str, sources: _Sources) -> SettingsError:
-    shown = value if not isinstance(value, str) or "password" not in value else "(hidden)"
+    shown = value
+    if isinstance(value, str):
+        shown = "(hidden)" if "password" in value else mask_userinfo(value)
     return SettingsError(
         f"Setting '{'.'.join(key)}' ({sources.of(key)}) must be {expected}, not {shown!r}."
     )

@@ -15,6 +15,7 @@ MONGO_SCHEMES = ("mongodb", "mongodb+srv")
 ASYNC_DRIVERS = {"asyncpg", "psycopg_async", "aiomysql", "asyncmy", "aiosqlite"}
 _known_secrets: set[str] = set()
 _MONGO_USERINFO = re.compile(r"^(mongodb(?:\+srv)?://)([^:@/]*):([^@/]*)@")
+_USERINFO = re.compile(r"://[^/?#\s]*@")
 
 
 def scheme_of(url: str) -> str:
@@ -110,6 +111,12 @@ def mask_url(url: str | None) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return redact(url, [secret] if secret else [])
+
+
+def mask_userinfo(text: str) -> str:
+    """`text` with the user and password of every `scheme://user:password@` in it replaced
+    by `***`, whether or not the URL parses (for values that should not be URLs at all)."""
+    return _USERINFO.sub("://***@", text)
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
