@@ -184,7 +184,9 @@ def _plain_files(manifest: Manifest, folder: Path, key: str | None) -> Iterator[
                     f"Backup {folder} cannot be decrypted with this backup.encryption_key: it was "
                     "made with another key (or the file is damaged); nothing was restored."
                 ) from None
-            (Path(tmp) / name.removesuffix(_ENC)).write_bytes(plain)
+            target = Path(tmp) / name.removesuffix(_ENC)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(plain)
         yield Path(tmp)
 
 
@@ -395,7 +397,7 @@ def _wipe_mysql(config: ServiceConfig) -> None:
 def _dump_mongo(config: ServiceConfig, out_dir: Path) -> list[str]:
     from .mongo_backup import backup_mongo
 
-    return [p.name for p in backup_mongo(config, out_dir)]
+    return [str(p.relative_to(out_dir)) for p in backup_mongo(config, out_dir)]
 
 
 def _restore_mongo(config: ServiceConfig, folder: Path, files: list[str]) -> None:

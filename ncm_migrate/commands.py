@@ -6,17 +6,28 @@ executor, and returns plain values; none prints. Errors are `NcmError`s with exi
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import health
 from .audit import AuditLog
 from .backup import Manifest
 from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
-from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
+from .executor import (
+    Event,
+    Reporter,
+    RunReport,
+    SegmentJob,
+    apply_plan,
+    check_state,
+    open_backend,
+    segments,
+)
 from .findings import Report
 from .graph import (
     HEAD,
@@ -227,6 +238,49 @@ def migrate(
     return _execute(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
 
 
+async def amigrate(
+    services: Sequence[str] = (), target: str | None = None, **options: Any
+) -> MigrateResult:
+    """`migrate` without blocking the event loop (for FastAPI/Starlette lifespans): the
+    same work, the same results and errors, in a worker thread."""
+    return await asyncio.to_thread(functools.partial(migrate, services, target, **options))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    service: str
+    revision: str
+    ok: bool
+    error: str | None = None
+
+
+def verify(
+    services: Sequence[str] = (),
+    *,
+    env: str | None = None,
+    root: Path | None = None,
+    settings_dir: Path | None = None,
+) -> list[VerifyResult]:
+    """Re-run the `verify` functions of applied revisions, changing nothing."""
+    project = load_project(root, env, settings_dir)
+    out = []
+    for svc in project.select(services):
+        backend = open_backend(svc, project.settings.connect)
+        try:
+            state = backend.read_state(project.revisions[svc.name])
+            order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, [svc.name]))
+            for step in order.steps:
+                rev = project.revisions[svc.name].get(step.revision)
+                if step.service != svc.name or rev is None or step.revision not in state.applied:
+                    continue
+                if "verify" in rev.defines:
+                    error = backend.verify(rev)
+                    out.append(VerifyResult(svc.name, rev.revision, error is None, error))
+        finally:
+            backend.close()
+    return out
+
+
 def rollback(
     service: str,
     target: str | None = None,
@@ -258,7 +312,7 @@ def rollback(
     _confirm_protected(project, downgrade, fake, questioner)
     if confirm is not None:
         confirm(downgrade)
-    return _execute(project, downgrade, fake, 1, report)
+    return _execute(project, downgrade, fake, 1, report, rollback_on_failure=False).raise_for_error()
 
 
 def sqlmigrate(
@@ -404,11 +458,16 @@ def check(
     root: Path | None = None,
     settings_dir: Path | None = None,
 ) -> Report:
-    """For CI: validate every service, plus pending revisions and dirty marks."""
-    from .validate import validate_settings
+    """For CI: validate every service, plus pending revisions, dirty marks and models.py
+    changes that no revision holds yet (`makemigrations --check`)."""
+    from .validate import models_findings, validate_settings
 
     settings = load_settings(root or find_root(), env, settings_dir)
-    return Report.of(validate_settings(settings, (), pending=True), strict)
+    findings = validate_settings(settings, (), pending=True)
+    report = Report.of(findings, strict)
+    if report.exit_code == 2:
+        return report  # the graph cannot be built: nothing to compare models with
+    return Report.of(findings + models_findings(load_project(root, env, settings_dir)), strict)
 
 
 def repair(
@@ -600,6 +659,14 @@ def _plan(
                 f"requires it), but service '{step.service}' cannot be used in environment "
                 f"'{project.settings.env}': {config.skip_reason}."
             )
+    busy = set(steps.services())
+    for svc in selected:
+        # With nothing to do a service is still refused when dirty or drifted: its database
+        # needs `repair`. (With steps, the executor checks under the lock: read here, a
+        # `running` row may be another live runner's.)
+        if svc.name not in busy:
+            check_state(svc, states[svc.name], project.revisions[svc.name],
+                        project.settings.allow_checksum_drift)
     return steps, states
 
 

@@ -19,6 +19,7 @@ from .findings import Finding
 from .graph import Graph, find_cycle
 from .lint import lint_service
 from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
+from .project import Project
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,22 @@ def validate_settings(
     if database:
         for svc in selected:
             findings += database_findings(settings, svc, inventory.revisions[svc.name], graph, pending)
+    return findings
+
+
+def models_findings(project: Project) -> list[Finding]:
+    """Services whose models.py has changes no revision holds yet (`makemigrations --check`)."""
+    from .new_revisions import changed_services
+
+    findings = []
+    for name, changes in sorted(changed_services(project).items()):
+        svc = project.service(name)
+        findings.append(Finding(
+            name, "", "models-changed", "error",
+            f"models.py has changes that no revision holds yet ({', '.join(changes)}); run "
+            f"`manage.py makemigrations {name}`",
+            _rel(svc.root / "models.py", project.root),
+        ))
     return findings
 
 

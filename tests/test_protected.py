@@ -1,0 +1,127 @@
+"""Protected environments: downgrades, destructive revisions, --fake, repair and restore are
+refused (exit 2, nothing touched) without --yes off a terminal, and go ahead with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from monorepo import Monorepo, ledger, tables
+
+from ncm_migrate import commands
+from ncm_migrate.errors import ConfirmationRefused
+from ncm_migrate.questioner import InteractiveQuestioner, NonInteractiveQuestioner, questioner_for
+
+
+def _repo(repo: Monorepo, url: str) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("users", "0002_old", "old_t", down="0001_initial")
+    repo.settings(f"""
+        [production]
+        protected = true
+        database_url = "{url}"
+    """)
+
+
+def _refused(repo: Monorepo, url: str, *args: str) -> None:
+    before = (tables(url), ledger(url))
+    audit = repo.root / "var" / "audit.jsonl"
+    audit_before = audit.read_text() if audit.exists() else ""
+    result = repo.cli(*args, "--env", "production")
+    assert result.code == 2, result.output
+    assert "protected" in result.stderr and "--yes" in result.stderr and "users" in result.stderr
+    assert "Traceback" not in result.output
+    assert (tables(url), ledger(url)) == before
+    assert (audit.read_text() if audit.exists() else "") == audit_before
+
+
+def test_destructive_work_needs_yes(repo: Monorepo, db_url: str) -> None:
+    _repo(repo, db_url)
+    # Plain upgrades need no confirmation, even where protected.
+    assert repo.cli("migrate", "--env", "production").code == 0
+
+    repo.revision("users", "0003_drop_old", down="0002_old", upgrade="op.drop_table('old_t')",
+                  downgrade="op.create_table('old_t', sa.Column('id', sa.Integer, primary_key=True))")
+    _refused(repo, db_url, "migrate")
+    ok = repo.cli("migrate", "--env", "production", "--yes")
+    assert ok.code == 0, ok.output
+    assert "old_t" not in tables(db_url)
+
+    _refused(repo, db_url, "rollback", "users")
+    _refused(repo, db_url, "migrate", "users", "0001_initial")
+    back = repo.cli("rollback", "users", "--env", "production", "--yes")
+    assert back.code == 0, back.output
+    assert "old_t" in tables(db_url)
+    assert [(r["revision"], r["status"]) for r in ledger(db_url)][-1] == ("0003_drop_old", "reverted")
+
+    # --fake records without running, so it needs confirmation even upwards.
+    _refused(repo, db_url, "migrate", "--fake")
+    assert repo.cli("migrate", "--env", "production", "--fake", "--yes").code == 0
+    assert ledger(db_url)[-1]["status"] == "faked"
+
+    _refused(repo, db_url, "repair", "users")
+    assert repo.cli("repair", "users", "--env", "production", "--yes").code == 0
+
+
+def test_restore_needs_yes(repo: Monorepo, sqlite_url: str, tmp_path: Path) -> None:
+    _repo(repo, sqlite_url)
+    assert repo.cli("migrate", "--env", "production").code == 0
+    folder = tmp_path / "bk"
+    assert repo.cli("backup", "users", "-o", str(folder), "--env", "production").code == 0
+    _refused(repo, sqlite_url, "restore", "users", str(folder))
+    assert repo.cli("restore", "users", str(folder), "--env", "production", "--yes").code == 0
+
+
+def test_unprotected_environment_asks_nothing(repo: Monorepo, sqlite_url: str) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.revision("users", "0002_drop", down="0001_initial", upgrade="op.drop_table('users_t')")
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    assert repo.cli("migrate").code == 0
+    assert repo.cli("rollback", "users").code == 0
+
+
+def test_allowed_drop_still_needs_confirmation(repo: Monorepo, sqlite_url: str) -> None:
+    _repo(repo, sqlite_url)
+    assert repo.cli("migrate", "--env", "production").code == 0
+    repo.revision("users", "0003_drop_old", down="0002_old",
+                  upgrade="op.drop_table('old_t')  # ncm: allow drop-table")
+    assert repo.cli("lint", "--env", "production").code == 0
+    _refused(repo, sqlite_url, "migrate")
+
+
+def test_interactive_confirmation_by_typing_the_service_name(repo: Monorepo, sqlite_url: str) -> None:
+    _repo(repo, sqlite_url)
+    assert repo.cli("migrate", "--env", "production").code == 0
+    asked: list[str] = []
+
+    def typed(answer: str) -> InteractiveQuestioner:
+        return InteractiveQuestioner(lambda text: asked.append(text) or answer)
+
+    with pytest.raises(ConfirmationRefused, match="typed 'user'"):
+        commands.rollback("users", env="production", root=repo.root, questioner=typed("user"))
+    assert "old_t" in tables(sqlite_url)
+    assert "reverts 0002_old" in asked[0] and "'users'" in asked[0]
+    result = commands.rollback("users", env="production", root=repo.root, questioner=typed("users"))
+    assert result.ok and "old_t" not in tables(sqlite_url)
+    # A Python caller that passes no questioner is refused, as a script without --yes is.
+    with pytest.raises(ConfirmationRefused):
+        commands.rollback("users", env="production", root=repo.root)
+
+
+def test_questioner_choice() -> None:
+    def prompt(_text: str) -> str:
+        return ""
+
+    assert isinstance(questioner_for(False, True, prompt), InteractiveQuestioner)
+    assert questioner_for(False, False, prompt) == NonInteractiveQuestioner(False)
+    assert questioner_for(True, False, None) == NonInteractiveQuestioner(True)
+    NonInteractiveQuestioner(True).confirm("production", "users", ["reverts x"])
+    with pytest.raises(ConfirmationRefused) as refused:
+        NonInteractiveQuestioner(False).confirm("production", "users", ["reverts x"])
+    assert refused.value.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["repair", "restore", "migrate", "rollback"])
+def test_help_mentions_yes(command: str) -> None:
+    result = Monorepo(Path.cwd()).cli(command, "--help")
+    assert result.code == 0 and "Example:" in result.stdout and "--yes" in result.stdout

@@ -1,0 +1,168 @@
+"""validate: checksum drift, vanished files, graph problems, missing functions and
+version-table clashes, each named with service, revision and file; and its exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from monorepo import Monorepo
+
+from ncm_migrate.findings import Finding, Report
+
+
+def _validate(repo: Monorepo, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    result = repo.cli("validate", "--json", *args)
+    assert "Traceback" not in result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] is (result.code == 0)
+    return result.code, data["findings"]
+
+
+def _rules(findings: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(f["service"], f["revision"], f["rule"]) for f in findings}
+
+
+def _two_revisions(repo: Monorepo, url: str) -> Path:
+    repo.table("users", "0001_initial", "users_t")
+    path = repo.table("users", "0002_more", "users_more", down="0001_initial")
+    repo.settings(f'[development]\ndatabase_url = "{url}"\n')
+    return path
+
+
+def test_edited_applied_revision_is_reported_and_stops_migrate(repo: Monorepo, db_url: str) -> None:
+    path = _two_revisions(repo, db_url)
+    assert repo.cli("migrate").code == 0
+    assert _validate(repo) == (0, [])
+
+    # Whitespace at line ends and line endings do not count as an edit...
+    path.write_text(path.read_text().replace("\n", "  \r\n"))
+    assert _validate(repo) == (0, [])
+    # ...a change of code does.
+    path.write_text(path.read_text().replace("'users_more'", "'users_more2'"))
+    code, findings = _validate(repo)
+    assert code == 1
+    assert _rules(findings) == {("users", "0002_more", "checksum-drift")}
+    f = findings[0]
+    assert f["severity"] == "error" and f["file"] == "services/users/migrations/0002_more.py"
+    assert "applied on 20" in f["message"] and "repair users" in f["message"]
+
+    repo.table("users", "0003_next", "users_next", down="0002_more")
+    refused = repo.cli("migrate")
+    assert refused.code == 1
+    assert "users:0002_more" in refused.stderr and "edited after it was applied" in refused.stderr
+    status = json.loads(repo.cli("showmigrations", "--json").stdout)
+    assert [r["applied"] for r in status["services"][0]["revisions"]] == [True, True, False]
+
+
+def test_vanished_applied_file_is_reported(repo: Monorepo, sqlite_url: str) -> None:
+    path = _two_revisions(repo, sqlite_url)
+    assert repo.cli("migrate").code == 0
+    path.unlink()
+    code, findings = _validate(repo)
+    assert code == 1
+    assert _rules(findings) == {("users", "0002_more", "missing-file")}
+    assert "file is gone" in findings[0]["message"]
+
+
+def test_named_service_limits_the_report(repo: Monorepo, sqlite_url: str) -> None:
+    _two_revisions(repo, sqlite_url)
+    repo.revision("billing", "0001_initial", upgrade="pass")  # no downgrade problem here
+    path = repo.root / "services/billing/migrations/0001_initial.py"
+    path.write_text(path.read_text().replace("def downgrade() -> None:\n    pass\n", ""))
+    code, findings = _validate(repo)
+    assert code == 1 and _rules(findings) == {("billing", "0001_initial", "missing-function")}
+    assert "downgrade()" in findings[0]["message"]
+    assert _validate(repo, "users") == (0, [])
+    unknown = repo.cli("validate", "nobody")
+    assert unknown.code == 2 and "Unknown service 'nobody'" in unknown.stderr
+
+
+def test_cycle_and_missing_revision_are_findings_and_exit_2(repo: Monorepo, sqlite_url: str) -> None:
+    repo.table("users", "0001_initial", "users_t", requires=["billing:0001"])
+    repo.table("billing", "0001_initial", "invoices", requires=["users:0001"])
+    repo.table("billing", "0002_more", "more", down="0001_nothere")
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    code, findings = _validate(repo)
+    assert code == 2
+    rules = {f["rule"] for f in findings}
+    assert rules == {"cycle", "missing-revision"}
+    cycle = next(f for f in findings if f["rule"] == "cycle")
+    assert "billing:0001_initial" in cycle["message"] and "users:0001_initial" in cycle["message"]
+    missing = next(f for f in findings if f["rule"] == "missing-revision")
+    assert (missing["service"], missing["revision"]) == ("billing", "0002_more")
+    assert "0001_nothere" in missing["message"] and missing["line"] == 4
+    # Text output names them too, and migrate agrees that this is bad input.
+    text = repo.cli("validate")
+    assert text.code == 2 and "cycle" in text.stdout and "0001_nothere" in text.stdout
+    assert repo.cli("migrate").code == 2
+
+
+def test_duplicate_ids_and_malformed_files_exit_2(repo: Monorepo, sqlite_url: str) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.write("services/users/migrations/0001_copy.py",
+               (repo.root / "services/users/migrations/0001_initial.py").read_text())
+    repo.write("services/users/migrations/0002_broken.py", "revision = '0002'\ndef upgrade(:\n")
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    code, findings = _validate(repo)
+    assert code == 2
+    assert {(f["rule"], f["file"]) for f in findings} == {
+        ("duplicate-revision", "services/users/migrations/0001_initial.py"),
+        ("malformed-revision", "services/users/migrations/0002_broken.py"),
+    }
+
+
+def test_forked_heads_are_an_error(repo: Monorepo, sqlite_url: str) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("users", "0002_a", "a", down="0001_initial")
+    repo.table("users", "0002_b", "b", down="0001_initial")
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    code, findings = _validate(repo)
+    assert code == 1
+    assert [f["rule"] for f in findings] == ["multiple-heads"]
+    assert "0002_a, 0002_b" in findings[0]["message"] and "--merge" in findings[0]["message"]
+
+
+def test_version_table_clash_of_differently_spelled_urls(repo: Monorepo, tmp_path: Path) -> None:
+    db = tmp_path / "shared.sqlite"
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("billing", "0001_initial", "invoices")
+    repo.settings(f"""
+        [development.services.users]
+        database_url = "sqlite:///{db}"
+        [development.services.billing]
+        database_url = "sqlite+pysqlite:///{db}"
+    """)
+    code, findings = _validate(repo)
+    assert code == 1
+    assert _rules(findings) == {("users", "", "version-table-clash")}
+    assert "'billing' and 'users'" in findings[0]["message"]
+    assert "alembic_version_users" in findings[0]["message"]
+
+
+def test_warnings_pass_unless_strict(repo: Monorepo, sqlite_url: str) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.revision("users", "0002_drop", down="0001_initial", upgrade="op.drop_table('users_t')")
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    code, findings = _validate(repo)
+    assert code == 0 and [f["rule"] for f in findings] == ["drop-table"]
+    assert _validate(repo, "--strict")[0] == 1
+
+
+def test_report_exit_codes() -> None:
+    def finding(rule: str, severity: str = "error") -> Finding:
+        return Finding("s", "r", rule, severity, "m", "f")  # type: ignore[arg-type]
+
+    assert Report.of([]).exit_code == 0
+    assert Report.of([finding("drop-table", "warning")]).exit_code == 0
+    assert Report.of([finding("drop-table", "warning")], strict=True).exit_code == 1
+    assert Report.of([finding("checksum-drift")]).exit_code == 1
+    assert Report.of([finding("checksum-drift"), finding("cycle")]).exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["validate", "check"])
+def test_help(command: str) -> None:
+    result = Monorepo(Path.cwd()).cli(command, "--help")
+    assert result.code == 0 and "Example:" in result.stdout and "--json" in result.stdout
