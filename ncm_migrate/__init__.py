@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from .commands import (
     MigrateResult,
+    amigrate,
     doctor,
     history,
+    init,
+    makemigrations,
     migrate,
     migrate_sql,
     plan,
@@ -17,6 +20,8 @@ from .commands import (
     services,
     showmigrations,
     sqlmigrate,
+    startservice,
+    verify,
     wait,
 )
 from .errors import NcmError
@@ -24,8 +29,11 @@ from .errors import NcmError
 __all__ = [
     "MigrateResult",
     "NcmError",
+    "amigrate",
     "doctor",
     "history",
+    "init",
+    "makemigrations",
     "migrate",
     "migrate_sql",
     "plan",
@@ -33,5 +41,7 @@ __all__ = [
     "services",
     "showmigrations",
     "sqlmigrate",
+    "startservice",
+    "verify",
     "wait",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import commands
-from .errors import ConfirmationRefused, NcmError
+from .errors import ConfirmationRefused, NcmError, ProblemsFound
 from .executor import Event, RunReport
 from .findings import Report
 from .logs import configure_logging, verbosity_levels
@@ -277,23 +277,23 @@ def _summary(report: RunReport) -> None:
     out.print(table)
 
 
-def _result_json(plan: Plan, report: RunReport) -> dict[str, Any]:
-    return {
-        "ok": report.ok,
-        "error": redact_known(str(report.error)) if report.error else None,
-        "steps": [asdict(r) for r in report.results],
-    }
-
-
-def _finish(plan: Plan, report: RunReport, as_json: bool, quiet: bool) -> None:
+def _run(call: Callable[[], commands.MigrateResult], as_json: bool, quiet: bool) -> None:
+    """Run migrate/rollback, then print each step's outcome as a summary or JSON, also
+    when an error stopped the run (the error then says why, and sets the exit code)."""
+    try:
+        result = call()
+    except NcmError as exc:
+        if as_json:
+            _json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results})
+        elif not quiet and exc.results:
+            _summary(RunReport(exc.results))
+        raise
     if as_json:
-        _json(_result_json(plan, report))
+        _json({"ok": True, "error": None, "steps": result.results})
     elif not quiet:
-        if not plan.steps:
+        if not result.plan.steps:
             out.print("Nothing to do: every service is at its target.")
-        _summary(report)
-    if report.error is not None:
-        raise report.error
+        _summary(result.report)
 
 
 @app.command("migrate")
@@ -309,6 +309,14 @@ def migrate_cmd(
         bool, typer.Option("--cascade", help="Backwards: roll back dependents first.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive work.")] = False,
+    rollback_on_failure: Annotated[
+        bool | None,
+        typer.Option("--rollback-on-failure/--no-rollback-on-failure",
+                     help="On a failure, roll back everything this run applied (default: setting)."),
+    ] = None,
+    verify_only: Annotated[
+        bool, typer.Option("--verify-only", help="Re-run applied revisions' verify(); change nothing.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Apply every pending revision of every service, in dependency order.
@@ -330,13 +338,32 @@ def migrate_cmd(
         if sql:
             print(commands.migrate_sql(services, target, **g.where))
             return
+        if verify_only:
+            _verify_only(services, as_json, g)
+            return
         with _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
-            result = commands.migrate(
+            _run(lambda: commands.migrate(
                 services, target, fake=fake, jobs=jobs, cascade=cascade, report=reporter,
                 confirm=_show_cascade if cascade and not as_json else None,
-                questioner=_questioner(yes), **g.where,
-            )
-        _finish(result.plan, result.report, as_json, g.verbosity < 0)
+                questioner=_questioner(yes), rollback_on_failure=rollback_on_failure, **g.where,
+            ), as_json, g.verbosity < 0)
+
+
+def _verify_only(services: list[str], as_json: bool, g: Globals) -> None:
+    found = commands.verify(services, **g.where)
+    failed = [v for v in found if not v.ok]
+    if as_json:
+        _json({"ok": not failed, "verified": found})
+    elif g.verbosity >= 0:
+        for v in found:
+            mark = "ok" if v.ok else f"FAILED: {v.error}"
+            out.print(f"{v.service}:{v.revision} verify {mark}", markup=False)
+        if not found:
+            out.print("No applied revision defines verify().")
+    if failed:
+        raise ProblemsFound(
+            "verify() failed for " + ", ".join(f"{v.service}:{v.revision}" for v in failed) + "."
+        )
 
 
 @app.command("rollback")
@@ -357,14 +384,12 @@ def rollback_cmd(
     Example: python manage.py rollback billing --steps 2
     """
     g = _g(ctx)
-    with _errors():
-        with _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
-            result = commands.rollback(
-                service, target, steps=steps, cascade=cascade, report=reporter,
-                confirm=_show_cascade if cascade and not as_json else None,
-                questioner=_questioner(yes), **g.where,
-            )
-        _finish(result.plan, result.report, as_json, g.verbosity < 0)
+    with _errors(), _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
+        _run(lambda: commands.rollback(
+            service, target, steps=steps, cascade=cascade, report=reporter,
+            confirm=_show_cascade if cascade and not as_json else None,
+            questioner=_questioner(yes), **g.where,
+        ), as_json, g.verbosity < 0)
 
 
 @app.command("sqlmigrate")

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import GraphError, UnknownRevision
-from .model import Plan, Revision, RevisionKey, Step
+from .model import Plan, Revision, RevisionKey, Step, StepResult
 
 ZERO = ("zero", "base")
 HEAD = ("head", "heads")
@@ -256,6 +256,14 @@ def plan_upgrade(
                 done.add(node)
                 order.append(node)
     return _leveled(graph, [Step(k.service, k.revision, "up") for k in order])
+
+
+def undo_plan(results: Sequence[StepResult]) -> Plan:
+    """Steps that undo what a run applied: each applied revision, newest first."""
+    done = [r for r in results if r.direction == "up" and r.outcome == "applied"]
+    return Plan(
+        tuple(Step(r.service, r.revision, "down", level=i) for i, r in enumerate(reversed(done)))
+    )
 
 
 def upgrade_targets(graph: Graph, services: Sequence[str]) -> list[RevisionKey]:
