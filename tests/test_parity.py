@@ -73,7 +73,8 @@ def test_async_url_migrates_rolls_back_and_fails_like_sync(repo: Monorepo, db_ur
 def test_async_concurrent_runners_apply_each_revision_once(repo: Monorepo, db_url: str) -> None:
     for i in range(1, 4):
         repo.revision("users", f"000{i}_r", down=f"000{i - 1}_r" if i > 1 else None,
-                      upgrade=f"import time\ntime.sleep(0.2)\nop.create_table('t{i}', sa.Column('id', sa.Integer))",
+                      upgrade=f"import time\ntime.sleep(0.2)\n"
+                              f"op.create_table('t{i}', sa.Column('id', sa.Integer))",
                       downgrade=f"op.drop_table('t{i}')")
     repo.urls({"users": as_async(db_url)})
     repo.run("services")  # writes manage.py
@@ -98,7 +99,8 @@ def three_services(repo: Monorepo, tmp_path: Path, pg_url: str, third_fails: str
     repo.table("billing", "0001_a", "billing_a")
     repo.table("billing", "0002_b", "billing_b", down="0001_a")
     repo.revision("reports", "0001_boom", requires=["billing:0002", "accounts:0001"],
-                  upgrade="op.create_table('reports_a', sa.Column('id', sa.Integer))\nraise RuntimeError('boom')")
+                  upgrade="op.create_table('reports_a', sa.Column('id', sa.Integer))\n"
+                          "raise RuntimeError('boom')")
     repo.settings(f"""
         [development.services.accounts]
         database_url = "{pg_url}"
