@@ -68,12 +68,13 @@ class SegmentJob:
     ctx: RunContext
     fake: bool
     allow_checksum_drift: bool
+    lock_lease_s: float = 30.0
 
 
 def run_segment(job: SegmentJob, report: Reporter) -> list[StepResult]:
     """Apply one service's steps under its lock, skipping what another runner already did."""
     remember_secret(job.config.database_url)
-    backend = make_backend(job.config, job.connect.timeout_s)
+    backend = make_backend(job.config, job.connect.timeout_s, job.lock_lease_s)
     open_with_retries(backend, job.connect)
     try:
         with backend.lock(job.lock_timeout_s):

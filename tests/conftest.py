@@ -18,6 +18,7 @@ from monorepo import Monorepo
 PG_ADMIN = os.environ.get("NCM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN = os.environ.get("NCM_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REQUIRE = os.environ.get("NCM_TEST_REQUIRE_SERVERS") == "1"
+MONGO_SERVER = os.environ.get("NCM_TEST_MONGO_URL")  # unset: mongomock's in-memory server
 
 
 def _unavailable(what: str, exc: Exception) -> None:
@@ -67,6 +68,36 @@ def mysql_url() -> Iterator[str]:
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("sqlite")
     return f"sqlite:///{folder / 'db.sqlite'}"
+
+
+@pytest.fixture
+def mongo_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh MongoDB database, dropped afterwards: on NCM_TEST_MONGO_URL's server when it is
+    set, else on a mongomock server that every client made in this process reaches
+    (`ncm_migrate.backends.mongo.client_factory` makes clients either way)."""
+    name = f"ncm_t_{uuid.uuid4().hex[:12]}"
+    if not MONGO_SERVER:
+        from mongo_fake import FakeServer
+
+        from ncm_migrate.backends import mongo
+
+        monkeypatch.setattr(mongo, "client_factory", FakeServer().client)
+        yield f"mongodb://localhost:27017/{name}"
+        return
+    import pymongo
+
+    base, _, query = MONGO_SERVER.partition("?")
+    scheme, _, rest = base.partition("://")
+    url = f"{scheme}://{rest.split('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)
+    try:
+        client.admin.command("ping")
+    except pymongo.errors.PyMongoError as exc:
+        client.close()
+        _unavailable("MongoDB", exc)
+    yield url
+    client.drop_database(name)
+    client.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])

@@ -46,6 +46,36 @@ def revision_file(
     )
 
 
+def mongo_revision_file(
+    revision: str,
+    down: str | Sequence[str] | None = None,
+    upgrade: str = "pass",
+    downgrade: str = "pass",
+    requires: Sequence[str] = (),
+    extra: str = "",
+    transactional: bool = False,
+) -> str:
+    """The text of a MongoDB service's revision file: the same header, functions of `db`."""
+    down_repr = repr(tuple(down) if isinstance(down, list | tuple) else down)
+
+    def body(code: str) -> str:
+        return textwrap.indent(textwrap.dedent(code).strip(), "    ")
+
+    return (
+        f'"""{revision}"""\n\n'
+        f"revision = {revision!r}\n"
+        f"down_revision = {down_repr}\n"
+        "branch_labels = None\ndepends_on = None\n"
+        f"requires = {list(requires)!r}\n"
+        "migration_type = 'schema'\n"
+        f"transactional = {transactional!r}\n\n"
+        "from pymongo.database import Database\n\n"
+        f"{textwrap.dedent(extra)}\n\n"
+        f"def upgrade(db: Database) -> None:\n{body(upgrade)}\n\n\n"
+        f"def downgrade(db: Database) -> None:\n{body(downgrade)}\n"
+    )
+
+
 def create_table(table: str) -> tuple[str, str]:
     """upgrade/downgrade bodies that create and drop a small table."""
     return (
@@ -74,6 +104,13 @@ class Monorepo:
         return self.write(
             str((folder / f"{revision}.py").relative_to(self.root)),
             revision_file(revision, **kw),  # type: ignore[arg-type]
+        )
+
+    def mongo_revision(self, service: str, revision: str, **kw: object) -> Path:
+        folder = self.service(service)
+        return self.write(
+            str((folder / f"{revision}.py").relative_to(self.root)),
+            mongo_revision_file(revision, **kw),  # type: ignore[arg-type]
         )
 
     def table(self, service: str, revision: str, table: str, **kw: object) -> Path:
