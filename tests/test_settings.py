@@ -133,6 +133,16 @@ def test_env_flag_and_ncm_env(repo: Monorepo) -> None:
     assert load(repo, "production").protected and not load(repo, "staging").protected
 
 
+def test_settings_flag_reads_another_folder(repo: Monorepo) -> None:
+    two_services(repo)
+    repo.settings('[development]\ndatabase_url = "sqlite:///var/default.db"\n')
+    repo.write("deploy/settings.toml", '[ci]\ndatabase_url = "sqlite:///var/ci.db"\n')
+    result = repo.cli("--settings", str(repo.root / "deploy"), "--env", "ci", "services", "--json")
+    assert result.code == 0, result.output
+    assert json.loads(result.stdout)[0]["url"].endswith("var/ci.db")
+    assert repo.cli("--env", "ci", "services").code == 2  # not an environment of settings/
+
+
 def test_unknown_environment_lists_the_known_ones(repo: Monorepo) -> None:
     two_services(repo)
     repo.settings('[staging]\ndatabase_url = "sqlite:///x.db"\n[production]\nprotected = true\n')
