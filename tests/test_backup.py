@@ -67,8 +67,9 @@ def test_backup_destructive_change_restore(repo: Monorepo, db_url: str, tmp_path
     result = repo.cli("backup", "users", "-o", str(folder))
     assert result.code == 0, result.output
     manifest = json.loads((folder / "manifest.json").read_text())
-    dialect = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql"}[db_url.split(":")[0].split("+")[0]]
-    assert {k: manifest[k] for k in ("service", "backend", "dialect", "environment", "heads", "encrypted")} == {
+    dialect = db_url.split(":")[0].split("+")[0]
+    keys = ("service", "backend", "dialect", "environment", "heads", "encrypted")
+    assert {k: manifest[k] for k in keys} == {
         "service": "users", "backend": "sql", "dialect": dialect, "environment": "development",
         "heads": ["0001_initial"], "encrypted": False,
     }
