@@ -82,7 +82,7 @@ def backup_database(
     dialect = dialect_of(config)
     files = _DUMPERS[dialect](config, out_dir)
     if fernet is not None:
-        files = [_encrypt(fernet, out_dir / name) for name in files]
+        files = [_encrypt(fernet, out_dir, name) for name in files]
     manifest = Manifest(
         service=config.name,
         backend=config.backend,
@@ -154,11 +154,12 @@ def _fernet(key: str) -> Any:
         ) from None
 
 
-def _encrypt(fernet: Any, path: Path) -> str:
-    target = path.with_name(path.name + _ENC)
-    target.write_bytes(fernet.encrypt(path.read_bytes()))
-    path.unlink()
-    return target.name
+def _encrypt(fernet: Any, folder: Path, name: str) -> str:
+    """Encrypt `folder/name` into `folder/name.enc` (removing the plain file); the new name."""
+    plain = folder / name
+    (folder / (name + _ENC)).write_bytes(fernet.encrypt(plain.read_bytes()))
+    plain.unlink()
+    return name + _ENC
 
 
 @contextmanager

@@ -160,3 +160,28 @@ def test_backup_before_migrate(repo: Monorepo, db_url: str) -> None:
 def test_help(command: str) -> None:
     result = Monorepo(Path.cwd()).cli(command, "--help")
     assert result.code == 0 and "Example:" in result.stdout
+
+
+def test_mongodb_backup_and_encrypted_restore(repo: Monorepo, mongo_url: str, tmp_path: Path) -> None:
+    from ncm_migrate.backends import mongo
+
+    repo.mongo_revision("orders", "0001_initial",
+                        upgrade="db.people.insert_many([{'_id': 1, 'name': 'ada'}, {'_id': 2, 'name': 'bo'}])",
+                        downgrade="db.people.drop()")
+    repo.urls({"orders": mongo_url})
+    keyed = {"NCM_BACKUP__ENCRYPTION_KEY": KEY}
+    assert repo.cli("migrate").code == 0
+    folder = tmp_path / "bk"
+    result = repo.cli("backup", "orders", "-o", str(folder), env=keyed)
+    assert result.code == 0, result.output
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["dialect"], manifest["heads"], manifest["encrypted"]) == ("mongodb", ["0001_initial"], True)
+
+    db = mongo.client_factory(mongo_url, 5.0)[mongo.url_database(mongo_url)]
+    db.people.delete_many({})
+    db.stray.insert_one({"_id": 9})
+    wrong = repo.cli("restore", "orders", str(folder), env={"NCM_BACKUP__ENCRYPTION_KEY": OTHER_KEY})
+    assert wrong.code == 2 and "cannot be decrypted" in wrong.stderr
+    assert repo.cli("restore", "orders", str(folder), env=keyed).code == 0
+    assert sorted(d["name"] for d in db.people.find()) == ["ada", "bo"]
+    assert "stray" not in db.list_collection_names()
