@@ -166,7 +166,7 @@ def test_mongodb_backup_and_encrypted_restore(repo: Monorepo, mongo_url: str, tm
     from ncm_migrate.backends import mongo
 
     repo.mongo_revision("orders", "0001_initial",
-                        upgrade="db.people.insert_many([{'_id': 1, 'name': 'ada'}, {'_id': 2, 'name': 'bo'}])",
+                        upgrade="db.people.insert_many([{'_id': 1, 'name': 'ada'}, {'_id': 2, 'name': 'b'}])",
                         downgrade="db.people.drop()")
     repo.urls({"orders": mongo_url})
     keyed = {"NCM_BACKUP__ENCRYPTION_KEY": KEY}
@@ -175,7 +175,8 @@ def test_mongodb_backup_and_encrypted_restore(repo: Monorepo, mongo_url: str, tm
     result = repo.cli("backup", "orders", "-o", str(folder), env=keyed)
     assert result.code == 0, result.output
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert (manifest["dialect"], manifest["heads"], manifest["encrypted"]) == ("mongodb", ["0001_initial"], True)
+    assert (manifest["dialect"], manifest["heads"]) == ("mongodb", ["0001_initial"])
+    assert manifest["encrypted"] is True
 
     db = mongo.client_factory(mongo_url, 5.0)[mongo.url_database(mongo_url)]
     db.people.delete_many({})
@@ -183,5 +184,5 @@ def test_mongodb_backup_and_encrypted_restore(repo: Monorepo, mongo_url: str, tm
     wrong = repo.cli("restore", "orders", str(folder), env={"NCM_BACKUP__ENCRYPTION_KEY": OTHER_KEY})
     assert wrong.code == 2 and "cannot be decrypted" in wrong.stderr
     assert repo.cli("restore", "orders", str(folder), env=keyed).code == 0
-    assert sorted(d["name"] for d in db.people.find()) == ["ada", "bo"]
+    assert sorted(d["name"] for d in db.people.find()) == ["ada", "b"]
     assert "stray" not in db.list_collection_names()
