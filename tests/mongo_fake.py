@@ -19,6 +19,7 @@ from typing import Any
 
 import bson
 import mongomock
+from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from mongomock.store import ServerStore
 from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
@@ -82,6 +83,11 @@ class FakeDatabase:
 
     def __getitem__(self, name: str) -> FakeCollection:
         return FakeCollection(self, name)
+
+    def __getattr__(self, name: str) -> FakeCollection:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self[name]
 
     def get_collection(self, name: str, codec_options: Any = None, **_kw: Any) -> FakeCollection:
         raw = codec_options is not None and codec_options.document_class is RawBSONDocument
@@ -175,6 +181,7 @@ class FakeCollection:
 
     def insert_many(self, documents: Any, *args: Any, **kwargs: Any) -> Any:
         docs = [_plain(d) for d in documents]
+        kwargs.pop("bypass_document_validation", None)  # validators are not enforced anyway
         with self.database.client.server.lock:
             return self.inner.insert_many(docs, *args, **kwargs)
 
@@ -184,6 +191,15 @@ class FakeCollection:
 
     def drop(self) -> None:
         self.database.drop_collection(self.name)
+
+    def create_indexes(self, models: Any, **_kw: Any) -> list[str]:
+        """mongomock's own keeps pymongo 4's key documents as dict_items: create each."""
+        names = []
+        with self.database.client.server.lock:
+            for model in models:
+                spec = dict(model.document)
+                names.append(self.inner.create_index(list(spec.pop("key").items()), **spec))
+        return names
 
     def bulk_write(self, requests: Any, ordered: bool = True, **_kw: Any) -> BulkResult:
         """mongomock's own bulk_write does not take pymongo 4.9+'s operations: run each."""
@@ -248,6 +264,12 @@ class _Cursor:
 
 
 def _plain(doc: Any) -> Any:
+    """A document as the server stores it: through BSON (bytes, not Binary subtype 0; times
+    in milliseconds), given an `_id` first as pymongo does."""
     if isinstance(doc, RawBSONDocument):
-        return bson.decode(doc.raw)
-    return doc
+        return bson.decode(doc.raw, codec_options=_TZ_AWARE)
+    doc.setdefault("_id", bson.ObjectId())
+    return bson.decode(bson.encode(doc), codec_options=_TZ_AWARE)
+
+
+_TZ_AWARE: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)

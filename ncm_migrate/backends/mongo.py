@@ -86,7 +86,7 @@ def connect(config: ServiceConfig, timeout_s: float) -> MongoClient[Document]:
     url = config.database_url or ""
     try:
         client = client_factory(url, timeout_s)
-    except InvalidURI as exc:
+    except (InvalidURI, ValueError) as exc:  # ValueError: e.g. a port out of range
         raise SettingsError(
             f"Service '{config.name}': database_url is not a valid MongoDB URL: "
             f"{redact(str(exc), [password_of(url)])}."
