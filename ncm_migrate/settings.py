@@ -28,6 +28,9 @@ from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve
 DEFAULT_ENV = "development"
 PROJECT_FILES = ("settings.toml", ".secrets.toml", "settings.local.toml")
 _DEFAULTS = Path(__file__).with_name("defaults.toml")
+# NCM_* variables that are not settings: the environment, the actor, the project root, and
+# the Docker entrypoint's app folder.
+NOT_SETTINGS = {"NCM_ENV", "NCM_ACTOR", "NCM_ROOT", "NCM_APP_DIR"}
 _NOT_ENVIRONMENTS = {"default", "global", "dynaconf_merge", "dynaconf_include"}
 
 _TOP_KEYS = {
@@ -352,7 +355,7 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith("NCM_") or name in ("NCM_ENV", "NCM_ACTOR", "NCM_ROOT"):
+        if not name.startswith("NCM_") or name in NOT_SETTINGS:
             continue
         if name.startswith("NCM_TEST_"):
             continue
