@@ -5,6 +5,8 @@ sent them, and `<collection>.metadata.json` the collection's options (validator,
 collation, view pipeline, ...), indexes and type in canonical Extended JSON, as mongodump
 writes them (so `mongorestore` reads these folders too). Restoring replaces the database:
 every collection is dropped, then each is created with its options, filled, and indexed.
+The migration lock (`ncm_migration_lock`) is a runner's live state, not data: it is
+neither backed up nor touched by a restore.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from .backends.mongo import Document, connect, database_name
+from .backends.mongo_lease import COLLECTION as LOCK_COLLECTION
 from .errors import BackupFailed, BackupInvalid
 from .model import ServiceConfig
 
@@ -45,7 +48,7 @@ def backup_mongo(config: ServiceConfig, out_dir: Path, connect_timeout_s: float 
         written: list[Path] = []
         for info in sorted(db.list_collections(), key=lambda i: str(i["name"])):
             name = str(info["name"])
-            if name.startswith("system."):
+            if name.startswith("system.") or name == LOCK_COLLECTION:
                 continue
             written.extend(_dump_collection(db, info, folder))
             log.info("backed up %s.%s", db.name, name)
@@ -97,7 +100,7 @@ def restore_mongo(config: ServiceConfig, folder: Path, connect_timeout_s: float 
     try:
         db = client[database_name(config)]
         for name in db.list_collection_names():
-            if not name.startswith("system."):
+            if not name.startswith("system.") and name != LOCK_COLLECTION:
                 db.drop_collection(name)
         # Views last: they may read collections restored before them.
         for meta in sorted(metas, key=lambda m: (m.get("type") == "view", m["collectionName"])):

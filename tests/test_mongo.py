@@ -409,7 +409,9 @@ def test_backup_drop_restore_gives_identical_collections(
     config = load_project(repo.root).service("orders")
     before = everything(db)
 
-    files = backup_mongo(config, tmp_path / "backup")
+    assert Lease(db[LOCK_COLLECTION], "orders", 60.0).try_acquire()
+    files = backup_mongo(config, tmp_path / "backup")  # the lease is left out
+    db.drop_collection(LOCK_COLLECTION)
     folder = tmp_path / "backup" / str(url_database(mongo_url))
     assert {p.relative_to(folder).as_posix() for p in files} == {
         "people.bson", "people.metadata.json", "empty.bson", "empty.metadata.json"}
@@ -420,7 +422,11 @@ def test_backup_drop_restore_gives_identical_collections(
     for name in db.list_collection_names():
         db.drop_collection(name)
     db.stray.insert_one({"y": 1})  # restoring replaces the database: this goes
+    lease = Lease(db[LOCK_COLLECTION], "orders", 60.0)
+    assert lease.try_acquire()  # a runner's live lease is not data: it stays
     restore_mongo(config, tmp_path / "backup")
+    assert db[LOCK_COLLECTION].find_one()["owner"]["token"] == lease.owner.token
+    db.drop_collection(LOCK_COLLECTION)
     after = everything(db)
     for name in before:
         for part in ('options', 'indexes', 'docs'):
@@ -430,6 +436,23 @@ def test_backup_drop_restore_gives_identical_collections(
     assert [type(v) for v in ann.values()] == [  # Int64 stays Int64, and so on
         type(v) for v in next(d for d in before["people"]["docs"] if d["name"] == "ann").values()]
     assert type(ann["big"]) is Int64 and type(ann["price"]) is Decimal128
+
+
+def test_backup_and_restore_commands(repo: Monorepo, mongo_url: str, tmp_path: Path) -> None:
+    repo.mongo_revision("orders", "0001", upgrade="db.create_collection('t1')\ndb.t1.insert_one({'a': 1})",
+                        downgrade="db.drop_collection('t1')")
+    mongo_service(repo, mongo_url)
+    assert repo.cli("migrate").code == 0
+    backed_up = repo.cli("backup", "orders", "-o", str(tmp_path / "bk"))
+    assert backed_up.code == 0, backed_up.output
+    manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    assert manifest["dialect"] == "mongodb" and manifest["heads"] == ["0001"]
+    assert f"{url_database(mongo_url)}/t1.bson" in manifest["files"]
+    assert repo.cli("migrate", "orders", "zero").code == 0
+    restored = repo.cli("restore", "orders", str(tmp_path / "bk"), "--yes")
+    assert restored.code == 0, restored.output
+    assert [d["a"] for d in database(mongo_url).t1.find()] == [1]
+    assert json.loads(repo.cli("showmigrations", "--json").stdout)["services"][0]["current"] == ["0001"]
 
 
 def test_restore_reads_a_backup_of_a_database_with_another_name(mongo_url: str, tmp_path: Path) -> None:

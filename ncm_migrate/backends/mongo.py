@@ -580,6 +580,6 @@ def _row(doc: Mapping[str, Any]) -> LedgerRow:
 
 
 def _short(exc: BaseException) -> str:
-    """The first line of an error, without pymongo's full server reply."""
-    text = str(getattr(exc, "_message", None) or exc).strip()
+    """The first line of an error, without the full server reply pymongo appends."""
+    text = str(exc).split(", full error:", 1)[0].strip()
     return text.splitlines()[0] if text else type(exc).__name__
