@@ -1,16 +1,24 @@
 """Finding services on disk and reading revision headers without importing them.
 
 Disk only: no settings, no database. Headers are read with `ast`, so a revision whose
-imports are broken still lists and plans; only applying or rendering imports it.
+imports are broken still lists and plans; only applying or rendering imports it. A
+`HeaderCache` keeps parsed headers keyed on each file's content hash, so a file is parsed
+again only when its bytes change.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import logging
+import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .errors import RevisionFileError
 from .model import MIGRATION_TYPES, Revision
@@ -25,6 +33,7 @@ _HEADER_KEYS = (
     "migration_type",
 )
 _SKIPPED_FILES = {"env.py", "__init__.py", "conftest.py"}
+log = logging.getLogger(__name__)
 
 
 def find_service_dirs(root: Path, services_dir: str, services_glob: str) -> list[Path]:
@@ -66,11 +75,14 @@ def revision_files(migrations_dir: Path) -> list[Path]:
     folder = versions_dir(migrations_dir)
     if not folder.is_dir():
         return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix == ".py" and p.is_file() and p.name not in _SKIPPED_FILES
-    )
+    # os.scandir: the directory entries say which are files, without a stat per file.
+    with os.scandir(folder) as entries:
+        names = sorted(
+            e.name
+            for e in entries
+            if e.name.endswith(".py") and e.name not in _SKIPPED_FILES and e.is_file()
+        )
+    return [folder / name for name in names]
 
 
 def checksum_text(text: str) -> str:
@@ -81,15 +93,28 @@ def checksum_text(text: str) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def read_revisions(service: str, migrations_dir: Path) -> list[Revision]:
+def read_revisions(
+    service: str, migrations_dir: Path, cache: HeaderCache | None = None
+) -> list[Revision]:
     """Every revision header of one service, sorted by revision id.
 
-    Raises `RevisionFileError` for a syntax error (with file and line), a missing
-    `revision`, a value of the wrong type, or two files with the same revision id.
+    With a `cache`, a file whose bytes hash to what the cache holds for its path is not
+    parsed again. Raises `RevisionFileError` for a syntax error (with file and line), a
+    missing `revision`, a value of the wrong type, or two files with the same revision id.
     """
     revisions: dict[str, Revision] = {}
     for path in revision_files(migrations_dir):
-        rev = read_revision(service, path)
+        if cache is None:
+            rev = read_revision(service, path)
+        else:
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            cached = cache.get(service, path, digest)
+            if cached is None:
+                rev = parse_revision(service, path, _decode(data, path, service))
+                cache.put(rev, digest)
+            else:
+                rev = cached
         if rev.revision in revisions:
             raise RevisionFileError(
                 f"Duplicate revision id '{rev.revision}' in service '{service}': "
@@ -101,7 +126,21 @@ def read_revisions(service: str, migrations_dir: Path) -> list[Revision]:
 
 def read_revision(service: str, path: Path) -> Revision:
     """Read one revision file's header without importing it."""
-    text = path.read_text(encoding="utf-8")
+    return parse_revision(service, path, _decode(path.read_bytes(), path, service))
+
+
+def _decode(data: bytes, path: Path, service: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RevisionFileError(
+            f"{path}: a revision file of service '{service}' is not UTF-8 text ({exc.reason} "
+            f"at byte {exc.start}); save it as UTF-8."
+        ) from None
+
+
+def parse_revision(service: str, path: Path, text: str) -> Revision:
+    """One revision header from the file's text (`path` names it in errors and in the result)."""
     try:
         tree = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
@@ -180,4 +219,137 @@ def _strings(value: object, key: str, path: Path) -> tuple[str, ...]:
         return tuple(value)
     raise RevisionFileError(
         f"{path}: '{key}' must be a string, None, or a tuple of strings, not {value!r}."
+    )
+
+
+class HeaderCache:
+    """Parsed revision headers, each stored with the SHA-256 of the file it came from.
+
+    A header is served only for the same path and the same bytes, so an edited file is
+    always parsed again; entries from other versions of this module (whose parsing may
+    differ) are never served. Kept as JSON (no code runs on load); a cache file that cannot
+    be read or written is ignored, since the cache only saves time.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._seen: set[str] = set()
+        self._changed = False
+        if path is not None:
+            self._entries = _load_entries(path)
+
+    def get(self, service: str, path: Path, digest: str) -> Revision | None:
+        key = str(path)
+        self._seen.add(key)
+        entry = self._entries.get(key)
+        if entry is None or entry.get("sha256") != digest:
+            return None
+        try:
+            return _revision_from(entry, service, path)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def put(self, rev: Revision, digest: str) -> None:
+        key = str(rev.path)
+        self._seen.add(key)
+        self._entries[key] = {"sha256": digest, **_entry_of(rev)}
+        self._changed = True
+
+    def save(self, folders: Iterable[Path] = ()) -> None:
+        """Write the cache if anything changed, dropping entries for files that are gone
+        from `folders` (the migrations folders read this time)."""
+        if self.path is None:
+            return
+        read = {str(versions_dir(f)) for f in folders}
+        stale = [k for k in self._entries if k not in self._seen and os.path.dirname(k) in read]
+        for key in stale:
+            del self._entries[key]
+        if not self._changed and not stale:
+            return
+        payload = json.dumps({"format": _cache_format(), "entries": self._entries})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ncm-headers.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(payload)
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.debug("header cache %s not written: %s", self.path, exc)
+            return
+        self._changed = False
+
+
+_FORMAT: str | None = None
+
+
+def _cache_format() -> str:
+    """A tag that changes whenever the code that parses headers changes."""
+    global _FORMAT
+    if _FORMAT is None:
+        digest = hashlib.sha256(sys.version.encode())
+        for module in (Path(__file__), Path(__file__).with_name("model.py")):
+            digest.update(module.read_bytes())
+        _FORMAT = digest.hexdigest()
+    return _FORMAT
+
+
+def _load_entries(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.debug("header cache %s ignored: %s", path, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("format") != _cache_format():
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def _entry_of(rev: Revision) -> dict[str, Any]:
+    return {
+        "revision": rev.revision,
+        "down_revisions": list(rev.down_revisions),
+        "checksum": rev.checksum,
+        "branch_labels": list(rev.branch_labels),
+        "depends_on": list(rev.depends_on),
+        "requires": list(rev.requires),
+        "migration_type": rev.migration_type,
+        "doc": rev.doc,
+        "defines": sorted(rev.defines),
+        "line_of": [list(pair) for pair in rev.line_of],
+    }
+
+
+def _revision_from(entry: dict[str, Any], service: str, path: Path) -> Revision:
+    def strings(key: str) -> tuple[str, ...]:
+        value = entry[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(key)
+        return tuple(value)
+
+    revision, checksum = entry["revision"], entry["checksum"]
+    migration_type, doc = entry["migration_type"], entry["doc"]
+    if not all(isinstance(v, str) for v in (revision, checksum, migration_type, doc)):
+        raise TypeError("header")
+    return Revision(
+        service=service,
+        revision=revision,
+        down_revisions=strings("down_revisions"),
+        path=path,
+        checksum=checksum,
+        branch_labels=strings("branch_labels"),
+        depends_on=strings("depends_on"),
+        requires=strings("requires"),
+        migration_type=migration_type,
+        doc=doc,
+        defines=frozenset(strings("defines")),
+        line_of=tuple((str(k), int(v)) for k, v in entry["line_of"]),
     )

@@ -84,7 +84,7 @@ def run_segment(job: SegmentJob, report: Reporter) -> list[StepResult]:
             skipped = [
                 StepResult(s.service, s.revision, s.direction, "skipped")
                 for s in job.steps
-                if s not in todo
+                if (s.direction == "up") == (s.revision in state.applied)
             ]
             for result in skipped:
                 log.info("%s:%s already done by another runner", result.service, result.revision)

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .discovery import read_revisions
+from .discovery import HeaderCache, read_revisions
 from .errors import ServiceNotConfigured
 from .graph import Graph, build_graph
 from .model import Revision, ServiceConfig
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+# Parsed revision headers, keyed on each file's content hash (see `discovery.HeaderCache`).
+HEADER_CACHE = Path("var", "cache", "ncm-headers.json")
 
 
 @dataclass
@@ -72,10 +74,12 @@ def load_project(
     """Settings for `env`, every service's revision headers, and the checked graph."""
     root = root or find_root()
     settings = load_settings(root, env, settings_dir)
+    cache = HeaderCache(settings.root / HEADER_CACHE)
     revisions = {
-        svc.name: {r.revision: r for r in read_revisions(svc.name, svc.migrations_dir)}
+        svc.name: {r.revision: r for r in read_revisions(svc.name, svc.migrations_dir, cache)}
         for svc in settings.services
     }
+    cache.save(svc.migrations_dir for svc in settings.services)
     graph = build_graph(
         {name: list(revs.values()) for name, revs in revisions.items()},
         {svc.name: svc.depends_on for svc in settings.services},

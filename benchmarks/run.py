@@ -1,0 +1,629 @@
+"""ncm-migrate against plain Alembic, side by side, on the same generated histories.
+
+    .venv/bin/python benchmarks/run.py                  # the full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/run.py --smoke --no-postgres --results /tmp/r.md
+
+Every measurement is a real subprocess, as users run the tools (`python manage.py ...`,
+`python -m alembic ...`), so interpreter start-up and imports count. Each variant gets one
+untimed warm-up run, then `--repeat` timed runs interleaved with the other variants of its
+scenario (so a busy machine slows both sides alike); the report gives medians of wall time
+and of peak RSS (from `wait4`: the largest process of the command's tree), and the ratios
+ncm-migrate / Alembic. Databases are reset before every run and checked after it (heads
+reached, and for ncm-migrate every revision in the ledger exactly once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import Generated, generate
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    listing_services: int = 50
+    listing_revisions: int = 100
+    apply_revisions: int = 1000
+    parallel_services: int = 8
+    parallel_revisions: int = 20
+    sleep_s: float = 0.05
+    contenders: int = 8
+    contention_revisions: int = 200
+
+
+SMOKE = Sizes(3, 6, 12, 2, 2, 0.01, 3, 8)
+
+
+@dataclass
+class Sample:
+    wall_s: float
+    rss_kib: int
+    codes: tuple[int, ...]
+    cpu_s: float = 0.0
+
+
+@dataclass
+class Variant:
+    """One command to time; `setup` runs before each run, `check` after it (both untimed)."""
+
+    label: str
+    cmd: list[str]
+    cwd: Path
+    side: str = "ncm"
+    setup: Callable[[], None] | None = None
+    check: Callable[[Sample], None] | None = None
+    concurrent: int = 1
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(s.wall_s for s in self.samples)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(s.cpu_s for s in self.samples)
+
+    @property
+    def rss_mib(self) -> float:
+        return statistics.median(s.rss_kib for s in self.samples) / 1024
+
+    @property
+    def shell(self) -> str:
+        cmd = " ".join(_short(c) for c in self.cmd)
+        where = f"cd {_short(str(self.cwd))} && "
+        return where + (f"({cmd}) x{self.concurrent} at once" if self.concurrent > 1 else cmd)
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    what: str
+    variants: list[Variant]
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, label: str) -> Variant:
+        return next(v for v in self.variants if v.label == label)
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCM_")}
+    env["PYTHONPATH"] = str(HERE.parent)
+    return env
+
+
+def run_once(variant: Variant, log_dir: Path) -> Sample:
+    if variant.setup is not None:
+        variant.setup()
+    procs = []
+    logs = []
+    start = time.perf_counter()
+    for n in range(variant.concurrent):
+        out = (log_dir / f"{_slug(variant.label)}.{n}.log").open("w")
+        logs.append(out)
+        procs.append(subprocess.Popen(variant.cmd, cwd=variant.cwd, env=_env(), stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+    codes = []
+    rss = 0
+    cpu = 0.0
+    for proc in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        codes.append(proc.returncode)
+        rss = max(rss, usage.ru_maxrss)
+        cpu += usage.ru_utime + usage.ru_stime
+    wall = time.perf_counter() - start
+    for out in logs:
+        out.close()
+    sample = Sample(wall, rss, tuple(codes), cpu)
+    if variant.check is not None:
+        variant.check(sample)
+    return sample
+
+
+def measure(scenario: Scenario, repeat: int, log_dir: Path, say: Callable[[str], None]) -> None:
+    """One warm-up run of each variant, then `repeat` rounds over all of them."""
+    for variant in scenario.variants:
+        run_once(variant, log_dir)
+    for round_ in range(repeat):
+        for variant in scenario.variants:
+            variant.samples.append(run_once(variant, log_dir))
+            last = variant.samples[-1]
+            say(f"  [{scenario.key} {round_ + 1}/{repeat}] {variant.label}: "
+                f"{last.wall_s:.3f}s wall, {last.cpu_s:.3f}s CPU")
+
+
+def ok(label: str) -> Callable[[Sample], None]:
+    def check(sample: Sample) -> None:
+        if any(sample.codes):
+            raise SystemExit(f"{label} exited {sample.codes}; see its log")
+
+    return check
+
+
+# -- databases -----------------------------------------------------------------------
+
+
+def version_heads(url: str, table: str = "alembic_version") -> set[str]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return set()
+            return {r[0] for r in conn.execute(sa.text(f"SELECT version_num FROM {table}"))}
+    finally:
+        engine.dispose()
+
+
+def ledger_counts(url: str, service: str) -> dict[str, int]:
+    """How many `applied` up-rows each revision of `service` has in the ledger."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT revision, count(*) FROM ncm_migrations WHERE service = :s "
+                "AND direction = 'up' AND status = 'applied' GROUP BY revision"), {"s": service})
+            return {r[0]: int(r[1]) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def check_applied(gen: Generated, ledger: bool, label: str) -> Callable[[Sample], None]:
+    """Every service at head, and (ncm-migrate) each revision applied exactly once."""
+
+    def check(sample: Sample) -> None:
+        ok(label)(sample)
+        for svc, url in zip(gen.services, gen.urls, strict=True):
+            heads = version_heads(url)
+            if heads != {gen.head}:
+                raise SystemExit(f"{label}: {svc} is at {heads}, not {gen.head}")
+            if ledger:
+                counts = ledger_counts(url, svc)
+                if len(counts) != gen.revisions or set(counts.values()) != {1}:
+                    twice = sorted(r for r, n in counts.items() if n != 1)
+                    raise SystemExit(f"{label}: {svc}'s ledger has {len(counts)} of "
+                                     f"{gen.revisions} revisions; not exactly once: {twice[:5]}")
+
+    return check
+
+
+def fresh_sqlite(gen: Generated) -> Callable[[], None]:
+    def reset() -> None:
+        folder = gen.root / "var" / "db"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+
+    return reset
+
+
+def fresh_pg(admin: str, name: str) -> Callable[[], None]:
+    def reset() -> None:
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        engine.dispose()
+
+    return reset
+
+
+def drop_pg(admin: str, name: str) -> None:
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+def pg_url(admin: str, name: str) -> str:
+    return sa.engine.make_url(admin).set(database=name).render_as_string(hide_password=False)
+
+
+def no_cache(gen: Generated) -> Callable[[], None]:
+    def clear() -> None:
+        shutil.rmtree(gen.root / "var" / "cache", ignore_errors=True)
+
+    return clear
+
+
+def both(*steps: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        for step in steps:
+            step()
+
+    return run
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+def manage(*args: str) -> list[str]:
+    return [PY, "manage.py", *args]
+
+
+def alembic(gen: Generated, service: str, *args: str) -> list[str]:
+    return [PY, "-m", "alembic", "-c", str(gen.alembic_ini(service)), *args]
+
+
+def listing(work: Path, sizes: Sizes, say: Callable[[str], None]) -> tuple[Scenario, Scenario]:
+    gen = generate(work / "listing", sizes.listing_services, sizes.listing_revisions,
+                   branch_every=10, requires_every=10)
+    say(f"listing: applying {len(gen.services)} x {gen.revisions} revisions once (untimed)")
+    subprocess.run(manage("migrate", "-q"), cwd=gen.root, env=_env(), check=True)
+    check_applied(gen, True, "setup")(Sample(0, 0, (0,)))
+    side = [PY, str(HERE / "alembic_side.py")]
+    status = Variant("plain Alembic: load 50 dirs + current heads, one process",
+                     [*side, "status", str(gen.root)], gen.root, "alembic", check=ok("alembic"))
+    listing = Scenario(
+        "listing",
+        f"Listing: showmigrations over {len(gen.services)} services x {gen.revisions} revisions (SQLite)",
+        "Every revision applied. Histories fork and merge every 10 revisions; every 10th "
+        "revision of a service requires the previous service's.",
+        [
+            Variant("ncm showmigrations (warm header cache)", manage("showmigrations"),
+                    gen.root, check=ok("showmigrations")),
+            Variant("ncm showmigrations --json (warm header cache)",
+                    manage("showmigrations", "--json"), gen.root, check=ok("showmigrations")),
+            Variant("ncm showmigrations (cold: no header cache)", manage("showmigrations"),
+                    gen.root, setup=no_cache(gen), check=ok("showmigrations")),
+            status,
+        ],
+    )
+    noop = Scenario(
+        "noop",
+        f"No-op migrate over {len(gen.services)} x {gen.revisions} (everything applied, SQLite)",
+        "What a deploy pays every time.",
+        [
+            Variant("ncm migrate (nothing to do, warm header cache)", manage("migrate"), gen.root,
+                    check=ok("migrate")),
+            Variant("ncm migrate (nothing to do, cold: no header cache)", manage("migrate"),
+                    gen.root, setup=no_cache(gen), check=ok("migrate")),
+            Variant("plain Alembic: load 50 dirs + current heads, one process",
+                    status.cmd, gen.root, "alembic", check=ok("alembic")),
+            Variant("plain Alembic: command.upgrade(head) x50, one process",
+                    [*side, "upgrade", str(gen.root)], gen.root, "alembic", check=ok("alembic")),
+        ],
+    )
+    return listing, noop
+
+
+def applying(work: Path, sizes: Sizes, database: str, admin: str) -> Scenario:
+    n = sizes.apply_revisions
+    if database == "sqlite":
+        gen = generate(work / "apply-sqlite", 1, n)
+        reset = fresh_sqlite(gen)
+    else:
+        name = "ncm_bench_apply"
+        gen = generate(work / "apply-pg", 1, n, database_url=pg_url(admin, name))
+        reset = fresh_pg(admin, name)
+    svc = gen.services[0]
+    return Scenario(
+        f"apply-{database}",
+        f"Applying: 1 service x {n} revisions from empty ({database})",
+        "A fresh database before every run. ncm-migrate: one transaction per revision with "
+        "its version-table and ledger rows, under the service's lock, checksums recorded; "
+        "the header cache is cleared before each run (a fresh checkout). Alembic: "
+        "the generic env.py, `-x tpm=1` for transaction_per_migration.",
+        [
+            Variant("ncm migrate", manage("migrate"), gen.root,
+                    setup=both(reset, no_cache(gen)), check=check_applied(gen, True, "migrate")),
+            Variant("alembic upgrade head (one transaction)", alembic(gen, svc, "upgrade", "head"),
+                    gen.root, "alembic", setup=reset, check=check_applied(gen, False, "alembic")),
+            Variant("alembic upgrade head (transaction_per_migration)",
+                    alembic(gen, svc, "-x", "tpm=1", "upgrade", "head"), gen.root, "alembic",
+                    setup=reset, check=check_applied(gen, False, "alembic")),
+        ],
+    )
+
+
+def parallel(work: Path, sizes: Sizes) -> Scenario:
+    gen = generate(work / "parallel", sizes.parallel_services, sizes.parallel_revisions,
+                   sleep_s=sizes.sleep_s)
+    reset = fresh_sqlite(gen)
+    k = len(gen.services)
+    singles = [
+        Variant(f"ncm migrate {svc} (one service alone)", manage("migrate", svc), gen.root,
+                setup=reset, check=ok("migrate"))
+        for svc in gen.services
+    ]
+    return Scenario(
+        "parallel",
+        f"Parallel: {k} independent services x {gen.revisions} I/O-bound revisions (SQLite)",
+        f"Each upgrade sleeps {sizes.sleep_s}s (so one service is ~"
+        f"{gen.revisions * sizes.sleep_s:.1f}s of waiting). Fresh databases before every run.",
+        [
+            *singles,
+            Variant("ncm migrate --jobs 1", manage("migrate", "--jobs", "1"), gen.root,
+                    setup=reset, check=check_applied(gen, True, "--jobs 1")),
+            Variant(f"ncm migrate --jobs {k}", manage("migrate", "--jobs", str(k)), gen.root,
+                    setup=reset, check=check_applied(gen, True, f"--jobs {k}")),
+            Variant(f"alembic upgrade head ({gen.services[0]} alone)",
+                    alembic(gen, gen.services[0], "upgrade", "head"), gen.root, "alembic",
+                    setup=reset, check=ok("alembic")),
+        ],
+    )
+
+
+def contention(work: Path, sizes: Sizes, database: str, admin: str) -> Scenario:
+    n, c = sizes.contention_revisions, sizes.contenders
+    if database == "sqlite":
+        gen = generate(work / "contention-sqlite", 1, n)
+        reset = fresh_sqlite(gen)
+    else:
+        name = "ncm_bench_contention"
+        gen = generate(work / "contention-pg", 1, n, database_url=pg_url(admin, name))
+        reset = fresh_pg(admin, name)
+    variants = [
+        Variant("ncm migrate (one process)", manage("migrate"), gen.root, setup=reset,
+                check=check_applied(gen, True, "migrate")),
+        Variant(f"ncm migrate x{c} at once", manage("migrate"), gen.root, setup=reset,
+                check=check_applied(gen, True, f"migrate x{c}"), concurrent=c),
+    ]
+    scenario = Scenario(
+        f"contention-{database}",
+        f"Contention: {c} concurrent `migrate` processes on one database, 1 x {n} revisions "
+        f"({database})",
+        "Checked after every run: all exit 0, the service at head, every revision in the "
+        "ledger exactly once.",
+        variants,
+    )
+    if database != "sqlite":
+        scenario.variants.append(Variant(
+            f"alembic upgrade head x{c} at once (no lock; exit codes recorded)",
+            alembic(gen, gen.services[0], "upgrade", "head"), gen.root, "alembic", setup=reset,
+            concurrent=c))
+    return scenario
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    what: str
+    measured: str
+    met: bool
+
+
+def targets(scenarios: dict[str, Scenario]) -> list[Target]:
+    out: list[Target] = []
+    for key in ("listing", "noop"):
+        sc = scenarios.get(key)
+        if sc is None:
+            continue
+        ncm = sc.variants[0]
+        base = next(v for v in sc.variants if v.label.startswith("plain Alembic: load"))
+        speedup = base.wall / ncm.wall
+        out.append(Target(f"{key}: at most 1 s", f"{ncm.wall:.3f} s", ncm.wall <= 1.0))
+        out.append(Target(f"{key}: at least 3x faster than Alembic loading the same dirs",
+                          f"{speedup:.2f}x ({base.wall:.3f} s / {ncm.wall:.3f} s)", speedup >= 3))
+        out.append(Target(f"{key}: peak memory under 100 MiB", f"{ncm.rss_mib:.0f} MiB",
+                          ncm.rss_mib < 100))
+    for db in ("sqlite", "postgresql"):
+        sc = scenarios.get(f"apply-{db}")
+        if sc is None:
+            continue
+        ncm, single, tpm = sc.variants
+        out.append(Target(f"apply {db}: no slower than Alembic transaction_per_migration",
+                          f"{ncm.wall / tpm.wall:.2f}x ({ncm.wall:.2f} s / {tpm.wall:.2f} s)",
+                          ncm.wall <= tpm.wall))
+        out.append(Target(f"apply {db}: at most 1.3x Alembic's single transaction",
+                          f"{ncm.wall / single.wall:.2f}x ({ncm.wall:.2f} s / {single.wall:.2f} s)",
+                          ncm.wall <= 1.3 * single.wall))
+    sc = scenarios.get("parallel")
+    if sc is not None:
+        singles = [v for v in sc.variants if v.label.endswith("(one service alone)")]
+        longest = max(v.wall for v in singles)
+        jobs = next(v for v in sc.variants if v.label.startswith("ncm migrate --jobs")
+                    and not v.label.endswith(" 1"))
+        out.append(Target(f"parallel: {jobs.label.split()[-2]} {jobs.label.split()[-1]} at most "
+                          "1.5x the longest single service",
+                          f"{jobs.wall / longest:.2f}x ({jobs.wall:.2f} s / {longest:.2f} s)",
+                          jobs.wall <= 1.5 * longest))
+    for db in ("sqlite", "postgresql"):
+        sc = scenarios.get(f"contention-{db}")
+        if sc is not None:
+            many = sc.variants[1]
+            out.append(Target(f"contention {db}: {many.concurrent} runners, each revision once, "
+                              "all exit 0", f"{len(many.samples)} runs checked", True))
+    return out
+
+
+def machine() -> list[str]:
+    cpu = "unknown"
+    mem = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    return [f"nproc {os.cpu_count()}", f"RAM {mem}", f"CPU {cpu}", platform.platform()]
+
+
+def versions(admin: str | None) -> list[str]:
+    out = [
+        f"Python {platform.python_version()}",
+        f"SQLAlchemy {version('SQLAlchemy')}",
+        f"Alembic {version('alembic')}",
+        f"ncm-migrate {version('ncm-migrate')}",
+        f"SQLite {sqlite3.sqlite_version}",
+    ]
+    if admin:
+        out.append(f"psycopg {version('psycopg')}")
+        engine = sa.create_engine(admin, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            out.append(f"PostgreSQL {conn.exec_driver_sql('SHOW server_version').scalar()}")
+        engine.dispose()
+    return out
+
+
+def report(scenarios: list[Scenario], sizes: Sizes, args: argparse.Namespace, admin: str | None,
+           started: datetime, loads: tuple[tuple[float, ...], tuple[float, ...]], took: float) -> str:
+    by_key = {s.key: s for s in scenarios}
+    lines = [
+        "# Benchmarks: ncm-migrate against plain Alembic",
+        "",
+        f"Generated by `benchmarks/run.py` on {started:%Y-%m-%d %H:%M} UTC in {took / 60:.1f} min "
+        f"({args.repeat} timed runs per variant after one warm-up; medians). How to run it and "
+        "what was changed for speed: [README.md](README.md).",
+        "",
+        "**Machine:** " + "; ".join(machine()) + f". Load average at start "
+        f"{', '.join(f'{x:.2f}' for x in loads[0])}, at end {', '.join(f'{x:.2f}' for x in loads[1])}"
+        " (a shared machine: other work may have run alongside).",
+        "",
+        "**Versions:** " + "; ".join(versions(admin)) + ".",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    for t in targets(by_key):
+        lines.append(f"| {t.what} | {t.measured} | {'yes' if t.met else '**no**'} |")
+    for sc in scenarios:
+        base = _baseline(sc)
+        lines += ["", f"## {sc.title}", "", sc.what, "",
+                  "| variant | wall (median) | min - max | CPU user+sys | peak RSS | wall vs Alembic "
+                  "| CPU vs Alembic | exit codes |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for v in sc.variants:
+            walls = [s.wall_s for s in v.samples]
+            mine = base is not None and v.side == "ncm"
+            ratio = f"{v.wall / base.wall:.2f}x" if mine and base else ""
+            cpu_ratio = f"{v.cpu / base.cpu:.2f}x" if mine and base and base.cpu else ""
+            codes = sorted({c for s in v.samples for c in s.codes})
+            lines.append(f"| {v.label} | {v.wall:.3f} s | {min(walls):.3f} - {max(walls):.3f} s | "
+                         f"{v.cpu:.3f} s | {v.rss_mib:.0f} MiB | {ratio} | {cpu_ratio} | "
+                         f"{', '.join(map(str, codes))} |")
+        if base is not None:
+            lines += ["", f"Ratios are against: {base.label}."]
+        lines += sc.notes
+    lines += ["", "## Exact commands", "", "```"]
+    lines.append(f"{_short(PY)} benchmarks/run.py " + " ".join(_argv(args)))
+    for sc in scenarios:
+        lines.append(f"# {sc.key}")
+        lines += [v.shell for v in sc.variants if not v.label.startswith("ncm migrate svc_0")
+                  or v.label.startswith("ncm migrate svc_00")]
+    lines += ["```", "", f"Sizes: {sizes}.", ""]
+    return "\n".join(lines)
+
+
+def _baseline(sc: Scenario) -> Variant | None:
+    for prefix in ("plain Alembic: load", "alembic upgrade head (transaction_per_migration)",
+                   "alembic upgrade head"):
+        for v in sc.variants:
+            if v.label.startswith(prefix) and "at once" not in v.label:
+                return v
+    return None
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    out = [f"--repeat {args.repeat}"]
+    if args.smoke:
+        out.append("--smoke")
+    if args.no_postgres:
+        out.append("--no-postgres")
+    if args.only:
+        out.append(f"--only {args.only}")
+    return out
+
+
+def _short(text: str) -> str:
+    for path, name in ((str(HERE.parent), "."), (tempfile.gettempdir(), "$TMP")):
+        text = text.replace(path, name)
+    return text
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)[:60]
+
+
+# -- main --------------------------------------------------------------------------------
+
+SCENARIOS = ("listing", "apply", "parallel", "contention")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per variant (>= 1)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check it works")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--pg-admin", default=os.environ.get("NCM_TEST_PG_URL", PG_ADMIN),
+                        help="an admin URL on the server where databases are created")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {SCENARIOS}")
+    parser.add_argument("--work", type=Path, default=None, help="where monorepos are generated")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else Sizes()
+    only = set(filter(None, args.only.split(","))) or set(SCENARIOS)
+    admin = None if args.no_postgres else args.pg_admin
+    work = args.work or Path(tempfile.mkdtemp(prefix="ncm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    started = datetime.now(UTC)
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+
+    def say(text: str) -> None:
+        print(f"{time.perf_counter() - t0:7.1f}s {text}", flush=True)
+
+    databases = ["sqlite"] + (["postgresql"] if admin else [])
+    scenarios: list[Scenario] = []
+    if "listing" in only:
+        scenarios += listing(work, sizes, say)
+    if "apply" in only:
+        scenarios += [applying(work, sizes, db, admin or "") for db in databases]
+    if "parallel" in only:
+        scenarios.append(parallel(work, sizes))
+    if "contention" in only:
+        scenarios += [contention(work, sizes, db, admin or "") for db in databases]
+    try:
+        for sc in scenarios:
+            say(f"{sc.key}: {sc.title}")
+            measure(sc, args.repeat, logs, say)
+    finally:
+        if admin:
+            for name in ("ncm_bench_apply", "ncm_bench_contention"):
+                drop_pg(admin, name)
+    text = report(scenarios, sizes, args, admin, started, (load0, os.getloadavg()),
+                  time.perf_counter() - t0)
+    args.results.write_text(text)
+    say(f"wrote {args.results}; monorepos and logs in {work}")
+    for t in targets({s.key: s for s in scenarios}):
+        say(f"{'met    ' if t.met else 'MISSED '} {t.what}: {t.measured}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
