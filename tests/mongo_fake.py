@@ -11,6 +11,7 @@ a replica set). Tests that need those run on a real server (NCM_TEST_MONGO_URL).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Iterator, Mapping
@@ -29,7 +30,8 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 class FakeServer:
     """One in-memory MongoDB server for a test."""
 
-    def __init__(self) -> None:
+    def __init__(self, replica_set: bool = False) -> None:
+        self.replica_set = replica_set
         self.store = ServerStore()
         self.lock = threading.RLock()
         self.options: dict[tuple[str, str], dict[str, Any]] = {}
@@ -64,11 +66,34 @@ class FakeClient:
         for coll in self[name].list_collection_names():
             self[name].drop_collection(coll)
 
-    def start_session(self, **_kw: Any) -> Any:
-        raise OperationFailure("Transaction numbers are only allowed on a replica set member or mongos", 20)
+    def start_session(self, **_kw: Any) -> FakeSession:
+        if not self.server.replica_set:
+            raise OperationFailure("Transaction numbers are only allowed on a replica set member", 20)
+        return FakeSession()
 
     def close(self) -> None:
         return None
+
+
+class FakeSession:
+    """With `FakeServer(replica_set=True)`: a session whose transactions are only markers
+    (nothing is rolled back): enough to drive the code path, not to test atomicity."""
+
+    def __init__(self) -> None:
+        self.transactions = 0
+
+    def __enter__(self) -> FakeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def bind(self, end_session: bool = True) -> contextlib.nullcontext[FakeSession]:
+        return contextlib.nullcontext(self)
+
+    def start_transaction(self) -> contextlib.nullcontext[FakeSession]:
+        self.transactions += 1
+        return contextlib.nullcontext(self)
 
 
 class FakeDatabase:
@@ -132,7 +157,8 @@ class FakeDatabase:
         if verb == "ping":
             return {"ok": 1.0}
         if verb in ("hello", "isMaster", "ismaster"):
-            return {"isWritablePrimary": True, "ismaster": True, "maxWireVersion": 13, "ok": 1.0}
+            hello = {"isWritablePrimary": True, "ismaster": True, "maxWireVersion": 13, "ok": 1.0}
+            return {**hello, "setName": "rs0"} if self._server.replica_set else hello
         if verb == "connectionStatus":
             auth = {"authenticatedUsers": [], "authenticatedUserRoles": []}
             if spec.get("showPrivileges"):

@@ -257,6 +257,31 @@ def test_transactional_revision_runs_without_a_transaction_on_a_standalone_serve
     assert database(mongo_url).t.count_documents({}) == 1
 
 
+def test_transactional_revisions_record_their_attempts_as_transactional(
+    repo: Monorepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction's code path, on a fake replica set whose transactions roll nothing
+    back: what it records (the atomicity itself is tested on a real server, below)."""
+    from mongo_fake import FakeServer
+
+    monkeypatch.setattr(mongo_backend, "client_factory", FakeServer(replica_set=True).client)
+    url = "mongodb://localhost:27017/orders"
+    repo.mongo_revision("orders", "0001", transactional=True, upgrade="db.t.insert_one({'x': 1})")
+    path = repo.mongo_revision("orders", "0002", down="0001", transactional=True,
+                               upgrade="raise ValueError('no')")
+    mongo_service(repo, url)
+    result = repo.cli("migrate")
+    assert result.code == 1 and "asks for a transaction" not in result.stderr
+    ledger = list(database(url).ncm_migrations.find().sort("seq", 1))
+    assert [(d["revision"], d["status"], d["transactional"]) for d in ledger] == [
+        ("0001", "applied", True), ("0002", "failed", True)]
+    status = json.loads(repo.cli("showmigrations", "--json").stdout)["services"][0]
+    assert status["dirty"] is None  # a failed transaction leaves nothing to repair
+    assert database(url)[MARKERS].count_documents({"state": "applied"}) == 1
+    path.write_text(mongo_revision_file("0002", down="0001", transactional=True))
+    assert repo.cli("migrate").code == 0
+
+
 @needs_server
 def test_a_failed_transactional_revision_leaves_nothing_and_no_dirty_mark(
     repo: Monorepo, mongo_url: str

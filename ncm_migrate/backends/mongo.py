@@ -432,11 +432,11 @@ class _StepRun:
         self.outcome = outcome
         self.in_txn = in_txn
         self.marker = _marker_id(step.service, step.revision)
-        self.started = ledger_rules.utcnow()
+        now = ledger_rules.utcnow()
+        self.started = now.replace(microsecond=now.microsecond // 1000 * 1000)  # BSON keeps ms
         self.t0 = time.perf_counter()
         self.duration_ms = 0.0
         self.seq: int | None = None
-        self.claimed = False
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -484,7 +484,6 @@ class _StepRun:
         except _Claimed:
             raise
         except Exception:
-            self.claimed = False  # the transaction took the claim with it
             self._record_failure(transactional=True)
             raise
 
@@ -504,7 +503,6 @@ class _StepRun:
             )
             if taken is None:
                 raise _Claimed(self.marker, "reverted (or never applied)")
-        self.claimed = True
 
     def _settle(self) -> None:
         """The marker after success: `applied` after an upgrade, gone after a downgrade."""
@@ -514,15 +512,15 @@ class _StepRun:
             self.backend.markers.delete_one({"_id": self.marker})
 
     def _record_failure(self, transactional: bool) -> None:
-        """After a failed step: give the claim back and append (or finish) a `failed` row."""
+        """After a failed step: give this step's claim back (if an aborted transaction has not
+        already) and append (or finish) a `failed` row."""
+        mine = {"_id": self.marker, "at": self.started}
         try:  # a transaction, if any, has ended: these writes stand on their own
-            if self.claimed:
-                if self.step.direction == "up":
-                    self.backend.markers.delete_one({"_id": self.marker, "state": "applying"})
-                else:
-                    self.backend.markers.update_one(
-                        {"_id": self.marker, "state": "reverting"}, {"$set": {"state": "applied"}}
-                    )
+            if self.step.direction == "up":
+                self.backend.markers.delete_one({**mine, "state": "applying"})
+            else:
+                self.backend.markers.update_one({**mine, "state": "reverting"},
+                                                {"$set": {"state": "applied"}})
             if self.seq is not None:
                 self.backend._finish_row(self.seq, "failed", self.t0)
             else:
