@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .backends import Backend, make_backend
-from .errors import ChecksumMismatch, DirtyService, GraphError, MigrationFailed, NcmError
+from .errors import ChecksumMismatch, DirtyService, GraphError, NcmError
 from .graph import Graph
 from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
@@ -94,7 +94,7 @@ def run_segment(job: SegmentJob, report: Reporter) -> list[StepResult]:
 
             try:
                 return skipped + backend.apply(todo, job.revisions, job.ctx, job.fake, on_step)
-            except MigrationFailed as exc:
+            except NcmError as exc:
                 exc.results = skipped + exc.results
                 raise
     finally:
@@ -267,7 +267,7 @@ def _drain(events: multiprocessing.queues.Queue[Event | None], report: Reporter)
 
 
 def _failed_results(exc: NcmError) -> list[StepResult]:
-    return list(exc.results) if isinstance(exc, MigrationFailed) else []
+    return list(exc.results)
 
 
 def _not_run(run: RunReport, jobs: list[SegmentJob]) -> None:

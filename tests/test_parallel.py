@@ -9,6 +9,7 @@ import pytest
 from monorepo import Monorepo
 
 from ncm_migrate import commands
+from ncm_migrate.errors import MigrationFailed
 
 
 def slow_services(root: Path, count: int, seconds: float) -> Monorepo:
@@ -52,9 +53,9 @@ def test_a_failure_stops_new_work_and_reports_every_service(tmp_path: Path) -> N
     repo.revision("b", "0002_y", down="0001_x")
     repo.revision("c", "0001_x", requires=["a:0001"])
     repo.urls({s: f"sqlite:///{tmp_path / (s + '.db')}" for s in "abc"})
-    result = commands.migrate(root=repo.root, jobs=3)
-    assert not result.ok
-    outcomes = {(r.service, r.revision): r.outcome for r in result.report.results}
+    with pytest.raises(MigrationFailed) as failed:
+        commands.migrate(root=repo.root, jobs=3)
+    outcomes = {(r.service, r.revision): r.outcome for r in failed.value.results}
     assert outcomes[("a", "0001_boom")] == "failed"
     assert outcomes[("c", "0001_x")] == "not-run"
     # b ran beside a and was let finish; what it applied stays applied

@@ -191,23 +191,6 @@ def _noop(**_kw: Any) -> None:
     return None
 
 
-def _commit_without_flush_wait(conn: Connection, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn`, after `SET LOCAL synchronous_commit TO OFF` in its step's transaction (PostgreSQL).
-
-    That commit then skips waiting for its WAL flush (several ms each). A run's last step
-    commits as usual, which flushes every earlier commit too, so a finished run is exactly
-    as durable; a server crash mid-run can lose whole recent revisions, each with its
-    version and ledger rows, never part of one (the transaction stays atomic).
-    """
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        return fn(*args, **kwargs)
-
-    return run
-
-
 class SqlBackend:
     """One SQL service's database."""
 
@@ -500,8 +483,13 @@ class SqlBackend:
                 ),
             ).inserted_primary_key[0]  # type: ignore[index]
 
-        relaxed = self.dialect == "postgresql" and not self.config.use_env_py
-        last = steps[-1] if steps else None
+        # PostgreSQL: the steps' commits do not wait for their WAL flush (several ms each);
+        # `_flush_commits` then makes them all durable at once before apply returns. Each
+        # step still commits on its own, atomically; only a server crash during the run
+        # could lose its latest steps, whole, as if the run had stopped before them.
+        relaxed = self.dialect == "postgresql" and not self.config.use_env_py and len(steps) > 1
+        if relaxed:
+            conn.exec_driver_sql("SET synchronous_commit TO OFF")
 
         def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[_Step]:
             if on_version_applied not in mctx.on_version_apply_callbacks:
@@ -521,8 +509,6 @@ class SqlBackend:
                         f"{rev.path}: revision {step.service}:{step.revision} defines no "
                         f"{'upgrade' if up else 'downgrade'}() function."
                     )
-                if relaxed and step is not last:
-                    fn = _commit_without_flush_wait(conn, fn)
                 current.update(step=step, module=module, started=ledger_rules.utcnow(),
                                t0=time.perf_counter(), row_id=None)
                 on_step(step, "start", None)
@@ -551,8 +537,9 @@ class SqlBackend:
 
         try:
             self._run_alembic(steps_fn)
-        except RevisionFileError:
+        except RevisionFileError as exc:
             self._abandon(current, ledger_insert, "failed")
+            exc.results = results
             raise
         except Exception as exc:
             step = current.get("step")
@@ -573,7 +560,24 @@ class SqlBackend:
                 step.revision,
                 results,
             ) from exc
+        finally:
+            if relaxed:
+                self._flush_commits()
         return results
+
+    def _flush_commits(self) -> None:
+        """Synchronous commits again, and every earlier commit made durable: a transaction
+        that holds a transaction id commits with a WAL flush, which covers all before it."""
+        conn = self.conn
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            conn.exec_driver_sql("SET synchronous_commit TO ON")
+            conn.exec_driver_sql("SELECT txid_current()")
+            conn.commit()
+        except sa.exc.DBAPIError as exc:
+            log.warning("service '%s': could not confirm that this run's commits reached the "
+                        "disk: %s", self.config.name, _short(exc))
 
     def _abandon(self, current: dict[str, Any], ledger_insert: Any, status: str) -> None:
         """After a failed step: roll back what is left and record the failure."""
