@@ -312,7 +312,8 @@ def rollback(
     _confirm_protected(project, downgrade, fake, questioner)
     if confirm is not None:
         confirm(downgrade)
-    return _execute(project, downgrade, fake, 1, report, rollback_on_failure=False).raise_for_error()
+    return _execute(project, downgrade, fake, 1, report, rollback_on_failure=False,
+                    command="rollback").raise_for_error()
 
 
 def sqlmigrate(
@@ -721,9 +722,10 @@ def _execute(
     jobs: int | None,
     report: Reporter | None,
     rollback_on_failure: bool | None = None,
+    command: str = "migrate",
 ) -> MigrateResult:
     settings = project.settings
-    audit = AuditLog.open(settings.audit_log_path, settings.root, "migrate", settings.env)
+    audit = AuditLog.open(settings.audit_log_path, settings.root, command, settings.env)
     if settings.backup.before_migrate and not fake:
         for name in steps.services():
             folder, _manifest = _backup(project, project.service(name), None, audit)

@@ -38,7 +38,7 @@ def test_one_line_per_step(repo: Monorepo, db_url: str) -> None:
         ("migrate", "users", "0001_initial", "up", "applied"),
         ("migrate", "users", "0002_more", "up", "applied"),
         ("migrate", "billing", "0001_initial", "up", "failed"),
-        ("migrate", "users", "0002_more", "down", "reverted"),
+        ("rollback", "users", "0002_more", "down", "reverted"),
     ]
     first = entries[0]
     assert first["environment"] == "development" and first["actor"] == "deploy-bot"
