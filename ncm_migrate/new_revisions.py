@@ -90,7 +90,6 @@ def make_migrations(
     unchanged: list[str] = []
     skipped: list[tuple[str, str]] = []
     for svc in selected:
-        down = _base_of(project, svc)
         changes: Changes | None = None
         if svc.backend == "sql" and not request.empty and migration_type in ("schema", "index"):
             changes = detect_changes(project, svc.name, index_concurrently=migration_type == "index")
@@ -101,6 +100,7 @@ def make_migrations(
             reason = "no models.py" if svc.backend == "sql" else "a MongoDB service has no models"
             skipped.append((svc.name, f"{reason}: use --empty or --type to write a revision by hand"))
             continue
+        down = _base_of(project, svc)
         message = request.message or _message_from(changes, migration_type)
         slug = slugify(request.message) if request.message else _slug_from(changes)
         revision, stem = next_revision_id(svc, project.revisions[svc.name], slug)

@@ -3,10 +3,12 @@ what each package template writes: valid, lint-clean Alembic revisions that run.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from monorepo import REPO, Monorepo
 
 from ncm_migrate.discovery import read_revisions
 from ncm_migrate.errors import BadInput
+from ncm_migrate.logs import SQL_LOGGERS
 from ncm_migrate.model import ServiceConfig
 from ncm_migrate.templates import PACKAGE_TEMPLATES, find_template, template_name
 
@@ -169,6 +172,22 @@ def test_index_template_builds_concurrently_on_postgresql(repo: Monorepo, db_url
     assert repo.cli("rollback", "users").code == 0
 
 
+@pytest.fixture
+def restored_loggers() -> Iterator[None]:
+    """`-v` in process points SQL loggers at CliRunner's stream; put them back afterwards so
+    that later tests do not log into a closed file."""
+    names = ("ncm_migrate", *SQL_LOGGERS)
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers),
+                 logging.getLogger(n).propagate) for n in names}
+    yield
+    for name, (level, handlers, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+@pytest.mark.usefixtures("restored_loggers")
 def test_data_template_backfills_in_batches_and_resumes(repo: Monorepo, db_url: str) -> None:
     repo.revision("users", "0001_initial", upgrade="""
         op.create_table("people", sa.Column("id", sa.Integer, primary_key=True),
