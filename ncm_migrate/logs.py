@@ -20,11 +20,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record comes, not when it was made."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        return None
+
+
 def verbosity_levels(verbosity: int) -> dict[str, int]:
     """Logger levels for -q (-1), default (0), -v (1: adds the SQL being run), -vv (2)."""
     levels = {PACKAGE: {-1: logging.ERROR, 0: logging.WARNING}.get(verbosity, logging.INFO)}
-    if verbosity >= 1:
-        levels.update(dict.fromkeys(SQL_LOGGERS, logging.INFO))
+    levels.update(dict.fromkeys(SQL_LOGGERS, logging.INFO if verbosity >= 1 else logging.WARNING))
     if verbosity >= 2:
         levels[PACKAGE] = logging.DEBUG
     return levels
@@ -32,7 +43,7 @@ def verbosity_levels(verbosity: int) -> dict[str, int]:
 
 def configure_logging(levels: dict[str, int]) -> None:
     """One stderr handler, redacting, for each named logger."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(RedactingFilter())
     for name, level in levels.items():
