@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -96,7 +96,7 @@ class AuditLog:
             git_commit=git_commit(self.root),
             detail=redact_known(detail) if detail else None,
         )
-        line = redact_known(json.dumps(asdict(entry), sort_keys=False)) + "\n"
+        line = redact_known(json.dumps(vars(entry), sort_keys=False)) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One write of one line with O_APPEND: concurrent runners never interleave lines.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

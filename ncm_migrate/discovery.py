@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -227,47 +226,55 @@ class HeaderCache:
 
     A header is served only for the same path and the same bytes, so an edited file is
     always parsed again; entries from other versions of this module (whose parsing may
-    differ) are never served. Kept as JSON (no code runs on load); a cache file that cannot
-    be read or written is ignored, since the cache only saves time.
+    differ) are never served. Kept as JSON (no code runs on load): by folder and file name,
+    each row a JSON text of its own, decoded only when used (so a large cache costs little
+    memory). A cache file that cannot be read or written is ignored: it only saves time.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._entries: dict[str, dict[str, Any]] = {}
-        self._seen: set[str] = set()
+        self._folders: dict[str, dict[str, str]] = {}
+        self._seen: dict[str, set[str]] = {}
         self._changed = False
         if path is not None:
-            self._entries = _load_entries(path)
+            self._folders = _load_folders(path)
 
     def get(self, service: str, path: Path, digest: str) -> Revision | None:
-        key = str(path)
-        self._seen.add(key)
-        entry = self._entries.get(key)
-        if entry is None or entry.get("sha256") != digest:
+        folder, name = str(path.parent), path.name
+        self._seen.setdefault(folder, set()).add(name)
+        text = self._folders.get(folder, {}).get(name)
+        if text is None or not text.startswith(f'["{digest}"'):
             return None
         try:
-            return _revision_from(entry, service, path)
-        except (KeyError, TypeError, ValueError):
+            row = json.loads(text)
+        except ValueError:
             return None
+        return _revision_from(row, service, path) if _well_formed(row) else None
 
     def put(self, rev: Revision, digest: str) -> None:
-        key = str(rev.path)
-        self._seen.add(key)
-        self._entries[key] = {"sha256": digest, **_entry_of(rev)}
+        folder, name = str(rev.path.parent), rev.path.name
+        self._seen.setdefault(folder, set()).add(name)
+        row = json.dumps(_row_of(rev, digest), separators=(",", ":"))
+        self._folders.setdefault(folder, {})[name] = row
         self._changed = True
 
     def save(self, folders: Iterable[Path] = ()) -> None:
-        """Write the cache if anything changed, dropping entries for files that are gone
-        from `folders` (the migrations folders read this time)."""
+        """Write the cache if anything changed, dropping rows for files that are gone from
+        `folders` (the migrations folders read this time)."""
         if self.path is None:
             return
-        read = {str(versions_dir(f)) for f in folders}
-        stale = [k for k in self._entries if k not in self._seen and os.path.dirname(k) in read]
-        for key in stale:
-            del self._entries[key]
-        if not self._changed and not stale:
+        for folder in {str(versions_dir(f)) for f in folders}:
+            rows = self._folders.get(folder)
+            seen = self._seen.get(folder, set())
+            if rows is not None and rows.keys() - seen:
+                self._folders[folder] = {k: v for k, v in rows.items() if k in seen}
+                self._changed = True
+        if not self._changed:
             return
-        payload = json.dumps({"format": _cache_format(), "entries": self._entries})
+        import tempfile  # only when writing: it costs every command start-up otherwise
+
+        payload = json.dumps({"format": _cache_format(), "folders": self._folders},
+                             separators=(",", ":"))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ncm-headers.", suffix=".tmp")
@@ -298,7 +305,8 @@ def _cache_format() -> str:
     return _FORMAT
 
 
-def _load_entries(path: Path) -> dict[str, dict[str, Any]]:
+def _load_folders(path: Path) -> dict[str, dict[str, str]]:
+    """The cache's rows (JSON texts) by folder and file name."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -307,49 +315,56 @@ def _load_entries(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     if not isinstance(data, dict) or data.get("format") != _cache_format():
         return {}
-    entries = data.get("entries")
-    if not isinstance(entries, dict):
+    folders = data.get("folders")
+    if not isinstance(folders, dict):
         return {}
-    return {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, dict)}
-
-
-def _entry_of(rev: Revision) -> dict[str, Any]:
     return {
-        "revision": rev.revision,
-        "down_revisions": list(rev.down_revisions),
-        "checksum": rev.checksum,
-        "branch_labels": list(rev.branch_labels),
-        "depends_on": list(rev.depends_on),
-        "requires": list(rev.requires),
-        "migration_type": rev.migration_type,
-        "doc": rev.doc,
-        "defines": sorted(rev.defines),
-        "line_of": [list(pair) for pair in rev.line_of],
+        folder: {name: row for name, row in rows.items() if isinstance(row, str)}
+        for folder, rows in folders.items()
+        if isinstance(rows, dict)
     }
 
 
-def _revision_from(entry: dict[str, Any], service: str, path: Path) -> Revision:
-    def strings(key: str) -> tuple[str, ...]:
-        value = entry[key]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise TypeError(key)
-        return tuple(value)
+# A row: sha256, revision, down_revisions, checksum, branch_labels, depends_on, requires,
+# migration_type, doc, defines, line_of ([name, line] pairs).
+_STRINGS = (0, 1, 3, 7, 8)
+_LISTS = (2, 4, 5, 6, 9)
 
-    revision, checksum = entry["revision"], entry["checksum"]
-    migration_type, doc = entry["migration_type"], entry["doc"]
-    if not all(isinstance(v, str) for v in (revision, checksum, migration_type, doc)):
-        raise TypeError("header")
+
+def _well_formed(row: object) -> bool:
+    if type(row) is not list or len(row) != 11:
+        return False
+    if not all(type(row[i]) is str for i in _STRINGS):
+        return False
+    for i in _LISTS:
+        if type(row[i]) is not list or not all(type(v) is str for v in row[i]):
+            return False
+    pairs = row[10]
+    return type(pairs) is list and all(
+        type(p) is list and len(p) == 2 and type(p[0]) is str and type(p[1]) is int for p in pairs
+    )
+
+
+def _row_of(rev: Revision, digest: str) -> list[Any]:
+    return [
+        digest, rev.revision, list(rev.down_revisions), rev.checksum, list(rev.branch_labels),
+        list(rev.depends_on), list(rev.requires), rev.migration_type, rev.doc,
+        sorted(rev.defines), [list(pair) for pair in rev.line_of],
+    ]
+
+
+def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
     return Revision(
         service=service,
-        revision=revision,
-        down_revisions=strings("down_revisions"),
+        revision=row[1],
+        down_revisions=tuple(row[2]),
         path=path,
-        checksum=checksum,
-        branch_labels=strings("branch_labels"),
-        depends_on=strings("depends_on"),
-        requires=strings("requires"),
-        migration_type=migration_type,
-        doc=doc,
-        defines=frozenset(strings("defines")),
-        line_of=tuple((str(k), int(v)) for k, v in entry["line_of"]),
+        checksum=row[3],
+        branch_labels=tuple(row[4]),
+        depends_on=tuple(row[5]),
+        requires=tuple(row[6]),
+        migration_type=row[7],
+        doc=row[8],
+        defines=frozenset(row[9]),
+        line_of=tuple((name, line) for name, line in row[10]),
     )

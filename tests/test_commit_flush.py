@@ -1,7 +1,8 @@
-"""PostgreSQL: every step but a run's last commits without waiting for its WAL flush.
+"""PostgreSQL: a run's steps commit without waiting for their WAL flush, then one flush.
 
-The last commit flushes all earlier ones, so a finished run is as durable as before, and
-each step still commits on its own with its version and ledger rows.
+Each step still commits on its own with its version and ledger rows; before `apply`
+returns, a transaction holding a transaction id commits synchronously, which flushes every
+earlier commit, so a finished (or failed) run is as durable as before.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from monorepo import Monorepo
 
 from ncm_migrate import commands
+from ncm_migrate.errors import MigrationFailed
 
-SET_LOCAL = "SET LOCAL synchronous_commit TO OFF"
+OFF = "SET synchronous_commit TO OFF"
+ON = "SET synchronous_commit TO ON"
+FLUSH = "SELECT txid_current()"
 
 
 @contextmanager
@@ -45,26 +50,34 @@ def three_steps(repo: Monorepo, url: str) -> None:
     repo.urls({"users": url})
 
 
-def relaxed_per_step(seen: list[str]) -> list[bool]:
-    """For each step's ledger insert: whether its transaction turned the flush wait off."""
+def flush_wait_per_step(seen: list[str]) -> list[bool]:
+    """For each step's ledger insert, in order: whether its commit waits for the flush."""
+    waits = True
     out = []
-    in_tx: list[str] = []
     for statement in seen:
-        if statement == "COMMIT":
-            in_tx = []
-            continue
-        in_tx.append(statement)
-        if statement.startswith("INSERT INTO ncm_migrations"):
-            out.append(SET_LOCAL in in_tx)
+        if statement in (OFF, ON):
+            waits = statement == ON
+        elif statement.startswith("INSERT INTO ncm_migrations"):
+            out.append(waits)
     return out
 
 
-def test_postgres_relaxes_every_commit_but_the_last(repo: Monorepo, pg_url: str) -> None:
+def flushed_at_the_end(seen: list[str]) -> bool:
+    """After the last ledger insert: flush waits back on, and a transaction id committed."""
+    last = max(i for i, s in enumerate(seen) if s.startswith("INSERT INTO ncm_migrations"))
+    tail = seen[last:]
+    return ON in tail and tail.index(ON) < tail.index(FLUSH) < tail.index("COMMIT", tail.index(FLUSH))
+
+
+def test_postgres_steps_skip_the_flush_wait_and_the_run_flushes_once(
+    repo: Monorepo, pg_url: str
+) -> None:
     three_steps(repo, pg_url)
     with statements() as seen:
         result = commands.migrate(root=repo.root)
     assert result.ok, result.report.error
-    assert relaxed_per_step(seen) == [True, True, False]
+    assert flush_wait_per_step(seen) == [False, False, False]
+    assert flushed_at_the_end(seen)
     engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(
@@ -75,16 +88,26 @@ def test_postgres_relaxes_every_commit_but_the_last(repo: Monorepo, pg_url: str)
     assert head == "0003_c"
 
 
+def test_a_failed_run_is_flushed_too(repo: Monorepo, pg_url: str) -> None:
+    three_steps(repo, pg_url)
+    repo.revision("users", "0004_boom", down="0003_c", upgrade="raise RuntimeError('boom')")
+    with statements() as seen, pytest.raises(MigrationFailed, match="boom"):
+        commands.migrate(root=repo.root)
+    assert flush_wait_per_step(seen) == [False, False, False, False]
+    assert flushed_at_the_end(seen)
+
+
 def test_a_single_step_commits_as_usual(repo: Monorepo, pg_url: str) -> None:
     repo.table("users", "0001_a", "t_a")
     repo.urls({"users": pg_url})
     with statements() as seen:
         assert commands.migrate(root=repo.root).ok
-    assert relaxed_per_step(seen) == [False]
+    assert flush_wait_per_step(seen) == [True]
+    assert OFF not in seen
 
 
 def test_sqlite_never_sees_the_postgres_setting(repo: Monorepo, sqlite_url: str) -> None:
     three_steps(repo, sqlite_url)
     with statements() as seen:
         assert commands.migrate(root=repo.root).ok
-    assert relaxed_per_step(seen) == [False, False, False]
+    assert OFF not in seen and FLUSH not in seen

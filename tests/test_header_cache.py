@@ -69,7 +69,7 @@ def test_a_broken_edit_is_reported_even_though_the_cache_knew_the_file(
 
 @pytest.mark.parametrize(
     "content",
-    ["{not json", json.dumps({"format": "another version", "entries": {}}), json.dumps([1, 2])],
+    ["{not json", json.dumps({"format": "another version", "folders": {}}), json.dumps([1, 2])],
 )
 def test_a_corrupt_or_foreign_cache_file_is_ignored_and_replaced(
     repo: Monorepo, tmp_path: Path, content: str
@@ -89,8 +89,11 @@ def test_a_tampered_entry_for_the_same_contents_is_not_trusted_blindly(
     expected = load_project(repo.root).revisions
     cache_file = repo.root / HEADER_CACHE
     data = json.loads(cache_file.read_text())
-    for entry in data["entries"].values():
-        entry["down_revisions"] = "not a list"
+    for rows in data["folders"].values():
+        for name, text in rows.items():
+            row = json.loads(text)
+            row[2] = "not a list"
+            rows[name] = json.dumps(row)
     cache_file.write_text(json.dumps(data))
     assert load_project(repo.root).revisions == expected
 
@@ -100,8 +103,10 @@ def test_files_that_are_gone_leave_the_cache(repo: Monorepo, tmp_path: Path) -> 
     load_project(repo.root)
     (folder / "0002_more.py").unlink()
     assert set(load_project(repo.root).revisions["users"]) == {"0001_initial"}
-    entries = json.loads((repo.root / HEADER_CACHE).read_text())["entries"]
-    assert [Path(p).name for p in entries] == ["0001_initial.py"]
+    folders = json.loads((repo.root / HEADER_CACHE).read_text())["folders"]
+    assert {folder: list(rows) for folder, rows in folders.items()} == {
+        str(folder): ["0001_initial.py"]
+    }
 
 
 def test_a_cache_that_cannot_be_written_only_costs_time(repo: Monorepo, tmp_path: Path) -> None:

@@ -20,18 +20,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from io import StringIO
 from types import ModuleType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext, RevisionStep
-from alembic.script import ScriptDirectory
-from alembic.script.revision import Revision as AlembicRevision
-from alembic.script.revision import RevisionMap
-from alembic.util import load_python_file
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
@@ -42,6 +34,16 @@ from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ..urls import is_async, sqlite_file
 from . import ConnectFailed, ServerInfo, StepCallback
+
+if TYPE_CHECKING:
+    # Imported where they are used: Alembic and SQLAlchemy's asyncio extension (which pulls
+    # in the ORM) cost read-only commands (showmigrations, a no-op migrate) ~0.1 s to load.
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext, RevisionStep
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import Revision as AlembicRevision
+    from alembic.script.revision import RevisionMap
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,8 @@ def create_async_engine(url: str, connect_timeout_s: float) -> AsyncEngine:
 
 def alembic_revision_map(revisions: Mapping[str, Revision]) -> RevisionMap:
     """Alembic's revision map built from headers, with no module imported."""
+    from alembic.script.revision import Revision as AlembicRevision
+    from alembic.script.revision import RevisionMap
 
     def load() -> list[AlembicRevision]:
         return [
@@ -159,6 +163,8 @@ def alembic_revision_map(revisions: Mapping[str, Revision]) -> RevisionMap:
 
 def load_revision_module(rev: Revision) -> ModuleType:
     """Import one revision file; a file that cannot be imported is bad input (exit 2)."""
+    from alembic.util import load_python_file
+
     try:
         return load_python_file(str(rev.path.parent), rev.path.name)
     except Exception as exc:
@@ -168,23 +174,29 @@ def load_revision_module(rev: Revision) -> ModuleType:
         ) from exc
 
 
-class _Step(RevisionStep):
-    """Alembic's step for one revision, running the function we give it."""
+@functools.cache
+def _step_class() -> Callable[[RevisionMap, AlembicRevision, bool, Any, str], RevisionStep]:
+    """Alembic's step for one revision, running the function we give it (a class made on
+    first use, so that importing this module does not import Alembic)."""
+    from alembic.runtime.migration import RevisionStep
 
-    def __init__(
-        self, rmap: RevisionMap, rev: AlembicRevision, is_upgrade: bool, fn: Any, doc: str
-    ) -> None:
-        # Not RevisionStep.__init__: it reads the function off an imported module, and
-        # these revisions come from headers; the module (if any) is ours to import.
-        self.revision_map = rmap
-        self.revision = rev  # type: ignore[assignment]
-        self.is_upgrade = is_upgrade
-        self.migration_fn = fn
-        self._doc = doc
+    class Step(RevisionStep):
+        def __init__(
+            self, rmap: RevisionMap, rev: AlembicRevision, is_upgrade: bool, fn: Any, doc: str
+        ) -> None:
+            # Not RevisionStep.__init__: it reads the function off an imported module, and
+            # these revisions come from headers; the module (if any) is ours to import.
+            self.revision_map = rmap
+            self.revision = rev  # type: ignore[assignment]
+            self.is_upgrade = is_upgrade
+            self.migration_fn = fn
+            self._doc = doc
 
-    @property
-    def doc(self) -> str:
-        return self._doc
+        @property
+        def doc(self) -> str:
+            return self._doc
+
+    return Step
 
 
 def _noop(**_kw: Any) -> None:
@@ -386,11 +398,14 @@ class SqlBackend:
 
     @_driver_call
     def current_heads(self) -> tuple[str, ...]:
-        ctx = MigrationContext.configure(
-            self.conn, opts={"version_table": self.config.version_table}
-        )
-        heads = ctx.get_current_heads()
-        self.conn.commit()
+        # What Alembic's MigrationContext.get_current_heads reads, without importing Alembic.
+        conn = self.conn
+        table = self.config.version_table
+        heads: list[str] = []
+        if sa.inspect(conn).has_table(table):
+            version = sa.table(table, sa.column("version_num"))
+            heads = [row[0] for row in conn.execute(sa.select(version.c.version_num))]
+        conn.commit()
         return tuple(sorted(heads))
 
     @_driver_call
@@ -491,7 +506,7 @@ class SqlBackend:
         if relaxed:
             conn.exec_driver_sql("SET synchronous_commit TO OFF")
 
-        def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[_Step]:
+        def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[RevisionStep]:
             if on_version_applied not in mctx.on_version_apply_callbacks:
                 mctx.on_version_apply_callbacks = (
                     *mctx.on_version_apply_callbacks, on_version_applied
@@ -515,7 +530,7 @@ class SqlBackend:
                 if not transactional:
                     current["row_id"] = ledger_insert(step, "running", current["started"])
                     conn.commit()
-                yield _Step(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
+                yield _step_class()(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
                 result = StepResult(step.service, step.revision, step.direction,
                                     _outcome(step, fake), current["duration_ms"])
                 results.append(result)
@@ -597,6 +612,10 @@ class SqlBackend:
         conn.commit()
 
     def _run_alembic(self, steps_fn: Any) -> None:
+        from alembic.config import Config
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.script import ScriptDirectory
+
         cfg = self.config
         config = Config()
         config.set_main_option("script_location", str(cfg.migrations_dir))
@@ -620,6 +639,8 @@ class SqlBackend:
 
     def _run_env_py(self, config: Config, script: ScriptDirectory, steps_fn: Any) -> None:
         """The service's own env.py, handed our connection as Alembic's cookbook describes."""
+        from alembic.runtime.environment import EnvironmentContext
+
         if self.conn.in_transaction():
             self.conn.commit()
         config.attributes["connection"] = self.conn
@@ -628,13 +649,17 @@ class SqlBackend:
 
     @_driver_call
     def verify(self, revision: Revision) -> str | None:
+        from alembic.config import Config
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.script import ScriptDirectory
+
         module = load_revision_module(revision)
         check = getattr(module, "verify", None)
         if check is None:
             return None
         steps_run: list[str] = []
 
-        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[_Step]:
+        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[RevisionStep]:
             steps_run.append(revision.revision)
             return iter(())
 
@@ -676,19 +701,23 @@ class SqlBackend:
         self, steps: Sequence[Step], revisions: Mapping[str, Revision], start_heads: Sequence[str]
     ) -> str:
         """The SQL `steps` would run, rendered without a database (Alembic's offline mode)."""
+        from alembic.config import Config
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.script import ScriptDirectory
+
         rmap = alembic_revision_map(revisions)
         buffer = StringIO()
 
         current: list[str] = []
 
-        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[_Step]:
+        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[RevisionStep]:
             for step in steps:
                 rev = revisions[step.revision]
                 current[:] = [step.revision]
                 module = load_revision_module(rev)
                 up = step.direction == "up"
                 fn = getattr(module, "upgrade" if up else "downgrade")
-                yield _Step(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
+                yield _step_class()(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
 
         cfg = self.config
         config = Config()
