@@ -36,7 +36,7 @@ _NOT_ENVIRONMENTS = {"default", "global", "dynaconf_merge", "dynaconf_include"}
 _TOP_KEYS = {
     "services_dir", "services_glob", "database_url", "services", "connect", "lock",
     "protected", "backup", "lint", "audit", "jobs", "rollback_on_failure",
-    "allow_checksum_drift", "mongo",
+    "allow_checksum_drift",
 }
 _SERVICE_KEYS = {
     "database_url", "backend", "version_table", "depends_on", "naming_convention", "models",
@@ -48,7 +48,6 @@ _TABLE_KEYS = {
     "backup": {"before_migrate", "dir", "encryption_key"},
     "lint": {"severity", "squawk"},
     "audit": {"log_path"},
-    "mongo": {"database", "server_selection_timeout_ms"},
 }
 
 
@@ -230,6 +229,9 @@ def _service_config(
     url_key = (*prefix, "database_url") if own_url is not None else ("database_url",)
     enabled = _bool(raw, "enabled", sources, prefix=prefix, default=True)
     backend = raw.get("backend")
+    shared_url_of_other_kind = isinstance(url, str) and backend_of(url) != backend
+    if own_url is None and backend in ("sql", "mongo") and shared_url_of_other_kind:
+        url = None  # the shared database_url is for services of its own kind
     if backend is not None and backend not in ("sql", "mongo"):
         raise _bad((*prefix, "backend"), backend, "'sql' or 'mongo'", sources)
     if url is not None:

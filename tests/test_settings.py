@@ -346,3 +346,16 @@ def test_settings_are_checked_before_any_database(repo: Monorepo, tmp_path: Path
     assert result.code == 2
     assert "services.billing.naming_convention" in result.stderr
     assert not db.exists()
+
+
+def test_shared_database_url_is_only_for_services_of_its_kind(repo: Monorepo, tmp_path: Path) -> None:
+    """A service that declares `backend = "mongo"` does not take a shared SQL URL: it is
+    left out with a clear line instead of failing the settings."""
+    repo.table("users", "0001_a", "t")
+    repo.service("events")
+    repo.write("services/events/settings.toml", '[default]\nbackend = "mongo"\n')
+    repo.settings(f'[development]\ndatabase_url = "sqlite:///{tmp_path / "one.db"}"\n')
+    found = {s.name: s for s in load_settings(repo.root).services}
+    assert found["users"].database_url is not None
+    assert found["events"].backend == "mongo"
+    assert found["events"].skip_reason == "no database_url in environment 'development'"
