@@ -72,16 +72,19 @@ def versions_dir(migrations_dir: Path) -> Path:
 
 def revision_files(migrations_dir: Path) -> list[Path]:
     folder = versions_dir(migrations_dir)
+    return [folder / name for name in _revision_names(folder)]
+
+
+def _revision_names(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     # os.scandir: the directory entries say which are files, without a stat per file.
     with os.scandir(folder) as entries:
-        names = sorted(
+        return sorted(
             e.name
             for e in entries
             if e.name.endswith(".py") and e.name not in _SKIPPED_FILES and e.is_file()
         )
-    return [folder / name for name in names]
 
 
 def checksum_text(text: str) -> str:
@@ -102,16 +105,22 @@ def read_revisions(
     missing `revision`, a value of the wrong type, or two files with the same revision id.
     """
     revisions: dict[str, Revision] = {}
-    for path in revision_files(migrations_dir):
+    folder = versions_dir(migrations_dir)
+    where = str(folder)
+    for name in _revision_names(folder):
+        path = folder / name
         if cache is None:
             rev = read_revision(service, path)
         else:
-            data = path.read_bytes()
+            # Plain strings and an unbuffered read: pathlib's and io's layers cost more than
+            # the read itself, thousands of times over.
+            with open(os.path.join(where, name), "rb", buffering=0) as fh:
+                data = fh.readall()
             digest = hashlib.sha256(data).hexdigest()
-            cached = cache.get(service, path, digest)
+            cached = cache.get(service, where, name, path, digest)
             if cached is None:
                 rev = parse_revision(service, path, _decode(data, path, service))
-                cache.put(rev, digest)
+                cache.put(where, name, rev, digest)
             else:
                 rev = cached
         if rev.revision in revisions:
@@ -239,8 +248,8 @@ class HeaderCache:
         if path is not None:
             self._folders = _load_folders(path)
 
-    def get(self, service: str, path: Path, digest: str) -> Revision | None:
-        folder, name = str(path.parent), path.name
+    def get(self, service: str, folder: str, name: str, path: Path, digest: str) -> Revision | None:
+        """The header of `folder`/`name` (`path`) if the cache holds it for these bytes."""
         self._seen.setdefault(folder, set()).add(name)
         text = self._folders.get(folder, {}).get(name)
         if text is None or not text.startswith(f'["{digest}"'):
@@ -249,10 +258,14 @@ class HeaderCache:
             row = json.loads(text)
         except ValueError:
             return None
-        return _revision_from(row, service, path) if _well_formed(row) else None
+        if not _well_formed(row):
+            return None
+        try:
+            return _revision_from(row, service, path)
+        except (TypeError, ValueError):
+            return None
 
-    def put(self, rev: Revision, digest: str) -> None:
-        folder, name = str(rev.path.parent), rev.path.name
+    def put(self, folder: str, name: str, rev: Revision, digest: str) -> None:
         self._seen.setdefault(folder, set()).add(name)
         row = json.dumps(_row_of(rev, digest), separators=(",", ":"))
         self._folders.setdefault(folder, {})[name] = row
@@ -332,16 +345,13 @@ _LISTS = (2, 4, 5, 6, 9)
 
 
 def _well_formed(row: object) -> bool:
-    if type(row) is not list or len(row) != 11:
-        return False
-    if not all(type(row[i]) is str for i in _STRINGS):
-        return False
-    for i in _LISTS:
-        if type(row[i]) is not list or not all(type(v) is str for v in row[i]):
-            return False
-    pairs = row[10]
-    return type(pairs) is list and all(
-        type(p) is list and len(p) == 2 and type(p[0]) is str and type(p[1]) is int for p in pairs
+    """The row has the shape this module writes (rows are only ever written by `put`)."""
+    return (
+        type(row) is list
+        and len(row) == 11
+        and all(type(row[i]) is str for i in _STRINGS)
+        and all(type(row[i]) is list for i in _LISTS)
+        and type(row[10]) is list
     )
 
 
@@ -366,5 +376,5 @@ def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
         migration_type=row[7],
         doc=row[8],
         defines=frozenset(row[9]),
-        line_of=tuple((name, line) for name, line in row[10]),
+        line_of=tuple((str(name), int(line)) for name, line in row[10]),
     )

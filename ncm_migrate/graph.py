@@ -27,6 +27,7 @@ class Graph:
     by_service: dict[str, list[str]]
     service_depends: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _children: dict[RevisionKey, list[RevisionKey]] | None = None
+    _labels: dict[str, dict[str, list[str]]] | None = None
 
     def revisions(self, service: str) -> list[Revision]:
         return [self.nodes[RevisionKey(service, r)] for r in self.by_service.get(service, [])]
@@ -88,9 +89,9 @@ class Graph:
         revs = self.by_service.get(service)
         if revs is None:
             raise UnknownRevision(f"Unknown service '{service}' in revision '{service}:{ident}'.")
-        if ident in revs:
+        if RevisionKey(service, ident) in self.nodes:
             return ident
-        labelled = [r for r in revs if ident in self.nodes[RevisionKey(service, r)].branch_labels]
+        labelled = self._labelled(service).get(ident, [])
         if len(labelled) == 1:
             return labelled[0]
         matches = [r for r in revs if r.startswith(ident)]
@@ -104,6 +105,19 @@ class Graph:
         raise UnknownRevision(
             f"Service '{service}' has no revision '{ident}' (see `showmigrations {service}`)."
         )
+
+    def _labelled(self, service: str) -> dict[str, list[str]]:
+        """The service's revisions by branch label (built once: `resolve` runs for every
+        `requires` and `depends_on` while the graph is built)."""
+        if self._labels is None:
+            self._labels = {}
+            for svc, revs in self.by_service.items():
+                index: dict[str, list[str]] = {}
+                for r in revs:
+                    for label in self.nodes[RevisionKey(svc, r)].branch_labels:
+                        index.setdefault(label, []).append(r)
+                self._labels[svc] = index
+        return self._labels.get(service, {})
 
     def conflicting_heads(self, service: str) -> tuple[str, ...]:
         """Heads that fork from a common revision without a branch label of their own."""

@@ -69,6 +69,10 @@ LEDGER = sa.Table(
 # Built once: a statement built per step costs SQLAlchemy a cache-key walk each time.
 _LEDGER_INSERT = LEDGER.insert()
 _LEDGER_FINISH = LEDGER.update().where(LEDGER.c.id == sa.bindparam("row_id"))
+_STATE_ROWS = sa.text(
+    f"SELECT id, revision, direction, status, checksum FROM {ledger_rules.TABLE} "
+    "WHERE service = :service ORDER BY id"
+)
 _memory_locks: dict[str, threading.Lock] = {}
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -403,15 +407,32 @@ class SqlBackend:
         table = self.config.version_table
         heads: list[str] = []
         if sa.inspect(conn).has_table(table):
-            version = sa.table(table, sa.column("version_num"))
-            heads = [row[0] for row in conn.execute(sa.select(version.c.version_num))]
+            # Plain text: nothing to compile (each backend's engine has its own cache).
+            quoted = conn.dialect.identifier_preparer.quote(table)
+            heads = [row[0] for row in conn.exec_driver_sql(f"SELECT version_num FROM {quoted}")]
         conn.commit()
         return tuple(sorted(heads))
+
+    def _state_rows(self) -> list[LedgerRow]:
+        """This service's ledger rows with only the columns its state is read from
+        (revision, direction, status, checksum), oldest first."""
+        conn = self.conn
+        rows: list[LedgerRow] = []
+        if sa.inspect(conn).has_table(ledger_rules.TABLE):
+            result = conn.execute(_STATE_ROWS, {"service": self.config.name})
+            rows = [
+                LedgerRow(id=id_, service=self.config.name, revision=rev, direction=direction,
+                          status=status, checksum=checksum, started_at="", finished_at=None,
+                          duration_ms=None, actor="", host="", environment="", tool_version="")
+                for id_, rev, direction, status, checksum in result
+            ]
+        conn.commit()
+        return rows
 
     @_driver_call
     def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState:
         heads = self.current_heads()
-        rows = self._rows(self.config.name)
+        rows = self._state_rows()
         applied = _applied_from_heads(heads, revisions)
         unknown = tuple(h for h in heads if h not in revisions)
         return ServiceState(
