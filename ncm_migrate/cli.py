@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import commands
-from .errors import ConfirmationRefused, NcmError, ProblemsFound
+from .errors import NcmError, ProblemsFound
 from .executor import Event, RunReport
 from .findings import Report
 from .logs import configure_logging, verbosity_levels
@@ -798,10 +798,6 @@ def _option_value(argv: Sequence[str], name: str) -> str | None:
         if arg.startswith(f"{name}="):
             return arg.split("=", 1)[1]
     return None
-
-
-def _confirm_refused(what: str) -> ConfirmationRefused:
-    return ConfirmationRefused(f"{what} needs confirmation: pass --yes.")
 
 
 _GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"}

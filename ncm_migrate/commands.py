@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import health
 from .audit import AuditLog
-from .backup import Manifest
+from .backups import Manifest
 from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
 from .executor import (
     Event,
@@ -44,7 +44,7 @@ from .graph import (
 from .model import LedgerRow, Plan, RevisionKey, ServiceConfig, ServiceState, StepResult
 from .project import Project, find_root, load_project
 from .questioner import NonInteractiveQuestioner, Questioner, confirm_plan
-from .repair import RepairAction
+from .repairs import RepairAction
 from .settings import load_settings, settings_dir_of
 from .urls import mask_url
 
@@ -425,7 +425,7 @@ def validate(
 ) -> Report:
     """Graph, files, version tables, applied checksums and lint, as findings (no exception
     for what it finds: `Report.exit_code` says 0, 1 or 2)."""
-    from .validate import validate_settings
+    from .validation import validate_settings
 
     settings = load_settings(root or find_root(), env, settings_dir)
     return Report.of(validate_settings(settings, services), strict)
@@ -440,8 +440,8 @@ def lint(
     settings_dir: Path | None = None,
 ) -> Report:
     """Dangerous operations in the selected services' `upgrade()`s (no database needed)."""
-    from .lint import lint_service
-    from .validate import read_inventory, select
+    from .linting import lint_service
+    from .validation import read_inventory, select
 
     settings = load_settings(root or find_root(), env, settings_dir)
     revisions = read_inventory(settings).revisions
@@ -461,7 +461,7 @@ def check(
 ) -> Report:
     """For CI: validate every service, plus pending revisions, dirty marks and models.py
     changes that no revision holds yet (`makemigrations --check`)."""
-    from .validate import models_findings, validate_settings
+    from .validation import models_findings, validate_settings
 
     settings = load_settings(root or find_root(), env, settings_dir)
     findings = validate_settings(settings, (), pending=True)
@@ -481,7 +481,7 @@ def repair(
 ) -> list[RepairAction]:
     """Clear `service`'s dirty mark and re-record edited revisions' checksums, in the ledger
     and the audit log."""
-    from .repair import repair_service
+    from .repairs import repair_service
 
     project = load_project(root, env, settings_dir)
     svc = project.select([service])[0]
@@ -527,7 +527,7 @@ def restore(
     settings_dir: Path | None = None,
 ) -> Manifest:
     """Replace one service's database with a backup (confirmed first where protected)."""
-    from .backup import read_manifest, restore_database
+    from .backups import read_manifest, restore_database
 
     project = load_project(root, env, settings_dir)
     svc = project.select([service])[0]
@@ -699,7 +699,7 @@ def _confirm_protected(
 
 def _backup(project: Project, svc: ServiceConfig, out: Path | None, audit: AuditLog) -> tuple[Path, Manifest]:
     """A backup of one service, taken under its lock and written to the audit log."""
-    from .backup import backup_database, default_dir
+    from .backups import backup_database, default_dir
 
     settings = project.settings
     folder = out or default_dir(settings.backup.dir, settings.env, svc.name)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfirmationRefused
-from .lint import DESTRUCTIVE, lint_revision
+from .linting import DESTRUCTIVE, lint_revision
 from .model import Plan, Revision, ServiceConfig
 
 Prompt = Callable[[str], str]

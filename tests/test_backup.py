@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from monorepo import Monorepo, tables
 
-from ncm_migrate.backup import program
+from ncm_migrate.backups import program
 from ncm_migrate.errors import ToolMissing
 
 KEY = "GgtVj9ovHkJ_2LGdbQwd3K1RwHjZtVp7mKfEqZ4KxVQ="  # Fernet keys: 32 url-safe base64 bytes

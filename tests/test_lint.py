@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from monorepo import Monorepo, mongo_revision_file, revision_file
 
-from ncm_migrate import lint
+from ncm_migrate import linting as lint
 from ncm_migrate.discovery import read_revision
 from ncm_migrate.errors import ToolMissing
 from ncm_migrate.model import ServiceConfig

@@ -17,7 +17,7 @@ from .errors import NcmError, ServiceNotConfigured
 from .executor import open_backend
 from .findings import Finding
 from .graph import Graph, find_cycle
-from .lint import lint_service
+from .linting import lint_service
 from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
 from .project import Project
 from .settings import Settings
