@@ -112,10 +112,7 @@ def read_revisions(
         if cache is None:
             rev = read_revision(service, path)
         else:
-            # Plain strings and an unbuffered read: pathlib's and io's layers cost more than
-            # the read itself, thousands of times over.
-            with open(os.path.join(where, name), "rb", buffering=0) as fh:
-                data = fh.readall()
+            data = _read_bytes(os.path.join(where, name))
             digest = hashlib.sha256(data).hexdigest()
             cached = cache.get(service, where, name, path, digest)
             if cached is None:
@@ -135,6 +132,19 @@ def read_revisions(
 def read_revision(service: str, path: Path) -> Revision:
     """Read one revision file's header without importing it."""
     return parse_revision(service, path, _decode(path.read_bytes(), path, service))
+
+
+def _read_bytes(path: str) -> bytes:
+    """A file's bytes by plain system calls: pathlib's and io's layers cost more than the
+    read itself, thousands of times over."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [os.read(fd, 1 << 16)]
+        while len(chunks[-1]) == 1 << 16:
+            chunks.append(os.read(fd, 1 << 16))
+    finally:
+        os.close(fd)
+    return b"".join(chunks) if len(chunks) > 1 else chunks[0]
 
 
 def _decode(data: bytes, path: Path, service: str) -> str:

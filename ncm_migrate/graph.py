@@ -7,6 +7,8 @@ for a service's base revisions, the heads of every service it `depends_on`.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -94,7 +96,9 @@ class Graph:
         labelled = self._labelled(service).get(ident, [])
         if len(labelled) == 1:
             return labelled[0]
-        matches = [r for r in revs if r.startswith(ident)]
+        # `revs` is sorted: the ids starting with `ident` sit together from its insertion point.
+        start = bisect.bisect_left(revs, ident)
+        matches = list(itertools.takewhile(lambda r: r.startswith(ident), revs[start:]))
         if len(matches) == 1:
             return matches[0]
         if matches:
@@ -199,6 +203,8 @@ def build_graph(
         graph.intra_parents[key] = tuple(sorted(set(intra)))
         graph.parents[key] = tuple(sorted(set(intra + cross)))
     for svc, deps in depends.items():
+        if not deps:
+            continue
         bases = [k for k in nodes if k.service == svc and not nodes[k].down_revisions]
         dep_heads = [RevisionKey(d, h) for d in deps for h in graph.heads(d)]
         for base in bases:
