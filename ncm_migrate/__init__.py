@@ -7,7 +7,6 @@ command line.
 from __future__ import annotations
 
 from .commands import (
-    MigrateResult,
     amigrate,
     backup,
     check,
@@ -31,6 +30,7 @@ from .commands import (
     wait,
 )
 from .errors import NcmError
+from .running import MigrateResult
 
 __all__ = [
     "MigrateResult",

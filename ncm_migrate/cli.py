@@ -35,6 +35,7 @@ from .logs import configure_logging, verbosity_levels
 from .model import Plan, StepResult
 from .project import find_root
 from .questioner import Questioner, questioner_for
+from .running import MigrateResult
 from .service_commands import ServiceCommand, find_service_commands, load_service_command
 from .urls import redact_known
 
@@ -277,7 +278,7 @@ def _summary(report: RunReport) -> None:
     out.print(table)
 
 
-def _run(call: Callable[[], commands.MigrateResult], as_json: bool, quiet: bool) -> None:
+def _run(call: Callable[[], MigrateResult], as_json: bool, quiet: bool) -> None:
     """Run migrate/rollback, then print each step's outcome as a summary or JSON, also
     when an error stopped the run (the error then says why, and sets the exit code)."""
     try:

@@ -10,41 +10,30 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import health
 from .audit import AuditLog
 from .backups import Manifest
-from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
+from .errors import BadInput
 from .executor import (
-    Event,
     Reporter,
-    RunReport,
-    SegmentJob,
-    apply_plan,
-    check_state,
     open_backend,
     segments,
 )
 from .findings import Report
 from .graph import (
-    HEAD,
-    ZERO,
-    dependents_outside,
-    keep_for_target,
-    last_applied,
-    plan_downgrade,
     plan_upgrade,
-    removal_set,
-    undo_plan,
     upgrade_targets,
 )
-from .model import LedgerRow, Plan, RevisionKey, ServiceConfig, ServiceState, StepResult
-from .project import Project, find_root, load_project
-from .questioner import NonInteractiveQuestioner, Questioner, confirm_plan
+from .model import LedgerRow, Plan, ServiceConfig
+from .planning import plan_migrate, plan_rollback, read_states
+from .project import find_root, load_project
+from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
+from .running import MigrateResult, confirm_protected, run_plan, take_backup
 from .settings import load_settings, settings_dir_of
 from .urls import mask_url
 
@@ -85,38 +74,6 @@ class ServiceStatus:
     conflicting_heads: tuple[str, ...] = ()
 
 
-@dataclass
-class MigrateResult:
-    """What `migrate` and `rollback` did: the plan, each step's outcome, and (with
-    rollback on failure) what was undone afterwards."""
-
-    plan: Plan
-    report: RunReport = field(default_factory=RunReport)
-    undo: RunReport | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.report.ok
-
-    @property
-    def results(self) -> list[StepResult]:
-        return self.report.results + (self.undo.results if self.undo else [])
-
-    def raise_for_error(self) -> MigrateResult:
-        """Raise the error that stopped the run, carrying every step's outcome."""
-        error = self.report.error
-        if error is None:
-            return self
-        error.results = self.results
-        if self.undo is not None:
-            undone = [f"{r.service}:{r.revision}" for r in self.undo.results if r.outcome == "reverted"]
-            note = f" Rolled back this run's revisions: {', '.join(undone) or 'none'}."
-            if self.undo.error is not None:
-                note += f" Could not roll back further: {self.undo.error}"
-            error.args = (f"{error}{note}",)
-        raise error
-
-
 def services(
     *, env: str | None = None, root: Path | None = None, settings_dir: Path | None = None
 ) -> list[ServiceInfo]:
@@ -134,18 +91,6 @@ def services(
         )
         for s in project.settings.services
     ]
-
-
-def read_states(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
-    """Each named service's state, read from its database (connecting with retries)."""
-    states: dict[str, ServiceState] = {}
-    for name in names:
-        backend = open_backend(project.service(name), project.settings.connect)
-        try:
-            states[name] = backend.read_state(project.revisions[name])
-        finally:
-            backend.close()
-    return states
 
 
 def showmigrations(
@@ -202,7 +147,7 @@ def plan(
 ) -> Plan:
     """The exact steps `migrate` would run, in order, without changing anything."""
     project = load_project(root, env, settings_dir)
-    return _plan(project, services, target, cascade)[0]
+    return plan_migrate(project, services, target, cascade)[0]
 
 
 def migrate(
@@ -231,11 +176,11 @@ def migrate(
     and may raise to refuse it.
     """
     project = load_project(root, env, settings_dir)
-    steps, _states = _plan(project, services, target, cascade)
-    _confirm_protected(project, steps, fake, questioner)
+    steps, _states = plan_migrate(project, services, target, cascade)
+    confirm_protected(project, steps, fake, questioner)
     if confirm is not None:
         confirm(steps)
-    return _execute(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
+    return run_plan(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
 
 
 async def amigrate(
@@ -298,21 +243,11 @@ def rollback(
     """Move `service` backwards to `target`, or by `steps` revisions (default 1); in a
     protected environment only once `questioner` (default: refuse) confirms it."""
     project = load_project(root, env, settings_dir)
-    svc = project.select([service])[0]
-    if target is not None and steps is not None:
-        raise BadInput("Give rollback either a TARGET or --steps, not both.")
-    states = _states_for(project, [svc.name])
-    applied = {name: st.applied for name, st in states.items()}
-    if target is None:
-        remove = last_applied(project.graph, applied, svc.name, steps or 1)
-    else:
-        keep = keep_for_target(project.graph, svc.name, target)
-        remove = removal_set(project.graph, applied, svc.name, keep)
-    downgrade = _downgrade_plan(project, applied, remove, cascade)
-    _confirm_protected(project, downgrade, fake, questioner)
+    downgrade = plan_rollback(project, service, target, steps, cascade)
+    confirm_protected(project, downgrade, fake, questioner)
     if confirm is not None:
         confirm(downgrade)
-    return _execute(project, downgrade, fake, 1, report, rollback_on_failure=False,
+    return run_plan(project, downgrade, fake, 1, report, rollback_on_failure=False,
                     command="rollback").raise_for_error()
 
 
@@ -349,7 +284,7 @@ def migrate_sql(
 ) -> str:
     """The SQL `migrate` would run against the databases' current state, without running it."""
     project = load_project(root, env, settings_dir)
-    steps, states = _plan(project, services, target, cascade=False)
+    steps, states = plan_migrate(project, services, target, cascade=False)
     from .backends.sql import SqlBackend
 
     applied = {name: set(st.applied) for name, st in states.items()}
@@ -514,7 +449,7 @@ def backup(
     project = load_project(root, env, settings_dir)
     svc = project.select([service])[0]
     audit = AuditLog.open(project.settings.audit_log_path, project.root, "backup", project.settings.env)
-    return _backup(project, svc, out, audit)
+    return take_backup(project, svc, out, audit)
 
 
 def restore(
@@ -613,155 +548,3 @@ def init(directory: Path | None = None) -> list[Path]:
 def _require_sql(svc: ServiceConfig, what: str) -> None:
     if svc.backend != "sql":
         raise BadInput(f"`{what}` works on SQL services; '{svc.name}' is a {svc.backend} service.")
-
-
-def _states_for(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
-    """States of `names` and of every active service a plan over them may reach: what
-    they need (forwards) and what needs them (backwards, for the cross-service rule)."""
-    graph = project.graph
-    keys = [k for k in graph.nodes if k.service in names]
-    reach = graph.ancestors(keys, intra_only=False) | graph.descendants(keys)
-    involved = set(names) | {k.service for k in reach}
-    active = {s.name for s in project.settings.services if s.active}
-    return read_states(project, sorted(involved & active | set(names)))
-
-
-def _plan(
-    project: Project, names: Sequence[str], target: str | None, cascade: bool
-) -> tuple[Plan, dict[str, ServiceState]]:
-    if target is not None and len(names) != 1:
-        raise BadInput("A TARGET needs exactly one service: `migrate SVC TARGET`.")
-    selected = project.select(names)
-    for svc in selected:
-        heads = project.graph.conflicting_heads(svc.name)
-        if heads and not (target and target not in HEAD):
-            raise MultipleHeads(
-                f"Service '{svc.name}' has several heads that fork without a merge: "
-                f"{', '.join(heads)}; run `manage.py makemigrations {svc.name} --merge`."
-            )
-    states = _states_for(project, [s.name for s in selected])
-    applied = {name: st.applied for name, st in states.items()}
-    if target is not None and target not in HEAD:
-        svc = selected[0]
-        keep = keep_for_target(project.graph, svc.name, target)
-        remove = removal_set(project.graph, applied, svc.name, keep)
-        if target in ZERO or remove:
-            return _downgrade_plan(project, applied, remove, cascade), states
-        rev = project.graph.resolve(svc.name, target)
-        targets = [RevisionKey(svc.name, rev)]
-    else:
-        targets = upgrade_targets(project.graph, [s.name for s in selected])
-    steps = plan_upgrade(project.graph, applied, targets)
-    for step in steps.steps:
-        if step.service not in applied:
-            config = project.service(step.service)
-            raise ServiceNotConfigured(
-                f"{step.service}:{step.revision} must be applied first (something in the plan "
-                f"requires it), but service '{step.service}' cannot be used in environment "
-                f"'{project.settings.env}': {config.skip_reason}."
-            )
-    busy = set(steps.services())
-    for svc in selected:
-        # With nothing to do a service is still refused when dirty or drifted: its database
-        # needs `repair`. (With steps, the executor checks under the lock: read here, a
-        # `running` row may be another live runner's.)
-        if svc.name not in busy:
-            check_state(svc, states[svc.name], project.revisions[svc.name],
-                        project.settings.allow_checksum_drift)
-    return steps, states
-
-
-def _downgrade_plan(
-    project: Project,
-    applied: dict[str, frozenset[str]],
-    remove: set[RevisionKey],
-    cascade: bool,
-) -> Plan:
-    blockers = dependents_outside(project.graph, applied, remove)
-    if blockers and not cascade:
-        raise RollbackRefused(
-            "Refusing to roll back: applied revisions of other services still require it: "
-            + ", ".join(str(b) for b in sorted(blockers))
-            + "; roll those back first, or use --cascade."
-        )
-    return plan_downgrade(project.graph, remove | blockers, first=blockers)
-
-
-def _confirm_protected(
-    project: Project, steps: Plan, fake: bool, questioner: Questioner | None
-) -> None:
-    """In a protected environment, have destructive work confirmed before anything runs."""
-    if project.settings.protected and steps:
-        configs = {s.name: s for s in project.settings.services}
-        confirm_plan(questioner or NonInteractiveQuestioner(), project.settings.env, steps,
-                     project.revisions, configs, project.root, fake)
-
-
-def _backup(project: Project, svc: ServiceConfig, out: Path | None, audit: AuditLog) -> tuple[Path, Manifest]:
-    """A backup of one service, taken under its lock and written to the audit log."""
-    from .backups import backup_database, default_dir
-
-    settings = project.settings
-    folder = out or default_dir(settings.backup.dir, settings.env, svc.name)
-    backend = open_backend(svc, settings.connect)
-    try:
-        with backend.lock(settings.lock.timeout_s):
-            heads = backend.read_state(project.revisions[svc.name]).heads
-            manifest = backup_database(svc, folder, environment=settings.env, heads=heads,
-                                       encryption_key=settings.backup.encryption_key)
-    finally:
-        backend.close()
-    audit.record(svc.name, "backed-up", detail=f"to {folder}")
-    return folder, manifest
-
-
-def _execute(
-    project: Project,
-    steps: Plan,
-    fake: bool,
-    jobs: int | None,
-    report: Reporter | None,
-    rollback_on_failure: bool | None = None,
-    command: str = "migrate",
-) -> MigrateResult:
-    settings = project.settings
-    audit = AuditLog.open(settings.audit_log_path, settings.root, command, settings.env)
-    if settings.backup.before_migrate and not fake:
-        for name in steps.services():
-            folder, _manifest = _backup(project, project.service(name), None, audit)
-            log.warning("backed up service '%s' to %s before migrating", name, folder)
-    report = audit.reporter(report or _ignore)
-    ctx = audit.ctx
-
-    def jobs_for(plan: Plan) -> list[SegmentJob]:
-        return [
-            SegmentJob(
-                config=project.service(seg[0].service),
-                connect=settings.connect,
-                lock_timeout_s=settings.lock.timeout_s,
-                revisions=project.revisions[seg[0].service],
-                steps=seg,
-                ctx=ctx,
-                fake=fake,
-                allow_checksum_drift=settings.allow_checksum_drift,
-                lock_lease_s=settings.lock.lease_s,
-            )
-            for seg in segments(plan)
-        ]
-
-    parallel = jobs if jobs is not None else settings.jobs
-    run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report)
-    result = MigrateResult(steps, run)
-    if rollback_on_failure is None:
-        rollback_on_failure = settings.rollback_on_failure
-    if run.error is not None and rollback_on_failure:
-        undo = undo_plan(run.results)
-        if undo.steps:
-            log.warning("rolling back the %d revision(s) this run applied", len(undo.steps))
-            result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report)
-    return result
-
-
-def _ignore(_event: Event) -> None:
-    return None
-

@@ -1,0 +1,131 @@
+"""A run planned against the databases' state: which services a plan reaches, their
+state, and the plan forwards or backwards with the cross-service rule applied.
+
+Reads databases (through the backends) but changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
+from .executor import check_state, open_backend
+from .graph import (
+    HEAD,
+    ZERO,
+    dependents_outside,
+    keep_for_target,
+    last_applied,
+    plan_downgrade,
+    plan_upgrade,
+    removal_set,
+    upgrade_targets,
+)
+from .model import Plan, RevisionKey, ServiceState
+from .project import Project
+
+
+def read_states(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
+    """Each named service's state, read from its database (connecting with retries)."""
+    states: dict[str, ServiceState] = {}
+    for name in names:
+        backend = open_backend(project.service(name), project.settings.connect)
+        try:
+            states[name] = backend.read_state(project.revisions[name])
+        finally:
+            backend.close()
+    return states
+
+
+def states_for(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
+    """States of `names` and of every active service a plan over them may reach: what
+    they need (forwards) and what needs them (backwards, for the cross-service rule)."""
+    graph = project.graph
+    keys = [k for k in graph.nodes if k.service in names]
+    reach = graph.ancestors(keys, intra_only=False) | graph.descendants(keys)
+    involved = set(names) | {k.service for k in reach}
+    active = {s.name for s in project.settings.services if s.active}
+    return read_states(project, sorted(involved & active | set(names)))
+
+
+def plan_migrate(
+    project: Project, names: Sequence[str], target: str | None, cascade: bool
+) -> tuple[Plan, dict[str, ServiceState]]:
+    """The plan of `migrate [SVC [TARGET]]` and the states it was drawn from.
+
+    Refuses forked heads (exit 1), a plan that needs a service this environment cannot
+    reach (exit 2), and, when a selected service has nothing to do, a dirty or drifted one.
+    """
+    if target is not None and len(names) != 1:
+        raise BadInput("A TARGET needs exactly one service: `migrate SVC TARGET`.")
+    selected = project.select(names)
+    for svc in selected:
+        heads = project.graph.conflicting_heads(svc.name)
+        if heads and not (target and target not in HEAD):
+            raise MultipleHeads(
+                f"Service '{svc.name}' has several heads that fork without a merge: "
+                f"{', '.join(heads)}; run `manage.py makemigrations {svc.name} --merge`."
+            )
+    states = states_for(project, [s.name for s in selected])
+    applied = {name: st.applied for name, st in states.items()}
+    if target is not None and target not in HEAD:
+        svc = selected[0]
+        keep = keep_for_target(project.graph, svc.name, target)
+        remove = removal_set(project.graph, applied, svc.name, keep)
+        if target in ZERO or remove:
+            return downgrade_plan(project, applied, remove, cascade), states
+        rev = project.graph.resolve(svc.name, target)
+        targets = [RevisionKey(svc.name, rev)]
+    else:
+        targets = upgrade_targets(project.graph, [s.name for s in selected])
+    steps = plan_upgrade(project.graph, applied, targets)
+    for step in steps.steps:
+        if step.service not in applied:
+            config = project.service(step.service)
+            raise ServiceNotConfigured(
+                f"{step.service}:{step.revision} must be applied first (something in the plan "
+                f"requires it), but service '{step.service}' cannot be used in environment "
+                f"'{project.settings.env}': {config.skip_reason}."
+            )
+    busy = set(steps.services())
+    for svc in selected:
+        # With nothing to do a service is still refused when dirty or drifted: its database
+        # needs `repair`. (With steps, the executor checks under the lock: read here, a
+        # `running` row may be another live runner's.)
+        if svc.name not in busy:
+            check_state(svc, states[svc.name], project.revisions[svc.name],
+                        project.settings.allow_checksum_drift)
+    return steps, states
+
+
+def plan_rollback(
+    project: Project, service: str, target: str | None, steps: int | None, cascade: bool
+) -> Plan:
+    """The steps that move `service` back to `target`, or by `steps` revisions (default 1)."""
+    svc = project.select([service])[0]
+    if target is not None and steps is not None:
+        raise BadInput("Give rollback either a TARGET or --steps, not both.")
+    states = states_for(project, [svc.name])
+    applied = {name: st.applied for name, st in states.items()}
+    if target is None:
+        remove = last_applied(project.graph, applied, svc.name, steps or 1)
+    else:
+        keep = keep_for_target(project.graph, svc.name, target)
+        remove = removal_set(project.graph, applied, svc.name, keep)
+    return downgrade_plan(project, applied, remove, cascade)
+
+
+def downgrade_plan(
+    project: Project,
+    applied: dict[str, frozenset[str]],
+    remove: set[RevisionKey],
+    cascade: bool,
+) -> Plan:
+    blockers = dependents_outside(project.graph, applied, remove)
+    if blockers and not cascade:
+        raise RollbackRefused(
+            "Refusing to roll back: applied revisions of other services still require it: "
+            + ", ".join(str(b) for b in sorted(blockers))
+            + "; roll those back first, or use --cascade."
+        )
+    return plan_downgrade(project.graph, remove | blockers, first=blockers)

@@ -1,0 +1,132 @@
+"""Running a plan for a command: confirmation in protected environments, backups before
+migrating, the audit log, the executor, and rolling back on failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audit import AuditLog
+from .backups import Manifest
+from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
+from .graph import undo_plan
+from .model import Plan, ServiceConfig, StepResult
+from .project import Project
+from .questioner import NonInteractiveQuestioner, Questioner, confirm_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MigrateResult:
+    """What `migrate` and `rollback` did: the plan, each step's outcome, and (with
+    rollback on failure) what was undone afterwards."""
+
+    plan: Plan
+    report: RunReport = field(default_factory=RunReport)
+    undo: RunReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    @property
+    def results(self) -> list[StepResult]:
+        return self.report.results + (self.undo.results if self.undo else [])
+
+    def raise_for_error(self) -> MigrateResult:
+        """Raise the error that stopped the run, carrying every step's outcome."""
+        error = self.report.error
+        if error is None:
+            return self
+        error.results = self.results
+        if self.undo is not None:
+            undone = [f"{r.service}:{r.revision}" for r in self.undo.results if r.outcome == "reverted"]
+            note = f" Rolled back this run's revisions: {', '.join(undone) or 'none'}."
+            if self.undo.error is not None:
+                note += f" Could not roll back further: {self.undo.error}"
+            error.args = (f"{error}{note}",)
+        raise error
+
+
+def confirm_protected(
+    project: Project, steps: Plan, fake: bool, questioner: Questioner | None
+) -> None:
+    """In a protected environment, have destructive work confirmed before anything runs."""
+    if project.settings.protected and steps:
+        configs = {s.name: s for s in project.settings.services}
+        confirm_plan(questioner or NonInteractiveQuestioner(), project.settings.env, steps,
+                     project.revisions, configs, project.root, fake)
+
+
+def take_backup(
+    project: Project, svc: ServiceConfig, out: Path | None, audit: AuditLog
+) -> tuple[Path, Manifest]:
+    """A backup of one service, taken under its lock and written to the audit log."""
+    from .backups import backup_database, default_dir
+
+    settings = project.settings
+    folder = out or default_dir(settings.backup.dir, settings.env, svc.name)
+    backend = open_backend(svc, settings.connect)
+    try:
+        with backend.lock(settings.lock.timeout_s):
+            heads = backend.read_state(project.revisions[svc.name]).heads
+            manifest = backup_database(svc, folder, environment=settings.env, heads=heads,
+                                       encryption_key=settings.backup.encryption_key)
+    finally:
+        backend.close()
+    audit.record(svc.name, "backed-up", detail=f"to {folder}")
+    return folder, manifest
+
+
+def run_plan(
+    project: Project,
+    steps: Plan,
+    fake: bool,
+    jobs: int | None,
+    report: Reporter | None,
+    rollback_on_failure: bool | None = None,
+    command: str = "migrate",
+) -> MigrateResult:
+    settings = project.settings
+    audit = AuditLog.open(settings.audit_log_path, settings.root, command, settings.env)
+    if settings.backup.before_migrate and not fake:
+        for name in steps.services():
+            folder, _manifest = take_backup(project, project.service(name), None, audit)
+            log.warning("backed up service '%s' to %s before migrating", name, folder)
+    report = audit.reporter(report or _ignore)
+    ctx = audit.ctx
+
+    def jobs_for(plan: Plan) -> list[SegmentJob]:
+        return [
+            SegmentJob(
+                config=project.service(seg[0].service),
+                connect=settings.connect,
+                lock_timeout_s=settings.lock.timeout_s,
+                revisions=project.revisions[seg[0].service],
+                steps=seg,
+                ctx=ctx,
+                fake=fake,
+                allow_checksum_drift=settings.allow_checksum_drift,
+                lock_lease_s=settings.lock.lease_s,
+            )
+            for seg in segments(plan)
+        ]
+
+    parallel = jobs if jobs is not None else settings.jobs
+    run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report)
+    result = MigrateResult(steps, run)
+    if rollback_on_failure is None:
+        rollback_on_failure = settings.rollback_on_failure
+    if run.error is not None and rollback_on_failure:
+        undo = undo_plan(run.results)
+        if undo.steps:
+            log.warning("rolling back the %d revision(s) this run applied", len(undo.steps))
+            result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report)
+    return result
+
+
+def _ignore(_event: Event) -> None:
+    return None
