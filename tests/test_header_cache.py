@@ -124,3 +124,13 @@ def test_read_revisions_with_and_without_a_cache_agree(repo: Monorepo, tmp_path:
     cache.save([folder])
     again = read_revisions("users", folder, HeaderCache(tmp_path / "headers.json"))
     assert first == again == read_revisions("users", folder)
+
+
+def test_a_large_file_is_read_whole(repo: Monorepo, tmp_path: Path) -> None:
+    folder = _two_revisions(repo, tmp_path)
+    path = folder / "0002_more.py"
+    path.write_text(path.read_text() + "\nPADDING = '''" + "x" * 200_000 + "'''\n")
+    cold = load_project(repo.root).revisions
+    warm = load_project(repo.root).revisions
+    assert cold == warm
+    assert warm["users"]["0002_more"].checksum == discovery.checksum_text(path.read_text())
