@@ -28,7 +28,11 @@ class Graph:
     intra_parents: dict[RevisionKey, tuple[RevisionKey, ...]]
     by_service: dict[str, list[str]]
     service_depends: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # parents without the ordering edges of service-level depends_on: what each revision
+    # really needs (its own history, its depends_on and its requires)
+    required_parents: dict[RevisionKey, tuple[RevisionKey, ...]] = field(default_factory=dict)
     _children: dict[RevisionKey, list[RevisionKey]] | None = None
+    _required_children: dict[RevisionKey, list[RevisionKey]] | None = None
     _labels: dict[str, dict[str, list[str]]] | None = None
 
     def revisions(self, service: str) -> list[Revision]:
@@ -64,7 +68,15 @@ class Graph:
             stack.extend(edges[key])
         return seen
 
-    def descendants(self, keys: Iterable[RevisionKey]) -> set[RevisionKey]:
+    def descendants(self, keys: Iterable[RevisionKey], required_only: bool = False) -> set[RevisionKey]:
+        """`keys` and everything that comes after them; with `required_only`, only what
+        really needs them (not what a service-level depends_on merely orders after them)."""
+        if required_only and self._required_children is None:
+            kids: dict[RevisionKey, list[RevisionKey]] = {k: [] for k in self.nodes}
+            for node, parents in (self.required_parents or self.parents).items():
+                for parent in parents:
+                    kids[parent].append(node)
+            self._required_children = kids
         seen: set[RevisionKey] = set()
         stack = list(keys)
         while stack:
@@ -72,7 +84,11 @@ class Graph:
             if key in seen:
                 continue
             seen.add(key)
-            stack.extend(self.children(key))
+            if required_only:
+                assert self._required_children is not None
+                stack.extend(self._required_children[key])
+            else:
+                stack.extend(self.children(key))
         return seen
 
     def heads_of(self, service: str, applied: frozenset[str]) -> tuple[str, ...]:
@@ -202,6 +218,7 @@ def build_graph(
                 ) from None
         graph.intra_parents[key] = tuple(sorted(set(intra)))
         graph.parents[key] = tuple(sorted(set(intra + cross)))
+    graph.required_parents = dict(graph.parents)
     for svc, deps in depends.items():
         if not deps:
             continue
@@ -328,9 +345,10 @@ def removal_set(
 def dependents_outside(
     graph: Graph, applied: Mapping[str, frozenset[str]], removing: set[RevisionKey]
 ) -> set[RevisionKey]:
-    """Applied revisions not in `removing` that need something in it."""
+    """Applied revisions not in `removing` that need something in it (through their
+    history, depends_on or requires; a service-level depends_on only orders first runs)."""
     out: set[RevisionKey] = set()
-    for key in graph.descendants(removing) - removing:
+    for key in graph.descendants(removing, required_only=True) - removing:
         if key.revision in applied.get(key.service, frozenset()):
             out.add(key)
     return out

@@ -4,6 +4,7 @@ would remove (exit 1, naming them), and --cascade, on SQLite, PostgreSQL and Mar
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from monorepo import Monorepo, ledger, tables, version_heads
 
@@ -93,3 +94,32 @@ def test_rollback_json(repo: Monorepo, sqlite_url: str) -> None:
     assert [(s["revision"], s["direction"], s["outcome"]) for s in body["steps"]] == [
         ("0001_a", "down", "reverted"),
     ]
+
+
+def test_service_level_depends_on_orders_first_runs_but_does_not_block_rollback(
+    repo: Monorepo, tmp_path: Path
+) -> None:
+    """
+        users:   0001 -> 0002            billing depends_on users (service level)
+        billing: 0001 (requires users:0001)
+
+    users:0002 came after billing was applied; nothing requires it, so it rolls back alone.
+    """
+    repo.table("users", "0001_a", "u1")
+    repo.table("billing", "0001_a", "b1", requires=["users:0001"])
+    repo.settings(f"""
+        [default.services.billing]
+        depends_on = ["users"]
+        [development.services.users]
+        database_url = "sqlite:///{tmp_path / 'u.db'}"
+        [development.services.billing]
+        database_url = "sqlite:///{tmp_path / 'b.db'}"
+    """)
+    assert repo.cli("migrate").code == 0
+    repo.table("users", "0002_b", "u2", down="0001_a")
+    assert repo.cli("migrate").code == 0
+    result = repo.cli("rollback", "users")
+    assert result.code == 0, result.output
+    assert "users down 0002_b reverted" in " ".join(result.stdout.split())
+    refused = repo.cli("rollback", "users")
+    assert refused.code == 1 and "billing:0001_a" in refused.stderr
