@@ -73,6 +73,10 @@ class ServiceNotConfigured(BadInput):
     """A service named on the command line has no database in this environment."""
 
 
+class DriverMissing(BadInput):
+    """A URL names a database driver that is not installed."""
+
+
 class RevisionFileError(BadInput):
     """A revision file cannot be read: syntax error, missing header, duplicate id."""
 

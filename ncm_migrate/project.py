@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .discovery import HeaderCache, read_revisions
-from .errors import ServiceNotConfigured
+from .errors import BadInput, ServiceNotConfigured
 from .graph import Graph, build_graph
 from .model import Revision, ServiceConfig
 from .settings import Settings, load_settings
@@ -49,10 +49,24 @@ class Project:
                     )
                 chosen.append(svc)
             return chosen
-        for svc in self.settings.services:
+        settings = self.settings
+        if not settings.services:
+            raise BadInput(
+                f"No services found in {settings.root / settings.services_dir} (a service is a "
+                "folder with a migrations/ folder); run this inside a monorepo, or scaffold "
+                "one with `ncm-migrate init`."
+            )
+        active = [s for s in settings.services if s.active]
+        if not active:
+            raise ServiceNotConfigured(
+                f"No service can be used in environment '{settings.env}': "
+                + "; ".join(f"{s.name}: {s.skip_reason}" for s in settings.services)
+                + "."
+            )
+        for svc in settings.services:
             if not svc.active:
                 log.warning("skipping service '%s': %s", svc.name, svc.skip_reason)
-        return [s for s in self.settings.services if s.active]
+        return active
 
 
 def find_root(start: Path | None = None) -> Path:

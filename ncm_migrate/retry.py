@@ -12,7 +12,7 @@ import time
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
     wait_random_exponential,
@@ -45,13 +45,19 @@ def open_with_retries(backend: Backend, policy: ConnectSettings, max_wait_s: flo
     retrying = Retrying(
         stop=stop_after_attempt(policy.retries + 1) | stop_before_delay(budget),
         wait=wait_random_exponential(multiplier=0.2, max=max(0.2, budget / 4)),
-        retry=retry_if_exception_type(ConnectFailed),
+        retry=retry_if_exception(lambda e: isinstance(e, ConnectFailed) and not e.permanent),
         before_sleep=before_sleep,
         reraise=True,
     )
     try:
         retrying(backend.open)
     except ConnectFailed as exc:
+        if exc.permanent:
+            raise DatabaseUnreachable(
+                f"Service '{cfg.name}': the database at {masked} refused the connection "
+                f"({redact(str(exc), [secret])}); not retried: check the user, the password "
+                "and the database name."
+            ) from None
         raise DatabaseUnreachable(
             f"Service '{cfg.name}': the database at {masked} stayed unreachable after "
             f"{time.monotonic() - started:.1f}s ({redact(str(exc), [secret])}); check that it "

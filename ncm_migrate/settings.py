@@ -129,6 +129,8 @@ def load_settings(
     environ = os.environ if environ is None else environ
     root = root.resolve()
     sdir = settings_dir_of(root, settings_dir)
+    if settings_dir is not None and not sdir.is_dir():
+        raise SettingsError(f"The settings folder {sdir} (--settings) does not exist.")
     env = (env or environ.get("NCM_ENV") or DEFAULT_ENV).lower()
     files = [str(_DEFAULTS)] + [str(sdir / n) for n in PROJECT_FILES if (sdir / n).is_file()]
     for name in files[1:]:

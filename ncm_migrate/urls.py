@@ -9,12 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
 ASYNC_DRIVERS = {"asyncpg", "psycopg_async", "aiomysql", "asyncmy", "aiosqlite"}
 _known_secrets: set[str] = set()
-_MONGO_USERINFO = re.compile(r"^(mongodb(?:\+srv)?://)([^:@/]*):([^@/]*)@")
 _USERINFO = re.compile(r"://[^/?#\s]*@")
 
 
@@ -29,6 +28,12 @@ def backend_of(url: str) -> str:
 
 def check_url(url: str) -> str | None:
     """None when `url` is well formed, else what is wrong with it (never the password)."""
+    parts = _userinfo(url) if "://" in url and not scheme_of(url).startswith("sqlite") else None
+    if parts is not None and any(c in parts[1] for c in "@#/?"):
+        return (
+            "its user or password holds '@', '#', '/' or '?', which must be URL-encoded "
+            "(for example '@' as %40)"
+        )
     if "://" not in url:
         return "it has no scheme (expected e.g. postgresql+psycopg://, sqlite:///, mongodb://)"
     if backend_of(url) == "mongo":
@@ -76,14 +81,24 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path)
 
 
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """`(scheme://, user[:password], rest)` split at the LAST `@` of the authority, so that
+    a password with an unquoted `@`, `#` or `/` is still found whole; None without one."""
+    scheme, sep, rest = url.partition("://")
+    head = rest.split("?", 1)[0]
+    if not sep or "@" not in head:
+        return None
+    userinfo, _, _host = head.rpartition("@")
+    return scheme + sep, userinfo, rest[len(userinfo) + 1 :]
+
+
 def password_of(url: str | None) -> str | None:
-    if not url or "://" not in url:
+    if not url or scheme_of(url).startswith("sqlite"):
         return None
-    try:
-        parts = urlsplit(url)
-        return unquote(parts.password) if parts.password else None
-    except ValueError:
+    parts = _userinfo(url)
+    if parts is None or ":" not in parts[1]:
         return None
+    return unquote(parts[1].split(":", 1)[1]) or None
 
 
 def remember_secret(url: str | None) -> None:
@@ -99,18 +114,14 @@ def redact_known(text: str) -> str:
 
 
 def mask_url(url: str | None) -> str:
-    """The URL with its password replaced by `***`."""
-    if not url:
-        return ""
-    if backend_of(url) == "mongo":
-        return _MONGO_USERINFO.sub(r"\1\2:***@", url)
-    secret = password_of(url)
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return redact(url, [secret] if secret else [])
+    """The URL with its password replaced by `***` (also when the URL does not parse)."""
+    if not url or scheme_of(url).startswith("sqlite"):
+        return url or ""
+    parts = _userinfo(url)
+    if parts is None or ":" not in parts[1]:
+        return url
+    scheme, userinfo, rest = parts
+    return f"{scheme}{userinfo.split(':', 1)[0]}:***@{rest}"
 
 
 def mask_userinfo(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -152,3 +153,23 @@ def test_exit_codes_in_a_real_process(repo: Monorepo, sqlite_url: str) -> None:
     repo.revision("users", "0003_boom", down="0002_more", upgrade="raise RuntimeError('boom')")
     failed = repo.run("migrate")
     assert failed.code == 1 and "Traceback" not in failed.stderr
+
+
+def test_a_missing_driver_is_one_sentence_naming_the_extra(repo: Monorepo) -> None:
+    repo.table("users", "0001_a", "t")
+    repo.urls({"users": "mysql+mysqldb://root@127.0.0.1:3306/x"})
+    result = repo.cli("migrate")
+    assert result.code == 2
+    assert "mysqldb" in result.stderr and "ncm-migrate[mysql]" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_nothing_to_work_on_is_bad_input_not_success(repo: Monorepo, tmp_path: Path) -> None:
+    no_services = repo.cli("migrate")
+    assert no_services.code == 2 and "No services found" in no_services.stderr
+    repo.table("users", "0001_a", "t")
+    repo.settings("[development]\njobs = 1\n")
+    unconfigured = repo.cli("migrate")
+    assert unconfigured.code == 2 and "No service can be used" in unconfigured.stderr
+    missing = repo.cli("--settings", str(tmp_path / "nowhere"), "migrate")
+    assert missing.code == 2 and "does not exist" in missing.stderr

@@ -119,3 +119,16 @@ def test_wait_on_a_late_database(repo: Monorepo, late_pg: tuple[str, DelayedProx
     repo.urls({"users": url})
     result = repo.cli("wait", "--timeout", "20")
     assert result.code == 0, result.output
+
+
+def test_a_refusing_server_is_not_retried(repo: Monorepo, pg_url: str) -> None:
+    """A wrong database name (or password) will not get better by waiting."""
+    url = sa.engine.make_url(pg_url).set(database="ncm_no_such_db").render_as_string(hide_password=False)
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": url}, extra="[development.connect]\nretries = 20\nmax_wait_s = 30\n")
+    t0 = time.monotonic()
+    result = repo.cli("migrate")
+    assert result.code == 4
+    assert time.monotonic() - t0 < 10
+    assert "refused the connection" in result.stderr and "not retried" in result.stderr
+    assert "retrying" not in result.stderr

@@ -18,7 +18,15 @@ StepCallback = Callable[[Step, Phase, StepResult | None], None]
 
 
 class ConnectFailed(Exception):
-    """One connection attempt failed; the retry policy decides whether to try again."""
+    """One connection attempt failed; the retry policy decides whether to try again.
+
+    `permanent` when the server answered and refused (wrong password, no such database):
+    waiting will not help, so it is not retried.
+    """
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)

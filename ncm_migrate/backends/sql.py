@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
 from ..discovery import versions_dir
-from ..errors import MigrationFailed, NcmError, RevisionFileError
+from ..errors import DriverMissing, MigrationFailed, NcmError, RevisionFileError
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
@@ -124,10 +125,33 @@ def _transactional_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+_EXTRA_OF_DRIVER = {
+    "psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql", "mysqldb": "mysql",
+    "asyncpg": "async", "psycopg_async": "async", "aiomysql": "async", "asyncmy": "async",
+    "aiosqlite": "async",
+}
+
+
+@contextlib.contextmanager
+def _driver_installed(url: sa.URL) -> Iterator[None]:
+    """A missing driver is one sentence naming the extra that installs it, not a traceback."""
+    try:
+        yield
+    except (ModuleNotFoundError, sa.exc.NoSuchModuleError) as exc:
+        driver = url.get_driver_name()
+        extra = _EXTRA_OF_DRIVER.get(driver)
+        hint = f"pip install 'ncm-migrate[{extra}]'" if extra else f"install the {driver} package"
+        raise DriverMissing(
+            f"The database driver '{driver}' for {url.drivername}:// URLs is not installed "
+            f"({exc}); {hint}."
+        ) from None
+
+
 def create_engine(url: str, connect_timeout_s: float) -> Engine:
     """A sync engine that does what migrations need on every database."""
     parsed, args = _engine_args(url, connect_timeout_s)
-    engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=args)
+    with _driver_installed(parsed):
+        engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=args)
     if parsed.get_backend_name() == "sqlite":
         _transactional_sqlite(engine)
     return engine
@@ -140,7 +164,8 @@ def create_async_engine(url: str, connect_timeout_s: float) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine as make
 
     parsed, args = _engine_args(url, connect_timeout_s)
-    engine = make(parsed, poolclass=NullPool, connect_args=args)
+    with _driver_installed(parsed):
+        engine = make(parsed, poolclass=NullPool, connect_args=args)
     if parsed.get_backend_name() == "sqlite":
         _transactional_sqlite(engine.sync_engine)
     return engine
@@ -277,7 +302,7 @@ class SqlBackend:
             self._in_driver(probe)
         except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
             self.close()
-            raise ConnectFailed(_short(exc)) from None
+            raise ConnectFailed(_short(exc), permanent=_refused(exc)) from None
 
     def _open_async(self) -> None:
         assert self.config.database_url is not None
@@ -808,6 +833,25 @@ def _row(m: Any) -> LedgerRow:
         finished_at=iso(m["finished_at"]), duration_ms=m["duration_ms"], actor=m["actor"],
         host=m["host"], environment=m["environment"], tool_version=m["tool_version"],
     )
+
+
+# The server answered and said no: a bad password or user, or no such database.
+_REFUSED_SQLSTATES = {"28P01", "28000", "3D000"}
+_REFUSED_MYSQL_CODES = {1044, 1045, 1049, 1698}
+
+
+_REFUSED_PG_TEXT = re.compile(
+    r"password authentication failed|database \".*\" does not exist|role \".*\" does not exist"
+)
+
+
+def _refused(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _REFUSED_SQLSTATES or _REFUSED_PG_TEXT.search(str(orig)):
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and isinstance(args[0], int) and args[0] in _REFUSED_MYSQL_CODES
 
 
 def _short(exc: BaseException) -> str:
