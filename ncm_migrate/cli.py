@@ -337,7 +337,13 @@ def migrate_cmd(
                 _print_plan(steps)
             return
         if sql:
-            print(commands.migrate_sql(services, target, **g.where))
+            script = commands.migrate_sql(services, target, **g.where)
+            print(script.text)
+            if script.unrendered:
+                raise NcmError(
+                    "These revisions need a live database and are not in the SQL above: "
+                    + ", ".join(script.unrendered) + "."
+                )
             return
         if verify_only:
             _verify_only(services, as_json, g)

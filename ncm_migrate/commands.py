@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import health
 from .audit import AuditLog
 from .backups import Manifest
-from .errors import BadInput
+from .errors import BadInput, NcmError
 from .executor import (
     Reporter,
     open_backend,
@@ -274,6 +274,14 @@ def sqlmigrate(
     return SqlBackend(svc, 1.0).offline_sql([step], project.revisions[svc.name], start)
 
 
+@dataclass(frozen=True)
+class SqlScript:
+    """The SQL of a plan, and the revisions that could not be rendered without a database."""
+
+    text: str
+    unrendered: tuple[str, ...] = ()
+
+
 def migrate_sql(
     services: Sequence[str] = (),
     target: str | None = None,
@@ -281,25 +289,37 @@ def migrate_sql(
     env: str | None = None,
     root: Path | None = None,
     settings_dir: Path | None = None,
-) -> str:
-    """The SQL `migrate` would run against the databases' current state, without running it."""
+) -> SqlScript:
+    """The SQL `migrate` would run against the databases' current state, without running it.
+
+    A revision that needs a live database (it reads data, or reflects a table) is left out
+    with a comment in its place and named in `unrendered`; the rest is still rendered.
+    """
     project = load_project(root, env, settings_dir)
     steps, states = plan_migrate(project, services, target, cascade=False)
     from .backends.sql import SqlBackend
 
     applied = {name: set(st.applied) for name, st in states.items()}
-    chunks = []
+    chunks: list[str] = []
+    unrendered: list[str] = []
     for seg in segments(steps):
         svc = project.service(seg[0].service)
         _require_sql(svc, "migrate --sql")
-        start = project.graph.heads_of(svc.name, frozenset(applied[svc.name]))
-        sql = SqlBackend(svc, 1.0).offline_sql(list(seg), project.revisions[svc.name], start)
-        chunks.append(f"-- service {svc.name} ({mask_url(svc.database_url)})\n{sql}")
+        backend = SqlBackend(svc, 1.0)
+        chunks.append(f"-- service {svc.name} ({mask_url(svc.database_url)})")
         for step in seg:
+            start = project.graph.heads_of(svc.name, frozenset(applied[svc.name]))
+            try:
+                chunks.append(backend.offline_sql([step], project.revisions[svc.name], start))
+            except NcmError as exc:
+                unrendered.append(f"{step.service}:{step.revision}")
+                chunks.append(f"-- {step.service}:{step.revision} is not rendered: {exc}\n")
             (applied[svc.name].add if step.direction == "up" else applied[svc.name].discard)(
                 step.revision
             )
-    return "\n".join(chunks)
+    if not steps.steps:
+        chunks.append("-- Nothing to do: every service is at its target.")
+    return SqlScript("\n".join(chunks), tuple(unrendered))
 
 
 def history(

@@ -190,3 +190,18 @@ def test_showmigrations_text(repo: Monorepo, db_url: str) -> None:
     text = repo.cli("showmigrations").stdout
     assert " [X] 0001_one" in text and " [ ] 0002_two" in text and "2 pending" in text
     assert repo.cli("status").stdout == text
+
+
+def test_migrate_sql_renders_what_it_can_and_names_what_needs_a_database(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    repo.table("users", "0001_a", "users_a")
+    repo.revision("users", "0002_data", down="0001_a", migration_type="data",
+                  upgrade="op.get_bind().execute(sa.text('SELECT 1')).all()")
+    repo.table("users", "0003_c", "users_c", down="0002_data")
+    repo.urls({"users": sqlite_url})
+    result = repo.cli("migrate", "--sql")
+    assert result.code == 1
+    assert "CREATE TABLE users_a" in result.stdout and "CREATE TABLE users_c" in result.stdout
+    assert "users:0002_data is not rendered" in result.stdout
+    assert "users:0002_data" in result.stderr
