@@ -111,8 +111,24 @@ def known_environments(settings_dir: Path, service_dirs: list[Path] | None = Non
     files += [d / "settings.toml" for d in service_dirs or []]
     for path in files:
         if path.is_file():
-            names.update(k.lower() for k in _read_toml(path) if k.lower() not in _NOT_ENVIRONMENTS)
+            sections = _read_toml(path)
+            _check_sections(path, sections, service_file=path.parent != settings_dir)
+            names.update(k.lower() for k in sections if k.lower() not in _NOT_ENVIRONMENTS)
     return sorted(names)
+
+
+def _check_sections(path: Path, sections: Mapping[str, Any], service_file: bool) -> None:
+    """Every top-level table is an environment ([default], [staging], ...): a setting
+    outside one would be ignored without a word, so it is an error."""
+    keys = _SERVICE_KEYS if service_file else _TOP_KEYS
+    for name, value in sections.items():
+        if not isinstance(value, Mapping) or name.lower() in keys:
+            where = f"[default.{name}]" if isinstance(value, Mapping) else "[default]"
+            raise SettingsError(
+                f"Settings file {path}: '{name}' is outside an environment section and would "
+                f"be ignored; put it under {where} (every environment) or an environment's "
+                "section such as [development]."
+            )
 
 
 def load_settings(

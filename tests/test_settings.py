@@ -359,3 +359,12 @@ def test_shared_database_url_is_only_for_services_of_its_kind(repo: Monorepo, tm
     assert found["users"].database_url is not None
     assert found["events"].backend == "mongo"
     assert found["events"].skip_reason == "no database_url in environment 'development'"
+
+
+@pytest.mark.parametrize("text", ['jobs = "many"\n', '[services.users]\ndatabase_url = "sqlite://"\n'])
+def test_a_setting_outside_an_environment_section_is_an_error(repo: Monorepo, text: str) -> None:
+    repo.table("users", "0001_a", "t")
+    repo.settings('[development.services.users]\ndatabase_url = "sqlite://"\n')
+    repo.write("settings/settings.local.toml", text)
+    with pytest.raises(SettingsError, match="outside an environment section"):
+        load_settings(repo.root)
