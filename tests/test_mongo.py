@@ -585,3 +585,14 @@ def test_lease_renewal_thread_stops_with_the_lock(repo: Monorepo, mongo_url: str
             assert any(t.name == "ncm-lease-orders" for t in threading.enumerate())
         assert not any(t.name == "ncm-lease-orders" for t in threading.enumerate())
         assert backend.db[LOCK_COLLECTION].count_documents({}) == 0
+
+
+def test_connection_errors_are_one_short_line() -> None:
+    """pymongo's server-selection errors carry a long topology description; retry lines
+    and the final error show only what went wrong."""
+    from ncm_migrate.backends.mongo import _short
+
+    raw = ("localhost:27017: [Errno 111] Connection refused (configured timeouts: "
+           "socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms), Timeout: 5.0s, "
+           "Topology Description: <TopologyDescription id: 1, topology_type: Unknown>")
+    assert _short(RuntimeError(raw)) == "localhost:27017: [Errno 111] Connection refused, Timeout: 5.0s"

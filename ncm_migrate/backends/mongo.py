@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -578,6 +579,8 @@ def _row(doc: Mapping[str, Any]) -> LedgerRow:
 
 
 def _short(exc: BaseException) -> str:
-    """The first line of an error, without the full server reply pymongo appends."""
-    text = str(exc).split(", full error:", 1)[0].strip()
+    """The first line of an error, without the full server reply or the topology
+    description and timeouts that pymongo appends."""
+    text = str(exc).split(", full error:", 1)[0].split(", Topology Description:", 1)[0]
+    text = re.sub(r" \(configured timeouts: [^)]*\)", "", text).strip()
     return text.splitlines()[0] if text else type(exc).__name__
