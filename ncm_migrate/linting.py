@@ -44,6 +44,16 @@ DESTRUCTIVE = frozenset(
     {"drop-table", "drop-column", "drop-index", "drop-collection", "rename-table", "rename-column",
      "type-change", "raw-sql-drop"}
 )
+# Rules that only matter for a table that already exists (rows, readers, writers): not
+# findings on a table that the same `upgrade()` creates first.
+_EXISTING_TABLE_RULES = frozenset(
+    {"not-null-without-default", "non-concurrent-index", "type-change", "rename-column",
+     "drop-column", "drop-index"}
+)
+# `op.<name>(...)`: the position of its table argument (also accepted as `table_name=`).
+_TABLE_ARG = {"create_table": 0, "add_column": 0, "alter_column": 0, "drop_column": 0,
+              "create_index": 1, "drop_index": 1}
+Table = tuple[str | None, str]  # (schema, name)
 _ALLOW = re.compile(r"#\s*ncm:\s*allow\s+([\w:,\- ]+)")
 _DESTRUCTIVE_SQL = re.compile(r"\b(DROP|TRUNCATE)\b", re.IGNORECASE)
 _SQL_DROPS = {
@@ -173,34 +183,77 @@ def _hit(rule: str, node: ast.Call, detail: str) -> Hit:
 
 
 def _sql_hits(fn: ast.AST, postgres: bool) -> Iterator[Hit]:
+    """The hits of `fn`, less those on a table it creates itself before the call: nobody
+    reads, writes or waits for that table yet (squawk leaves such tables alone too)."""
+    batches = _batch_tables(fn)
+    created: dict[Table, int] = {}
     for call, name in _calls(fn):
-        what = _first_string(call)
-        if name in _SQL_DROPS:
-            yield _hit(_SQL_DROPS[name], call, f"{name}({what!r})" if what else f"{name}()")
-        elif name == "alter_column":
-            column = _string_arg(call, 1) or _keyword_string(call, "column_name") or "?"
-            kws = {k.arg: k.value for k in call.keywords if k.arg}
-            if "new_column_name" in kws:
-                yield _hit("rename-column", call, f"alter_column({column!r}, new_column_name=...)")
-            if "type_" in kws:
-                yield _hit("type-change", call, f"alter_column({column!r}, type_=...)")
-            if _is_false(kws.get("nullable")):
-                yield _hit("not-null-without-default", call, f"alter_column({column!r}, nullable=False)")
-        elif name == "add_column":
-            new = _column_call(call)
-            if new is not None and _required_without_default(new):
-                label = _first_string(new) or "?"
-                yield _hit("not-null-without-default", call,
-                           f"add_column({label!r}, nullable=False) with no server_default")
-        elif name == "create_index" and postgres:
-            kws = {k.arg: k.value for k in call.keywords if k.arg}
-            if not _is_true(kws.get("postgresql_concurrently")):
-                yield _hit("non-concurrent-index", call, f"create_index({what!r})")
-        elif name in ("execute", "exec_driver_sql"):
-            sql = _sql_text(call)
-            match = _DESTRUCTIVE_SQL.search(sql or "")
-            if match:
-                yield _hit("raw-sql-drop", call, f"{name}() with {match.group(1).upper()}")
+        table = _table_of(call, name, batches)
+        if name == "create_table" and table is not None:
+            created[table] = min(call.lineno, created.get(table, call.lineno))
+    for call, name in _calls(fn):
+        table = _table_of(call, name, batches)
+        since = created.get(table) if table is not None else None
+        new = since is not None and since <= call.lineno
+        for hit in _sql_call_hits(call, name, postgres):
+            if not (new and hit.rule in _EXISTING_TABLE_RULES):
+                yield hit
+
+
+def _batch_tables(fn: ast.AST) -> dict[str, Table]:
+    """`with op.batch_alter_table("t") as batch_op:`: the table of each such name."""
+    out: dict[str, Table] = {}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.With | ast.AsyncWith):
+            for item in node.items:
+                ctx, alias = item.context_expr, item.optional_vars
+                if (isinstance(ctx, ast.Call) and isinstance(ctx.func, ast.Attribute)
+                        and ctx.func.attr == "batch_alter_table" and isinstance(alias, ast.Name)):
+                    table = _string_arg(ctx, 0) or _keyword_string(ctx, "table_name")
+                    if table:
+                        out[alias.id] = (_keyword_string(ctx, "schema"), table)
+    return out
+
+
+def _table_of(call: ast.Call, name: str, batches: Mapping[str, Table]) -> Table | None:
+    """The table an `op.*` (or batch) operation works on, when the source names it."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in batches:
+        return batches[func.value.id]
+    if name not in _TABLE_ARG:
+        return None
+    table = _string_arg(call, _TABLE_ARG[name]) or _keyword_string(call, "table_name")
+    return (_keyword_string(call, "schema"), table) if table else None
+
+
+def _sql_call_hits(call: ast.Call, name: str, postgres: bool) -> Iterator[Hit]:
+    what = _first_string(call)
+    if name in _SQL_DROPS:
+        yield _hit(_SQL_DROPS[name], call, f"{name}({what!r})" if what else f"{name}()")
+    elif name == "alter_column":
+        column = _string_arg(call, 1) or _keyword_string(call, "column_name") or "?"
+        kws = {k.arg: k.value for k in call.keywords if k.arg}
+        if "new_column_name" in kws:
+            yield _hit("rename-column", call, f"alter_column({column!r}, new_column_name=...)")
+        if "type_" in kws:
+            yield _hit("type-change", call, f"alter_column({column!r}, type_=...)")
+        if _is_false(kws.get("nullable")):
+            yield _hit("not-null-without-default", call, f"alter_column({column!r}, nullable=False)")
+    elif name == "add_column":
+        new = _column_call(call)
+        if new is not None and _required_without_default(new):
+            label = _first_string(new) or "?"
+            yield _hit("not-null-without-default", call,
+                       f"add_column({label!r}, nullable=False) with no server_default")
+    elif name == "create_index" and postgres:
+        kws = {k.arg: k.value for k in call.keywords if k.arg}
+        if not _is_true(kws.get("postgresql_concurrently")):
+            yield _hit("non-concurrent-index", call, f"create_index({what!r})")
+    elif name in ("execute", "exec_driver_sql"):
+        sql = _sql_text(call)
+        match = _DESTRUCTIVE_SQL.search(sql or "")
+        if match:
+            yield _hit("raw-sql-drop", call, f"{name}() with {match.group(1).upper()}")
 
 
 def _mongo_hits(fn: ast.AST) -> Iterator[Hit]:

@@ -112,6 +112,44 @@ def test_safe_operations_and_downgrade_are_not_findings(tmp_path: Path) -> None:
     assert [f.rule for f in _lint(tmp_path, index, PG)] == ["non-concurrent-index"]
 
 
+def test_operations_on_a_table_created_in_the_same_upgrade_are_not_findings(tmp_path: Path) -> None:
+    # What autogenerate writes for a new model with `index=True` and a NOT NULL column.
+    upgrade = """
+        op.create_table('orders', sa.Column('id', sa.Integer, primary_key=True),
+                        sa.Column('ref', sa.String(10), nullable=False, index=True),
+                        sa.Index('ix_orders_id_ref', 'id', 'ref'))
+        op.create_index(op.f('ix_orders_ref'), 'orders', ['ref'], unique=False)
+        op.create_index('ix_orders_named', table_name='orders', columns=['id'])
+        op.add_column('orders', sa.Column('total', sa.Integer, nullable=False))
+        op.alter_column('orders', 'ref', nullable=False, type_=sa.String(20))
+        with op.batch_alter_table('orders') as batch_op:
+            batch_op.alter_column('total', new_column_name='amount')
+            batch_op.drop_column('ref')
+        op.create_table('audit', sa.Column('id', sa.Integer), schema='ops')
+        op.create_index('ix_audit_id', 'audit', ['id'], schema='ops')
+    """
+    text = revision_file("0002_change", down="0001_initial", upgrade=upgrade)
+    assert _lint(tmp_path, text, PG) == []
+
+    # The same operations on tables that already exist are still findings, in the same
+    # file, and so is an index created before its table is (re)created.
+    existing = """
+        op.create_table('orders', sa.Column('id', sa.Integer, primary_key=True))
+        op.create_index('ix_users_ref', 'users', ['ref'])
+        op.add_column('users', sa.Column('total', sa.Integer, nullable=False))
+        op.create_index('ix_audit_id', 'audit', ['id'], schema='other')
+        with op.batch_alter_table('users') as batch_op:
+            batch_op.drop_column('ref')
+        op.create_index('ix_later_id', 'later', ['id'])
+        op.create_table('later', sa.Column('id', sa.Integer))
+    """
+    text = revision_file("0002_change", down="0001_initial", upgrade=existing)
+    assert [f.rule for f in sorted(_lint(tmp_path, text, PG), key=lambda f: f.line or 0)] == [
+        "non-concurrent-index", "not-null-without-default", "non-concurrent-index", "drop-column",
+        "non-concurrent-index",
+    ]
+
+
 def _lint_repo(repo: Monorepo, env_section: str = "development") -> None:
     repo.table("users", "0001_initial", "users_t")
     repo.revision("users", "0002_drop", down="0001_initial", upgrade="op.drop_table('users_t')")
