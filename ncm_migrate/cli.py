@@ -465,7 +465,7 @@ def doctor_cmd(
 ) -> None:
     """Per service: reachable, latency, server version, privileges, heads, pending, lock.
 
-    Exits 1 when a database is unreachable.
+    Exits 1 when a database is unreachable or a revision file cannot be read.
 
     Example: python manage.py doctor --env staging --json
     """
@@ -489,7 +489,7 @@ def doctor_cmd(
             for d in found:
                 if d.error:
                     err.print(redact_known(d.error), markup=False)
-        if not all(d.reachable for d in found):
+        if any(d.error for d in found):
             raise typer.Exit(1)
 
 

@@ -330,8 +330,13 @@ def history(
     root: Path | None = None,
     settings_dir: Path | None = None,
 ) -> list[LedgerRow]:
-    """The ledger rows of the selected services, oldest first."""
-    project = load_project(root, env, settings_dir)
+    """The ledger rows of the selected services, oldest first (also of a service with a
+    revision file that cannot be read: the ledger does not need it)."""
+    from .validation import load_readable_project
+
+    project, unreadable = load_readable_project(root, env, settings_dir)
+    for name, why in unreadable.items():
+        log.warning("service '%s' has a revision file that cannot be read: %s", name, why)
     rows: list[LedgerRow] = []
     for svc in project.select(services):
         backend = open_backend(svc, project.settings.connect)
@@ -365,9 +370,12 @@ def doctor(
     root: Path | None = None,
     settings_dir: Path | None = None,
 ) -> list[health.Diagnosis]:
-    """Connectivity, latency, server version, privileges, heads, pending and lock state."""
-    project = load_project(root, env, settings_dir)
-    return health.diagnose(project, project.select(services))
+    """Connectivity, latency, server version, privileges, heads, pending and lock state; a
+    service with a revision file that cannot be read is diagnosed too, with that as its error."""
+    from .validation import load_readable_project
+
+    project, unreadable = load_readable_project(root, env, settings_dir)
+    return health.diagnose(project, project.select(services), unreadable)
 
 
 def validate(
@@ -394,16 +402,19 @@ def lint(
     root: Path | None = None,
     settings_dir: Path | None = None,
 ) -> Report:
-    """Dangerous operations in the selected services' `upgrade()`s (no database needed)."""
+    """Dangerous operations in the selected services' `upgrade()`s (no database needed),
+    and each revision file that cannot be read (exit 2, as in `validate`)."""
     from .linting import lint_service
     from .validation import read_inventory, select
 
     settings = load_settings(root or find_root(), env, settings_dir)
-    revisions = read_inventory(settings).revisions
-    findings = []
-    for svc in select(settings, services):
-        findings += lint_service(svc, revisions[svc.name], settings.lint_severity, settings.root,
-                                 squawk=settings.lint_squawk)
+    inventory = read_inventory(settings)
+    selected = select(settings, services)
+    chosen = {svc.name for svc in selected}
+    findings = [f for f in inventory.findings if f.rule == "malformed-revision" and f.service in chosen]
+    for svc in selected:
+        findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
+                                 settings.root, squawk=settings.lint_squawk)
     return Report.of(findings, strict)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .backends import make_backend
@@ -63,8 +63,12 @@ def wait_for(project: Project, services: Sequence[ServiceConfig], timeout_s: flo
     return took
 
 
-def diagnose(project: Project, services: Sequence[ServiceConfig]) -> list[Diagnosis]:
-    """One `Diagnosis` per service, never raising for a database that is down."""
+def diagnose(
+    project: Project, services: Sequence[ServiceConfig], unreadable: Mapping[str, str] | None = None
+) -> list[Diagnosis]:
+    """One `Diagnosis` per service, never raising for a database that is down. A service in
+    `unreadable` (why its revision files cannot all be read) gets that as its error, and no
+    heads or pending count (they would be guesses)."""
     policy = replace(project.settings.connect, retries=0)
     out = []
     for svc in services:
@@ -79,19 +83,23 @@ def diagnose(project: Project, services: Sequence[ServiceConfig]) -> list[Diagno
             continue
         try:
             info = backend.server_info()
-            state = backend.read_state(project.revisions[svc.name])
-            order = plan_upgrade(project.graph, {svc.name: state.applied},
-                                 upgrade_targets(project.graph, [svc.name]))
             try:
                 with backend.lock(0.0):
                     lock = "free"
             except LockTimeout:
                 lock = "held"
+            base = replace(base, reachable=True, latency_ms=round(info.latency_ms, 2),
+                           server_version=info.server_version, can_create=info.can_create,
+                           lock=lock, details=info.extra)
+            why = (unreadable or {}).get(svc.name)
+            if why is not None:
+                out.append(replace(base, error=f"a revision file cannot be read: {why}"))
+                continue
+            state = backend.read_state(project.revisions[svc.name])
+            order = plan_upgrade(project.graph, {svc.name: state.applied},
+                                 upgrade_targets(project.graph, [svc.name]))
             out.append(replace(
-                base, reachable=True, latency_ms=round(info.latency_ms, 2),
-                server_version=info.server_version, can_create=info.can_create,
-                heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
-                lock=lock, details=info.extra,
+                base, heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
             ))
         finally:
             backend.close()

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .discovery import read_revision, revision_files
-from .errors import NcmError, ServiceNotConfigured
+from .errors import GraphError, NcmError, RevisionFileError, ServiceNotConfigured
 from .executor import open_backend
 from .findings import Finding
 from .graph import Graph, find_cycle
 from .linting import lint_service
 from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
-from .project import Project
-from .settings import Settings
+from .project import Project, find_root, load_project
+from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+# `revision = "..."` in a file that cannot be parsed: which applied revision it holds.
+_REVISION_LINE = re.compile(r"""^revision\s*(?::[^=\n]*)?=\s*['"]([^'"\n]+)['"]""", re.MULTILINE)
 
 
 @dataclasses.dataclass
@@ -31,6 +34,8 @@ class Inventory:
 
     revisions: dict[str, dict[str, Revision]]
     findings: list[Finding]
+    # per service, the revision ids that files which cannot be read seem to hold ("": unknown)
+    unreadable: dict[str, set[str]] = dataclasses.field(default_factory=dict)
 
 
 def select(settings: Settings, names: Sequence[str]) -> list[ServiceConfig]:
@@ -54,6 +59,7 @@ def read_inventory(settings: Settings) -> Inventory:
     """Read every revision header of every service, turning bad files into findings."""
     revisions: dict[str, dict[str, Revision]] = {}
     findings: list[Finding] = []
+    unreadable: dict[str, set[str]] = {}
     for svc in settings.services:
         found: dict[str, Revision] = {}
         for path in revision_files(svc.migrations_dir):
@@ -61,7 +67,9 @@ def read_inventory(settings: Settings) -> Inventory:
             try:
                 rev = read_revision(svc.name, path)
             except NcmError as exc:
-                findings.append(Finding(svc.name, "", "malformed-revision", "error", str(exc), rel))
+                held = _revision_in(path)
+                unreadable.setdefault(svc.name, set()).add(held)
+                findings.append(Finding(svc.name, held, "malformed-revision", "error", str(exc), rel))
                 continue
             if rev.revision in found:
                 findings.append(Finding(
@@ -73,14 +81,51 @@ def read_inventory(settings: Settings) -> Inventory:
                 continue
             found[rev.revision] = rev
         revisions[svc.name] = found
-    return Inventory(revisions, findings)
+    return Inventory(revisions, findings, unreadable)
+
+
+def _revision_in(path: Path) -> str:
+    """The revision id a file that cannot be parsed seems to hold, or "" when it says none."""
+    try:
+        match = _REVISION_LINE.search(path.read_bytes().decode("utf-8", errors="replace"))
+    except OSError:
+        return ""
+    return match.group(1) if match else ""
+
+
+def load_readable_project(
+    root: Path | None = None, env: str | None = None, settings_dir: Path | None = None
+) -> tuple[Project, dict[str, str]]:
+    """For read-only reports (`doctor`, `history`): the project as `load_project` loads it
+    or, when some revision files cannot be read, one of every file that can, with why per
+    service whose files cannot all be read. Commands that change a database never use this:
+    they refuse such a project (`load_project` raises `RevisionFileError`, exit 2)."""
+    try:
+        return load_project(root, env, settings_dir), {}
+    except RevisionFileError:
+        pass
+    settings = load_settings(root or find_root(), env, settings_dir)
+    inventory = read_inventory(settings)
+    unreadable: dict[str, str] = {}
+    for f in inventory.findings:
+        why = f.message if f.rule == "malformed-revision" else f"{f.file}: {f.message}"
+        unreadable.setdefault(f.service, why)
+    findings, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
+    for f in findings:
+        if f.rule == "cycle":
+            raise GraphError(f"{f.message[0].upper()}{f.message[1:]}.")
+    return Project(settings, inventory.revisions, graph), unreadable
 
 
 def graph_findings(
-    settings: Settings, revisions: Mapping[str, Mapping[str, Revision]]
+    settings: Settings,
+    revisions: Mapping[str, Mapping[str, Revision]],
+    unreadable: Mapping[str, set[str]] | None = None,
 ) -> tuple[list[Finding], Graph]:
     """Missing revisions, cycles, forked heads and missing functions; and the graph with the
-    dangling edges left out (so the rest can still be checked)."""
+    dangling edges left out (so the rest can still be checked). A revision that may be in a
+    file that cannot be read (`Inventory.unreadable`) is not reported missing: that file's
+    own finding says what to fix."""
     findings: list[Finding] = []
     root = settings.root
     every = {rev.key: rev for revs in revisions.values() for rev in revs.values()}
@@ -93,7 +138,10 @@ def graph_findings(
     by_service = {svc: sorted(revs) for svc, revs in revisions.items()}
     graph = Graph(nodes, {}, {}, by_service)
 
-    def missing(rev: Revision, what: str, key: str) -> None:
+    def missing(rev: Revision, what: str, key: str, service: str, ident: str) -> None:
+        held = (unreadable or {}).get(service, set())
+        if ident and ("" in held or any(h.startswith(ident) for h in held)):
+            return
         findings.append(Finding(rev.service, rev.revision, "missing-revision", "error",
                                 f"{what}, which does not exist", _rel(rev.path, root),
                                 dict(rev.line_of).get(key)))
@@ -104,12 +152,13 @@ def graph_findings(
             if RevisionKey(key.service, down) in nodes:
                 intra.add(RevisionKey(key.service, down))
             else:
-                missing(rev, f"down_revision '{down}' names a revision of '{key.service}'", "down_revision")
+                missing(rev, f"down_revision '{down}' names a revision of '{key.service}'", "down_revision",
+                        key.service, down)
         for dep in rev.depends_on:
             svc, _, ident = dep.rpartition(":")
             target = _resolve(graph, svc or key.service, ident)
             if target is None:
-                missing(rev, f"depends_on '{dep}' names a revision", "depends_on")
+                missing(rev, f"depends_on '{dep}' names a revision", "depends_on", svc or key.service, ident)
             else:
                 intra.add(target)
         cross: set[RevisionKey] = set()
@@ -117,7 +166,8 @@ def graph_findings(
             svc, sep, ident = req.partition(":")
             target = _resolve(graph, svc, ident) if sep and ident else None
             if target is None:
-                missing(rev, f"requires '{req}' names a revision (write service:revision)", "requires")
+                missing(rev, f"requires '{req}' names a revision (write service:revision)", "requires",
+                        svc, ident)
             else:
                 cross.add(target)
         graph.intra_parents[key] = tuple(sorted(intra))
@@ -266,7 +316,7 @@ def validate_settings(
     selected = select(settings, names)
     chosen = {s.name for s in selected}
     inventory = read_inventory(settings)
-    graph_found, graph = graph_findings(settings, inventory.revisions)
+    graph_found, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
     findings = [f for f in inventory.findings + graph_found if f.service in chosen or f.rule == "cycle"]
     findings += [f for f in version_table_findings(settings) if f.service in chosen]
     if lint_rules:
@@ -275,16 +325,26 @@ def validate_settings(
                                      settings.root, squawk=settings.lint_squawk)
     if database:
         for svc in selected:
-            findings += database_findings(settings, svc, inventory.revisions[svc.name], graph, pending)
+            found = database_findings(settings, svc, inventory.revisions[svc.name], graph, pending)
+            findings += [f for f in found if not _in_unreadable_file(f, inventory.unreadable)]
     return findings
 
 
+def _in_unreadable_file(finding: Finding, unreadable: Mapping[str, set[str]]) -> bool:
+    """An applied revision without a readable file that may be in a file that cannot be
+    read: not gone, and that file's own finding says what to fix."""
+    held = unreadable.get(finding.service, set())
+    return finding.rule == "missing-file" and (finding.revision in held or "" in held)
+
+
 def models_findings(project: Project) -> list[Finding]:
-    """Services whose models.py has changes no revision holds yet (`makemigrations --check`)."""
+    """Services whose models.py has changes no revision holds yet (`makemigrations --check`),
+    among the active ones (named, so that the services left out are not logged again)."""
     from .new_revisions import changed_services
 
-    findings = []
-    for name, changes in sorted(changed_services(project).items()):
+    active = [s.name for s in project.settings.services if s.active]
+    findings: list[Finding] = []
+    for name, changes in sorted((changed_services(project, active) if active else {}).items()):
         svc = project.service(name)
         findings.append(Finding(
             name, "", "models-changed", "error",

@@ -114,6 +114,46 @@ def test_duplicate_ids_and_malformed_files_exit_2(repo: Monorepo, sqlite_url: st
     }
 
 
+def test_an_applied_file_with_a_syntax_error_is_one_finding_and_read_only_commands_go_on(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    path = _two_revisions(repo, sqlite_url)
+    repo.table("billing", "0001_initial", "invoices", requires=["users:0002"])
+    assert repo.cli("migrate").code == 0
+    path.write_text(path.read_text().replace("def upgrade() -> None:", "def upgrade( -> None:"))
+
+    # validate: the syntax error, not also "its file is gone" for the same revision.
+    code, findings = _validate(repo)
+    assert code == 2
+    assert _rules(findings) == {("users", "0002_more", "malformed-revision")}
+    assert "syntax error" in findings[0]["message"]
+    # lint: the unreadable file is a finding, not "OK: 0 errors".
+    linted = repo.cli("lint", "--json")
+    assert linted.code == 2
+    assert [(f["rule"], f["file"]) for f in json.loads(linted.stdout)["findings"]] == [
+        ("malformed-revision", "services/users/migrations/0002_more.py")
+    ]
+    assert "OK" not in repo.cli("lint").stdout
+    # doctor: every service, the broken one with its error; history: the ledger rows.
+    doctor = repo.cli("doctor", "--json")
+    assert doctor.code == 1, doctor.output
+    found = {d["service"]: d for d in json.loads(doctor.stdout)}
+    assert found["billing"]["reachable"] and found["billing"]["error"] is None
+    assert found["billing"]["pending"] == 0 and found["billing"]["heads"] == ["0001_initial"]
+    assert found["users"]["reachable"] and "0002_more.py" in found["users"]["error"]
+    history = repo.cli("history", "users", "--json")
+    assert history.code == 0, history.output
+    assert [r["revision"] for r in json.loads(history.stdout)] == ["0001_initial", "0002_more"]
+    assert "cannot be read" in history.stderr
+    # Commands that change a database still refuse the project.
+    assert repo.cli("migrate").code == 2
+
+    # A file that no longer says which revision it holds: still only its own finding.
+    path.write_text("this is not Python\n")
+    code, findings = _validate(repo)
+    assert code == 2 and _rules(findings) == {("users", "", "malformed-revision")}
+
+
 def test_forked_heads_are_an_error(repo: Monorepo, sqlite_url: str) -> None:
     repo.table("users", "0001_initial", "users_t")
     repo.table("users", "0002_a", "a", down="0001_initial")
