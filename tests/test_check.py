@@ -87,3 +87,13 @@ def test_models_changes_fail_check(repo: Monorepo, sqlite_url: str) -> None:
     assert code == 1 and rules == {("users", "models-changed")}, data
     finding = data["findings"][0]
     assert finding["file"] == "services/users/models.py" and "makemigrations users" in finding["message"]
+
+
+def test_a_service_left_out_is_named_once(repo: Monorepo, sqlite_url: str) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("mail", "0001_initial", "outbox")
+    repo.urls({"users": sqlite_url})
+    assert repo.cli("migrate").code == 0
+    result = repo.cli("check")
+    assert result.code == 0, result.output
+    assert result.stderr.count("skipping service 'mail'") == 1
