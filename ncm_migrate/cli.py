@@ -41,7 +41,12 @@ from .urls import redact_known
 
 app = typer.Typer(
     name="ncm-migrate",
-    help="Migrations for every service of a monorepo: Django's manage.py on Alembic's engine.",
+    help=(
+        "Migrations for every service of a monorepo: Django's manage.py on Alembic's engine.\n\n"
+        "A service's own commands, services/<svc>/commands/<name>.py, run as `<svc>:<name>` "
+        "(listed under Service commands when there are any).\n\n"
+        "Example: python manage.py migrate --env staging"
+    ),
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -74,9 +79,10 @@ def _options(
         Path | None, typer.Option("--settings", help="Settings folder (default: ./settings).")
     ] = None,
     verbose: Annotated[
-        int, typer.Option("-v", "--verbose", count=True, help="More output; -vv for SQL.")
+        int, typer.Option("-v", "--verbose", count=True, show_default=False, metavar="",
+                          help="More output, with the SQL run (-v); repeat for debug output (-vv).")
     ] = 0,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", metavar="", help="Only errors.")] = False,
 ) -> None:
     """Migrations for every service of a monorepo.
 
@@ -175,7 +181,11 @@ def showmigrations_cmd(
                 out.print(f" {s.pending} pending", markup=False)
 
 
-app.command("status", help="Alias of showmigrations.")(showmigrations_cmd)
+app.command(
+    "status",
+    help="Alias of showmigrations: [X] applied or [ ] pending per revision.\n\n"
+    "Example: python manage.py status users --json",
+)(showmigrations_cmd)
 
 
 # -- migrate, rollback -----------------------------------------------------------------
@@ -697,7 +707,9 @@ def makemigrations_cmd(
 @app.command("startservice")
 def startservice_cmd(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The new service's name ([a-z][a-z0-9_]*).")],
+    name: Annotated[
+        str, typer.Argument(help="The new service's name: lower case, digits and _ (\\[a-z]\\[a-z0-9_]*).")
+    ],
     backend: Annotated[
         str | None, typer.Option("--backend", help="sql or mongo (default: from the URL, else sql).")
     ] = None,

@@ -37,8 +37,7 @@ def test_help(repo: Monorepo, command: str) -> None:
     result = repo.cli(command, "--help")
     assert result.code == 0, result.output
     assert "Usage:" in result.stdout and command in result.stdout
-    if command != "status":  # an alias: its help names what it stands for
-        assert "Example:" in result.stdout and "manage.py" in result.stdout
+    assert "Example:" in result.stdout and "manage.py" in result.stdout
     assert repo.cli(command, "-h").code == 0
 
 
@@ -48,6 +47,20 @@ def test_top_level_help_lists_every_command(repo: Monorepo) -> None:
     for command in COMMANDS:
         assert command in result.stdout
     assert repo.cli().code in (0, 2)  # no arguments: the help, as Click does
+
+
+def test_help_texts_say_what_to_type(repo: Monorepo) -> None:
+    wide = {"COLUMNS": "200"}
+    top = repo.cli("--help", env=wide).stdout
+    assert "Example: python manage.py" in top and "<svc>:<name>" in top
+    rows = {line.split()[1]: line for line in top.splitlines() if line.startswith("│ --")}
+    # -v is counted (-v, -vv), not given a number; -q takes no value.
+    assert "<int>" not in rows["--verbose"] and "-vv" in rows["--verbose"]
+    assert "[default: 0]" not in rows["--verbose"]
+    assert "<bool>" not in rows["--quiet"]
+    # Rich markup does not eat the pattern of a service name.
+    assert "[a-z][a-z0-9_]*" in repo.cli("startservice", "--help", env=wide).stdout
+    assert "Alias of showmigrations" in repo.cli("status", "--help", env=wide).stdout
 
 
 def test_real_manage_py_help(repo: Monorepo) -> None:
