@@ -686,6 +686,10 @@ def makemigrations_cmd(
             services or (), message=message, migration_type=migration_type, empty=empty,
             requires=requires or (), check=check, dry_run=dry_run, merge=merge, **g.where,
         )
+        if g.verbosity < 0:  # -q: errors only (and, with --dry-run, the files it would write)
+            for new in result.written if dry_run else ():
+                out.print(new.text, markup=False)
+            return
         if check:
             out.print("No changes detected: every service's models match its migrations.")
             return

@@ -282,6 +282,25 @@ def test_dry_run_prints_the_file_and_writes_nothing(repo: Monorepo, sqlite_url: 
     assert list((repo.root / "services/shop/migrations").glob("*.py")) == []
 
 
+def test_quiet_prints_only_errors(repo: Monorepo, sqlite_url: str) -> None:
+    repo.urls({"shop": sqlite_url, "users": sqlite_url.replace("db.sqlite", "u.sqlite")})
+    repo.table("users", "0001_initial", "users_t")  # no models.py: skipped
+    repo.service("mail")  # no database_url: left out
+    write_models(repo, "shop", MODELS_V1)
+    for args in (("-q", "makemigrations"), ("makemigrations", "-q"), ("-q", "makemigrations", "--check")):
+        result = repo.cli(*args)
+        assert (result.code, result.stdout, result.stderr) == (0, "", ""), (args, result.stderr)
+    assert len(list((repo.root / "services/shop/migrations").glob("*.py"))) == 1
+    # With --dry-run, the file it would write is the output it was asked for; nothing else.
+    write_models(repo, "shop", MODELS_V2)
+    dry = repo.cli("-q", "makemigrations", "shop", "--dry-run")
+    assert dry.code == 0 and dry.stderr == ""
+    assert dry.stdout.lstrip().startswith('"""') and "dry run" not in dry.stdout
+    # Errors still show.
+    bad = repo.cli("-q", "makemigrations", "nobody")
+    assert bad.code == 2 and "nobody" in bad.stderr
+
+
 def test_empty_types_message_and_requires_write_the_header(repo: Monorepo, sqlite_url: str) -> None:
     repo.table("users", "0001_initial", "users_t")
     repo.table("users", "0002_more", "users_more", down="0001_initial")
