@@ -261,6 +261,19 @@ def both(*steps: Callable[[], None]) -> Callable[[], None]:
 
 # -- scenarios -------------------------------------------------------------------------
 
+GENERATED: list[str] = []
+
+
+def make(out: Path, services: int, revisions: int, **kw: object) -> Generated:
+    """`generate`, remembering the equivalent `benchmarks/generate.py` command line."""
+    flags = {"branch_every": "--branch-every", "requires_every": "--requires-every",
+             "sleep_s": "--sleep", "database_url": "--database-url"}
+    args = [f"{flags[k]} {v!r}" if isinstance(v, str) else f"{flags[k]} {v}" for k, v in kw.items()]
+    GENERATED.append(f"{_short(PY)} benchmarks/generate.py {_short(str(out))} --services {services} "
+                     f"--revisions {revisions} {' '.join(args)}".rstrip())
+    return generate(out, services, revisions, **kw)  # type: ignore[arg-type]
+
+
 
 def manage(*args: str) -> list[str]:
     return [PY, "manage.py", *args]
@@ -271,7 +284,7 @@ def alembic(gen: Generated, service: str, *args: str) -> list[str]:
 
 
 def listing(work: Path, sizes: Sizes, say: Callable[[str], None]) -> tuple[Scenario, Scenario]:
-    gen = generate(work / "listing", sizes.listing_services, sizes.listing_revisions,
+    gen = make(work / "listing", sizes.listing_services, sizes.listing_revisions,
                    branch_every=10, requires_every=10)
     say(f"listing: applying {len(gen.services)} x {gen.revisions} revisions once (untimed)")
     subprocess.run(manage("migrate", "-q"), cwd=gen.root, env=_env(), check=True)
@@ -315,11 +328,11 @@ def listing(work: Path, sizes: Sizes, say: Callable[[str], None]) -> tuple[Scena
 def applying(work: Path, sizes: Sizes, database: str, admin: str) -> Scenario:
     n = sizes.apply_revisions
     if database == "sqlite":
-        gen = generate(work / "apply-sqlite", 1, n)
+        gen = make(work / "apply-sqlite", 1, n)
         reset = fresh_sqlite(gen)
     else:
         name = "ncm_bench_apply"
-        gen = generate(work / "apply-pg", 1, n, database_url=pg_url(admin, name))
+        gen = make(work / "apply-pg", 1, n, database_url=pg_url(admin, name))
         reset = fresh_pg(admin, name)
     svc = gen.services[0]
     return Scenario(
@@ -342,7 +355,7 @@ def applying(work: Path, sizes: Sizes, database: str, admin: str) -> Scenario:
 
 
 def parallel(work: Path, sizes: Sizes) -> Scenario:
-    gen = generate(work / "parallel", sizes.parallel_services, sizes.parallel_revisions,
+    gen = make(work / "parallel", sizes.parallel_services, sizes.parallel_revisions,
                    sleep_s=sizes.sleep_s)
     reset = fresh_sqlite(gen)
     k = len(gen.services)
@@ -372,11 +385,11 @@ def parallel(work: Path, sizes: Sizes) -> Scenario:
 def contention(work: Path, sizes: Sizes, database: str, admin: str) -> Scenario:
     n, c = sizes.contention_revisions, sizes.contenders
     if database == "sqlite":
-        gen = generate(work / "contention-sqlite", 1, n)
+        gen = make(work / "contention-sqlite", 1, n)
         reset = fresh_sqlite(gen)
     else:
         name = "ncm_bench_contention"
-        gen = generate(work / "contention-pg", 1, n, database_url=pg_url(admin, name))
+        gen = make(work / "contention-pg", 1, n, database_url=pg_url(admin, name))
         reset = fresh_pg(admin, name)
     variants = [
         Variant("ncm migrate (one process)", manage("migrate"), gen.root, setup=reset,
@@ -529,8 +542,12 @@ def report(scenarios: list[Scenario], sizes: Sizes, args: argparse.Namespace, ad
         if base is not None:
             lines += ["", f"Ratios are against: {base.label}."]
         lines += sc.notes
-    lines += ["", "## Exact commands", "", "```"]
-    lines.append(f"{_short(PY)} benchmarks/run.py " + " ".join(_argv(args)))
+    lines += ["", "## Exact commands", "",
+              "`$REPO` is the repository's root, `$TMP` the temporary folder the runner works in.",
+              "", "```"]
+    lines.append(f"cd $REPO && {_short(PY)} benchmarks/run.py " + " ".join(_argv(args)))
+    lines.append("# the monorepos it generates (and runs `manage.py migrate -q` once in listing/)")
+    lines += GENERATED
     for sc in scenarios:
         lines.append(f"# {sc.key}")
         lines += [v.shell for v in sc.variants if not v.label.startswith("ncm migrate svc_0")
@@ -565,7 +582,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def _short(text: str) -> str:
-    for path, name in ((str(HERE.parent), "."), (tempfile.gettempdir(), "$TMP")):
+    for path, name in ((str(HERE.parent), "$REPO"), (tempfile.gettempdir(), "$TMP")):
         text = text.replace(path, name)
     return text
 
