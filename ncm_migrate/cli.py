@@ -726,11 +726,23 @@ def startservice_cmd(
     Example: python manage.py startservice billing --database-url postgresql+psycopg://app@db/billing
     """
     with _errors():
-        created = commands.startservice(name, backend=backend, database_url=database_url, **_g(ctx).where)
+        new = commands.startservice(name, backend=backend, database_url=database_url, **_g(ctx).where)
         out.print(f"Created service '{name}':", markup=False)
-        for path in created:
+        for path in new.paths:
             out.print(f"  {_shown(path)}", markup=False)
-        out.print(f"Next: `python manage.py makemigrations {name}`.", markup=False)
+        where = _shown(new.settings_file)
+        then = ""
+        if new.written_url:
+            out.print(f"Database in '{new.env}': {new.written_url} (written to {where}).", markup=False)
+        elif new.url:
+            out.print(f"Database in '{new.env}': {new.url} (from the settings).", markup=False)
+        else:
+            out.print(
+                f"No database URL written: set database_url under [{new.env}] in {where} (a password "
+                f"in settings/.secrets.toml or NCM_SERVICES__{name.upper()}__DATABASE_URL); until "
+                f"then commands leave '{name}' out.", markup=False)
+            then = "set its database_url, then "
+        out.print(f"Next: {then}`python manage.py makemigrations {name}`.", markup=False)
 
 
 @app.command("init")

@@ -39,6 +39,7 @@ from .urls import mask_url
 
 if TYPE_CHECKING:
     from .new_revisions import Outcome
+    from .scaffold import NewService
 
 log = logging.getLogger(__name__)
 
@@ -559,8 +560,9 @@ def startservice(
     env: str | None = None,
     root: Path | None = None,
     settings_dir: Path | None = None,
-) -> list[Path]:
-    """Scaffold `services/<name>/`: migrations/, models.py (SQL) and its settings.toml."""
+) -> NewService:
+    """Scaffold `services/<name>/`: migrations/, models.py (SQL) and its settings.toml; what
+    was created and which database URL (if any) the service now has."""
     from .scaffold import start_service
 
     return start_service(root or find_root(), name, backend, database_url, env, settings_dir)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from .discovery import SERVICE_NAME
@@ -11,7 +12,7 @@ from .errors import BadInput
 from .model import BackendName
 from .settings import load_settings, settings_dir_of
 from .templates import render_scaffold
-from .urls import backend_of, check_url, password_of
+from .urls import backend_of, check_url, mask_url, password_of
 
 log = logging.getLogger(__name__)
 GITIGNORE_ENTRIES = (
@@ -21,6 +22,18 @@ GITIGNORE_ENTRIES = (
         ("settings/.secrets.toml", "settings/settings.local.toml"),
     ),
 )
+
+
+@dataclass(frozen=True)
+class NewService:
+    """What `startservice` created, and where the new service's database comes from."""
+
+    name: str
+    env: str
+    paths: tuple[Path, ...]
+    settings_file: Path
+    written_url: str | None  # the URL written into `settings_file` (never one with a password)
+    url: str | None  # the (masked) URL the settings now give it in `env`; None: it has none
 
 
 def init_project(directory: Path) -> list[Path]:
@@ -64,12 +77,13 @@ def start_service(
     database_url: str | None = None,
     env: str | None = None,
     settings_dir: Path | None = None,
-) -> list[Path]:
+) -> NewService:
     """Create `services/<name>/` with `migrations/`, a `models.py` (SQL) and a
-    `settings.toml` giving it a database in `env`; the paths created.
+    `settings.toml` giving it a database in `env`.
 
-    Without `database_url`, and when the settings give the service none, the database is an
-    SQLite file under `var/<env>/` (a MongoDB service: `mongodb://localhost:27017/<name>`).
+    Without `database_url`, and when the settings give the service none, an SQL service's
+    database is an SQLite file under `var/<env>/` (no server needed); a MongoDB service gets
+    no URL (there is no server to assume) and is left out until one is set.
     Raises `BadInput` (exit 2) for a bad name, backend or URL, a URL holding a password, or
     a service folder that already exists.
     """
@@ -106,11 +120,8 @@ def start_service(
         written.append(folder / "models.py")
     configured = load_settings(root, env, settings_dir).service(name)
     url = database_url
-    if url is None and configured.database_url is None:
-        url = (
-            f"mongodb://localhost:27017/{name}" if kind == "mongo"
-            else f"sqlite:///var/{settings.env}/{name}.db"
-        )
+    if url is None and configured.database_url is None and kind == "sql":
+        url = f"sqlite:///var/{settings.env}/{name}.db"
     service_settings = folder / "settings.toml"
     service_settings.write_text(
         render_scaffold("service_settings.toml", name=name, env=settings.env, database_url=url,
@@ -118,10 +129,11 @@ def start_service(
         encoding="utf-8",
     )
     written.append(service_settings)
-    load_settings(root, env, settings_dir).service(name)
+    final = load_settings(root, env, settings_dir).service(name)
     log.info("created service '%s' in %s (settings: %s)", name, folder,
              settings_dir_of(root, settings_dir))
-    return written
+    return NewService(name, settings.env, tuple(written), service_settings, url,
+                      mask_url(final.database_url) if final.database_url else None)
 
 
 def _add_gitignore_entries(path: Path) -> bool:

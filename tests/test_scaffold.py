@@ -80,10 +80,20 @@ def test_startservice_options_and_refusals(repo: Monorepo) -> None:
         [staging]
         jobs = 2
     """)
-    assert repo.cli("startservice", "events", "--backend", "mongo").code == 0
+    mongo = repo.cli("startservice", "events", "--backend", "mongo")
+    assert mongo.code == 0, mongo.output
     events = repo.root / "services/events"
     assert not (events / "models.py").exists()
-    assert 'database_url = "mongodb://localhost:27017/events"' in (events / "settings.toml").read_text()
+    # No server to assume: no URL written, and the output says where one goes.
+    assert "database_url =" not in (events / "settings.toml").read_text()
+    assert "mongodb://" not in mongo.output
+    assert "No database URL written" in mongo.stdout and "[development]" in mongo.stdout
+    assert "services/events/settings.toml" in mongo.stdout
+
+    sql = repo.cli("startservice", "orders")
+    assert sql.code == 0, sql.output
+    assert "Database in 'development': sqlite:///var/development/orders.db (written to " in sql.stdout
+    assert "services/orders/settings.toml)" in sql.stdout
 
     url = "postgresql+psycopg://app@db.internal:5432/billing"
     made = repo.cli("startservice", "billing", "--env", "staging", "--database-url", url)
@@ -124,7 +134,9 @@ def test_startservice_in_a_one_database_project_writes_no_url(repo: Monorepo, tm
         [development]
         database_url = "sqlite:///{tmp_path}/one.db"
     ''')
-    assert repo.cli("startservice", "shop").code == 0
+    started = repo.cli("startservice", "shop")
+    assert started.code == 0, started.output
+    assert f"Database in 'development': sqlite:///{tmp_path}/one.db (from the settings)" in started.stdout
     text = (repo.root / "services/shop/settings.toml").read_text()
     assert "\ndatabase_url" not in text
     assert repo.cli("migrate").code == 0
