@@ -165,20 +165,22 @@ def showmigrations_cmd(
                 {k: v for k, v in asdict(s).items() if k != "conflicting_heads"} for s in found
             ]})
             return
+        lines: list[str] = []  # printed at once: one print per line costs ~0.1 ms each
         for s in found:
             note = f"  (DIRTY at {s.dirty}: run repair {s.name})" if s.dirty else ""
-            out.print(f"{s.name} [{s.backend}]{note}", markup=False)
+            lines.append(f"{s.name} [{s.backend}]{note}")
             for r in s.revisions:
                 mark = "X" if r.applied else " "
                 doc = f"  {r.doc}" if r.doc else ""
-                out.print(f" [{mark}] {r.revision}{doc}", markup=False)
+                lines.append(f" [{mark}] {r.revision}{doc}")
             if not s.revisions:
-                out.print(" (no migrations)")
+                lines.append(" (no migrations)")
             if s.conflicting_heads:
-                out.print(f" several heads: {', '.join(s.conflicting_heads)} "
-                          f"(run makemigrations {s.name} --merge)", markup=False)
+                lines.append(f" several heads: {', '.join(s.conflicting_heads)} "
+                             f"(run makemigrations {s.name} --merge)")
             elif s.pending:
-                out.print(f" {s.pending} pending", markup=False)
+                lines.append(f" {s.pending} pending")
+        out.print("\n".join(lines), markup=False)
 
 
 app.command(

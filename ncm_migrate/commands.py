@@ -6,7 +6,6 @@ executor, and returns plain values; none prints. Errors are `NcmError`s with exi
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -189,6 +188,8 @@ async def amigrate(
 ) -> MigrateResult:
     """`migrate` without blocking the event loop (for FastAPI/Starlette lifespans): the
     same work, the same results and errors, in a worker thread."""
+    import asyncio
+
     return await asyncio.to_thread(functools.partial(migrate, services, target, **options))
 
 
