@@ -37,6 +37,7 @@ from .metadata import load_models_metadata
 from .model import Plan, ServiceConfig, ServiceState, Step, StepResult
 from .project import Project
 from .retry import open_with_retries
+from .urls import is_async, sync_equivalent
 
 log = logging.getLogger(__name__)
 # Rendered code is wrapped to this width, leaving templates room to nest it (the index
@@ -79,6 +80,10 @@ def detect_changes(project: Project, service: str, index_concurrently: bool = Fa
     metadata = load_models_metadata(config)
     if metadata is None:
         return None
+    if config.database_url and is_async(config.database_url):
+        # Comparing is synchronous Alembic work on a scratch database: use the driver's
+        # sync sibling (installed with ncm-migrate[async]); the schema is the same.
+        config = replace(config, database_url=sync_equivalent(config.database_url))
     with reference_database(project, config) as (conn, owned):
         return compare(conn, config, metadata, owned, _shares_database(project, config),
                        _version_tables(project), index_concurrently)

@@ -57,6 +57,19 @@ def is_async(url: str) -> bool:
     return "+" in scheme and scheme.split("+", 1)[1] in ASYNC_DRIVERS
 
 
+_SYNC_DRIVER = {
+    "asyncpg": "psycopg", "psycopg_async": "psycopg", "aiomysql": "pymysql",
+    "asyncmy": "pymysql", "aiosqlite": "pysqlite",
+}
+
+
+def sync_equivalent(url: str) -> str:
+    """The same URL with the async driver's sync sibling (asyncpg -> psycopg, ...)."""
+    scheme, sep, rest = url.partition("://")
+    dialect, _, driver = scheme.partition("+")
+    return f"{dialect}+{_SYNC_DRIVER[driver]}{sep}{rest}" if driver in _SYNC_DRIVER else url
+
+
 def resolve_sqlite_path(url: str, root: Path) -> str:
     """Make a relative SQLite file path absolute under the project root."""
     if not scheme_of(url).startswith("sqlite"):

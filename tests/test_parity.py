@@ -242,3 +242,29 @@ def test_python_api_results_and_errors_match_the_cli(repo: Monorepo, tmp_path: P
         ncm_migrate.migrate(["nope"], root=repo.root)
     assert unknown.value.exit_code == repo.cli("migrate", "nope").code == 2
     assert issubclass(DirtyService, ncm_migrate.NcmError)
+
+
+MODELS = """
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+accounts = sa.Table(
+    "accounts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.String(255), nullable=False),
+)
+"""
+
+
+def test_makemigrations_and_sqlmigrate_with_an_async_url(repo: Monorepo, db_url: str) -> None:
+    repo.service("users")
+    repo.write("services/users/models.py", MODELS)
+    repo.urls({"users": as_async(db_url)})
+    made = repo.cli("makemigrations", "users", "-m", "accounts")
+    assert made.code == 0, made.output
+    assert repo.cli("migrate").code == 0
+    assert "accounts" in tables(db_url)
+    again = repo.cli("makemigrations", "--check")
+    assert again.code == 0, again.output
+    sql = repo.cli("sqlmigrate", "users", "0001")
+    assert sql.code == 0 and "CREATE TABLE accounts" in sql.stdout
