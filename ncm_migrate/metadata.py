@@ -6,8 +6,6 @@ so histories written against a convention run unchanged.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +14,7 @@ import sqlalchemy as sa
 
 from .errors import SettingsError
 from .model import ServiceConfig
+from .pyfiles import import_file
 
 
 def target_metadata(config: ServiceConfig) -> sa.MetaData | None:
@@ -61,15 +60,7 @@ def _metadata_of(module: ModuleType, attr: str, path: Path, setting: str = "") -
 
 @cache
 def _load(path: Path, service: str) -> ModuleType:
-    name = f"ncm_models_{service}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SettingsError(f"{path} cannot be imported as a Python module.")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        return import_file(path, f"ncm_models_{service}")
     except Exception as exc:
-        sys.modules.pop(name, None)
         raise SettingsError(f"{path} failed to import: {type(exc).__name__}: {exc}.") from exc
-    return module

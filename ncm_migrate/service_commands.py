@@ -8,10 +8,8 @@ module is imported only when it runs.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import logging
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, cast
 
 from .discovery import find_service_dirs
 from .errors import BadInput, NcmError
+from .pyfiles import import_file
 from .settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -84,21 +83,13 @@ def load_service_command(command: ServiceCommand) -> Callable[..., Any]:
 
 
 def _import(command: ServiceCommand) -> ModuleType:
-    name = f"ncm_commands_{command.service}_{command.path.stem}"
-    spec = importlib.util.spec_from_file_location(name, command.path)
-    if spec is None or spec.loader is None:
-        raise BadInput(f"{command.path} cannot be imported as a Python module.")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        return import_file(command.path, f"ncm_commands_{command.service}_{command.path.stem}")
     except Exception as exc:
-        sys.modules.pop(name, None)
         raise BadInput(
             f"Command {command.full_name} ({command.path}) failed to import: "
             f"{type(exc).__name__}: {exc}."
         ) from exc
-    return module
 
 
 def _help_of(path: Path) -> str:

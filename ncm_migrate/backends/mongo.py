@@ -9,15 +9,12 @@ fails with a duplicate key even if two runners raced past the lease lock.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from types import ModuleType
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -36,6 +33,7 @@ from .. import ledger as ledger_rules
 from ..errors import LockLost, LockTimeout, MigrationFailed, RevisionFileError, SettingsError
 from ..locking import wait_for
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..pyfiles import load_revision_module
 from ..urls import password_of, redact
 from . import ConnectFailed, ServerInfo, StepCallback
 from .mongo_lease import COLLECTION as LOCK_COLLECTION
@@ -100,23 +98,6 @@ def connect(config: ServiceConfig, timeout_s: float) -> MongoClient[Document]:
         client.close()
         raise ConnectFailed(_short(exc)) from None
     return client
-
-
-def load_revision_module(rev: Revision) -> ModuleType:
-    """Import one revision file; a file that cannot be imported is bad input (exit 2)."""
-    digest = hashlib.sha256(str(rev.path).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(f"ncm_revision_{digest}", rev.path)
-    if spec is None or spec.loader is None:
-        raise RevisionFileError(f"{rev.path}: revision {rev.service}:{rev.revision} cannot be imported.")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise RevisionFileError(
-            f"{rev.path}: revision {rev.service}:{rev.revision} cannot be imported: "
-            f"{type(exc).__name__}: {exc}."
-        ) from exc
-    return module
 
 
 class MongoBackend:

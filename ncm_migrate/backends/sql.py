@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from io import StringIO
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -33,6 +32,7 @@ from ..errors import DriverMissing, MigrationFailed, NcmError, RevisionFileError
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..pyfiles import load_revision_module
 from ..urls import is_async, sqlite_file
 from . import ConnectFailed, ServerInfo, StepCallback
 
@@ -188,19 +188,6 @@ def alembic_revision_map(revisions: Mapping[str, Revision]) -> RevisionMap:
         ]
 
     return RevisionMap(load)
-
-
-def load_revision_module(rev: Revision) -> ModuleType:
-    """Import one revision file; a file that cannot be imported is bad input (exit 2)."""
-    from alembic.util import load_python_file
-
-    try:
-        return load_python_file(str(rev.path.parent), rev.path.name)
-    except Exception as exc:
-        raise RevisionFileError(
-            f"{rev.path}: revision {rev.service}:{rev.revision} cannot be imported: "
-            f"{type(exc).__name__}: {exc}."
-        ) from exc
 
 
 @functools.cache
