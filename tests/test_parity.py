@@ -268,3 +268,20 @@ def test_makemigrations_and_sqlmigrate_with_an_async_url(repo: Monorepo, db_url:
     assert again.code == 0, again.output
     sql = repo.cli("sqlmigrate", "users", "0001")
     assert sql.code == 0 and "CREATE TABLE accounts" in sql.stdout
+
+
+def test_backup_and_restore_with_an_async_url(repo: Monorepo, db_url: str, tmp_path: Path) -> None:
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": as_async(db_url)})
+    assert repo.cli("migrate").code == 0
+    folder = tmp_path / "backup"
+    made = repo.cli("backup", "users", "-o", str(folder))
+    assert made.code == 0, made.output
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE users_a"))
+    engine.dispose()
+    assert "users_a" not in tables(db_url)
+    restored = repo.cli("restore", "users", str(folder), "--yes")
+    assert restored.code == 0, restored.output
+    assert "users_a" in tables(db_url)

@@ -33,7 +33,7 @@ from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ..pyfiles import load_revision_module
-from ..urls import is_async, sqlite_file
+from ..urls import is_async, sqlite_file, sync_equivalent
 from . import ConnectFailed, ServerInfo, StepCallback
 
 if TYPE_CHECKING:
@@ -148,8 +148,9 @@ def _driver_installed(url: sa.URL) -> Iterator[None]:
 
 
 def create_engine(url: str, connect_timeout_s: float) -> Engine:
-    """A sync engine that does what migrations need on every database."""
-    parsed, args = _engine_args(url, connect_timeout_s)
+    """A sync engine that does what migrations need on every database (for an async URL,
+    through its driver's sync sibling: the same database)."""
+    parsed, args = _engine_args(sync_equivalent(url), connect_timeout_s)
     with _driver_installed(parsed):
         engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=args)
     if parsed.get_backend_name() == "sqlite":
