@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Direction = Literal["up", "down"]
 Outcome = Literal["applied", "reverted", "faked", "failed", "skipped", "not-run"]
@@ -15,9 +15,9 @@ BackendName = Literal["sql", "mongo"]
 MIGRATION_TYPES = ("schema", "data", "index", "seed", "merge")
 
 
-@dataclass(frozen=True, order=True)
-class RevisionKey:
-    """A node of the cross-service graph: `(service, revision)`."""
+class RevisionKey(NamedTuple):
+    """A node of the cross-service graph: `(service, revision)`. A named tuple, not a
+    dataclass: graphs hash and compare these hundreds of thousands of times."""
 
     service: str
     revision: str
