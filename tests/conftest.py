@@ -32,36 +32,31 @@ def _with_db(url: str, name: str) -> str:
     return sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+def _fresh_database(server: str, admin_url: str, quote: str, drop_options: str = "") -> Iterator[str]:
+    """Create a database with a random name on `server`, yield its URL, drop it afterwards."""
+    name = f"ncm_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {quote}{name}{quote}")
+    except sa.exc.OperationalError as exc:
+        _unavailable(server, exc)
+    yield _with_db(admin_url, name)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote}{name}{quote}{drop_options}")
+    admin.dispose()
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    name = f"ncm_t_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
-    yield _with_db(PG_ADMIN, name)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    yield from _fresh_database("PostgreSQL", PG_ADMIN, '"', " WITH (FORCE)")
 
 
 @pytest.fixture
 def mysql_url() -> Iterator[str]:
     """A fresh MariaDB/MySQL database, dropped afterwards."""
-    name = f"ncm_t_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = sa.create_engine(MYSQL_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
-    except sa.exc.OperationalError as exc:
-        _unavailable("MariaDB", exc)
-    yield _with_db(MYSQL_ADMIN, name)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-    admin.dispose()
+    yield from _fresh_database("MariaDB", MYSQL_ADMIN, "`")
 
 
 @pytest.fixture
