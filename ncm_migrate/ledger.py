@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from .model import LedgerRow, RunContext
 
@@ -20,6 +21,16 @@ COLUMNS = (
     "finished_at", "duration_ms", "actor", "host", "environment", "tool_version",
 )
 STATUSES = ("running", "applied", "reverted", "faked", "failed")
+
+
+class StateRow(NamedTuple):
+    """The columns of a ledger row that a service's state is read from: reading a state
+    builds one per row of the service's history, so only these, as a plain tuple."""
+
+    revision: str
+    direction: str
+    status: str
+    checksum: str | None
 
 
 def tool_version() -> str:
@@ -55,7 +66,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def dirty_mark(rows: Iterable[LedgerRow], transactional: bool) -> str | None:
+def dirty_mark(rows: Iterable[LedgerRow | StateRow], transactional: bool) -> str | None:
     """The revision a service is dirty at, or None.
 
     A service is dirty when its latest row is `running` or `failed` on a database that
@@ -73,7 +84,7 @@ def dirty_mark(rows: Iterable[LedgerRow], transactional: bool) -> str | None:
     return None
 
 
-def applied_checksums(rows: Iterable[LedgerRow]) -> dict[str, str]:
+def applied_checksums(rows: Iterable[LedgerRow | StateRow]) -> dict[str, str]:
     """For each revision the ledger says is applied now, the checksum it was applied with."""
     sums: dict[str, str] = {}
     for row in rows:
@@ -84,6 +95,6 @@ def applied_checksums(rows: Iterable[LedgerRow]) -> dict[str, str]:
     return sums
 
 
-def applied_from_ledger(rows: Iterable[LedgerRow]) -> set[str]:
+def applied_from_ledger(rows: Iterable[LedgerRow | StateRow]) -> set[str]:
     """The revisions applied now by the ledger alone (MongoDB keeps no version table)."""
     return set(applied_checksums(rows))

@@ -71,7 +71,7 @@ LEDGER = sa.Table(
 _LEDGER_INSERT = LEDGER.insert()
 _LEDGER_FINISH = LEDGER.update().where(LEDGER.c.id == sa.bindparam("row_id"))
 _STATE_ROWS = sa.text(
-    f"SELECT id, revision, direction, status, checksum FROM {ledger_rules.TABLE} "
+    f"SELECT revision, direction, status, checksum FROM {ledger_rules.TABLE} "
     "WHERE service = :service ORDER BY id"
 )
 _memory_locks: dict[str, threading.Lock] = {}
@@ -415,37 +415,41 @@ class SqlBackend:
 
     @_driver_call
     def current_heads(self) -> tuple[str, ...]:
+        return self._heads(self._tables())
+
+    def _tables(self) -> set[str]:
+        """The tables of the connection's default schema: one catalog query, where a
+        `has_table` for each table would cost one (or two) each."""
+        return set(sa.inspect(self.conn).get_table_names())
+
+    def _heads(self, tables: set[str]) -> tuple[str, ...]:
         # What Alembic's MigrationContext.get_current_heads reads, without importing Alembic.
         conn = self.conn
         table = self.config.version_table
         heads: list[str] = []
-        if sa.inspect(conn).has_table(table):
+        if table in tables:
             # Plain text: nothing to compile (each backend's engine has its own cache).
             quoted = conn.dialect.identifier_preparer.quote(table)
             heads = [row[0] for row in conn.exec_driver_sql(f"SELECT version_num FROM {quoted}")]
         conn.commit()
         return tuple(sorted(heads))
 
-    def _state_rows(self) -> list[LedgerRow]:
+    def _state_rows(self, tables: set[str]) -> list[ledger_rules.StateRow]:
         """This service's ledger rows with only the columns its state is read from
         (revision, direction, status, checksum), oldest first."""
         conn = self.conn
-        rows: list[LedgerRow] = []
-        if sa.inspect(conn).has_table(ledger_rules.TABLE):
+        rows: list[ledger_rules.StateRow] = []
+        if ledger_rules.TABLE in tables:
             result = conn.execute(_STATE_ROWS, {"service": self.config.name})
-            rows = [
-                LedgerRow(id=id_, service=self.config.name, revision=rev, direction=direction,
-                          status=status, checksum=checksum, started_at="", finished_at=None,
-                          duration_ms=None, actor="", host="", environment="", tool_version="")
-                for id_, rev, direction, status, checksum in result
-            ]
+            rows = [ledger_rules.StateRow(*row) for row in result]
         conn.commit()
         return rows
 
     @_driver_call
     def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState:
-        heads = self.current_heads()
-        rows = self._state_rows()
+        tables = self._tables()
+        heads = self._heads(tables)
+        rows = self._state_rows(tables)
         applied = _applied_from_heads(heads, revisions)
         unknown = tuple(h for h in heads if h not in revisions)
         return ServiceState(
