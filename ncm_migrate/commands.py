@@ -109,17 +109,20 @@ def showmigrations(
     # `requires` each would walk most of the graph again), split per service.
     names = [svc.name for svc in selected]
     order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, names)).steps
+    by_service: dict[str, list[str]] = {name: [] for name in names}
+    for step in order:
+        by_service[step.service].append(step.revision)
     for svc in selected:
         state = states[svc.name]
-        revs = [s for s in order if s.service == svc.name]
+        revisions = project.revisions[svc.name]
         statuses = tuple(
             RevisionStatus(
-                revision=s.revision,
-                applied=s.revision in state.applied,
-                path=str(project.revisions[svc.name][s.revision].path.relative_to(project.root)),
-                doc=project.revisions[svc.name][s.revision].doc,
+                revision=rev,
+                applied=rev in state.applied,
+                path=project.relative_path(revisions[rev].path),
+                doc=revisions[rev].doc,
             )
-            for s in revs
+            for rev in by_service[svc.name]
         )
         out.append(
             ServiceStatus(

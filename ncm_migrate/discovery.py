@@ -350,17 +350,25 @@ def _load_folders(path: Path) -> dict[str, dict[str, str]]:
 
 # A row: sha256, revision, down_revisions, checksum, branch_labels, depends_on, requires,
 # migration_type, doc, defines, line_of ([name, line] pairs).
-_STRINGS = (0, 1, 3, 7, 8)
-_LISTS = (2, 4, 5, 6, 9)
 
 
 def _well_formed(row: object) -> bool:
-    """The row has the shape this module writes (rows are only ever written by `put`)."""
+    """The row has the shape this module writes (rows are only ever written by `put`, and
+    served only for the bytes and the code version they were written for: this guards
+    against a damaged file, cheaply, as it runs for every revision of every listing)."""
     return (
         type(row) is list
         and len(row) == 11
-        and all(type(row[i]) is str for i in _STRINGS)
-        and all(type(row[i]) is list for i in _LISTS)
+        and type(row[0]) is str
+        and type(row[1]) is str
+        and type(row[2]) is list
+        and type(row[3]) is str
+        and type(row[4]) is list
+        and type(row[5]) is list
+        and type(row[6]) is list
+        and type(row[7]) is str
+        and type(row[8]) is str
+        and type(row[9]) is list
         and type(row[10]) is list
     )
 
@@ -386,5 +394,5 @@ def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
         migration_type=row[7],
         doc=row[8],
         defines=frozenset(row[9]),
-        line_of=tuple((str(name), int(line)) for name, line in row[10]),
+        line_of=tuple((name, line) for name, line in row[10]),
     )

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import GraphError, UnknownRevision
-from .model import Plan, Revision, RevisionKey, Step, StepResult
+from .model import Direction, Plan, Revision, RevisionKey, Step, StepResult
 
 ZERO = ("zero", "base")
 HEAD = ("head", "heads")
@@ -34,15 +34,19 @@ class Graph:
     _children: dict[RevisionKey, list[RevisionKey]] | None = None
     _required_children: dict[RevisionKey, list[RevisionKey]] | None = None
     _labels: dict[str, dict[str, list[str]]] | None = None
+    _heads: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def revisions(self, service: str) -> list[Revision]:
         return [self.nodes[RevisionKey(service, r)] for r in self.by_service.get(service, [])]
 
     def heads(self, service: str) -> tuple[str, ...]:
         """Revisions that no other revision of the service names as its down_revision."""
-        revs = self.by_service.get(service, [])
-        downs = {d for r in revs for d in self.nodes[RevisionKey(service, r)].down_revisions}
-        return tuple(r for r in revs if r not in downs)
+        found = self._heads.get(service)
+        if found is None:
+            revs = self.by_service.get(service, [])
+            downs = {d for r in revs for d in self.nodes[RevisionKey(service, r)].down_revisions}
+            found = self._heads[service] = tuple(r for r in revs if r not in downs)
+        return found
 
     def children(self, key: RevisionKey) -> list[RevisionKey]:
         if self._children is None:
@@ -216,8 +220,8 @@ def build_graph(
                     f"Revision {key} ({rev.path}) requires '{req}', which does not exist "
                     f"in service '{svc}'."
                 ) from None
-        graph.intra_parents[key] = tuple(sorted(set(intra)))
-        graph.parents[key] = tuple(sorted(set(intra + cross)))
+        graph.intra_parents[key] = _edges(intra)
+        graph.parents[key] = _edges(intra + cross) if cross else graph.intra_parents[key]
     graph.required_parents = dict(graph.parents)
     for svc, deps in depends.items():
         if not deps:
@@ -234,6 +238,11 @@ def build_graph(
             + " (each needs the next); break it by removing one requires/depends_on."
         )
     return graph
+
+
+def _edges(keys: list[RevisionKey]) -> tuple[RevisionKey, ...]:
+    """Sorted and without repeats (most revisions have one parent: nothing to sort)."""
+    return tuple(keys) if len(keys) < 2 else tuple(sorted(set(keys)))
 
 
 def find_cycle(graph: Graph) -> list[RevisionKey] | None:
@@ -292,7 +301,7 @@ def plan_upgrade(
             else:
                 done.add(node)
                 order.append(node)
-    return _leveled(graph, [Step(k.service, k.revision, "up") for k in order])
+    return _leveled(graph, order, "up")
 
 
 def undo_plan(results: Sequence[StepResult]) -> Plan:
@@ -330,7 +339,7 @@ def plan_downgrade(
             else:
                 done.add(node)
                 order.append(node)
-    return _leveled(graph, [Step(k.service, k.revision, "down") for k in order], reverse=True)
+    return _leveled(graph, order, "down")
 
 
 def removal_set(
@@ -382,22 +391,19 @@ def _intra_only(graph: Graph) -> Graph:
     return Graph(graph.nodes, graph.intra_parents, graph.intra_parents, graph.by_service)
 
 
-def _leveled(graph: Graph, steps: list[Step], reverse: bool = False) -> Plan:
-    """Give each step a level: one past the highest level of anything it must wait for."""
-    position = {s.key: i for i, s in enumerate(steps)}
+def _leveled(graph: Graph, order: list[RevisionKey], direction: Direction) -> Plan:
+    """Steps in `order`, each with a level: one past the highest level of anything it
+    must wait for (its parents going up, its children going down)."""
     level: dict[RevisionKey, int] = {}
     last_of_service: dict[str, int] = {}
     out: list[Step] = []
-    for step in steps:
-        key = step.key
-        waits = graph.children(key) if reverse else list(graph.parents[key])
-        lvl = 0
+    for key in order:
+        waits = graph.children(key) if direction == "down" else graph.parents[key]
+        lvl = last_of_service.get(key.service, -1) + 1
         for other in waits:
-            if other in position and other in level:
+            if other in level:
                 lvl = max(lvl, level[other] + 1)
-        if step.service in last_of_service:
-            lvl = max(lvl, last_of_service[step.service] + 1)
         level[key] = lvl
-        last_of_service[step.service] = lvl
-        out.append(Step(step.service, step.revision, step.direction, lvl))
+        last_of_service[key.service] = lvl
+        out.append(Step(key.service, key.revision, direction, lvl))
     return Plan(tuple(out))

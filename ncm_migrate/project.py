@@ -35,6 +35,12 @@ class Project:
     def service(self, name: str) -> ServiceConfig:
         return self.settings.service(name)
 
+    def relative_path(self, path: Path) -> str:
+        """`path` as text relative to the project's root (whole, if outside it); by string,
+        as listing does it for thousands of files."""
+        text, prefix = str(path), str(self.root) + os.sep
+        return text[len(prefix):] if text.startswith(prefix) else text
+
     def select(self, names: Sequence[str] = ()) -> list[ServiceConfig]:
         """The services a command works on: those named (each must be configured), or every
         active one, logging one line for each service left out and why."""
