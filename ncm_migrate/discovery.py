@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import RevisionFileError
 from .model import MIGRATION_TYPES, Revision
@@ -245,30 +245,38 @@ class HeaderCache:
 
     A header is served only for the same path and the same bytes, so an edited file is
     always parsed again; entries from other versions of this module (whose parsing may
-    differ) are never served. Kept as JSON (no code runs on load): by folder and file name,
-    each row a JSON text of its own, decoded only when used (so a large cache costs little
-    memory). A cache file that cannot be read or written is ignored: it only saves time.
+    differ) are never served. Kept as JSON (no code runs on load): one JSON text per
+    folder, decoded when that folder is first read (so a large cache costs little memory
+    and time for the folders a command does not read). A cache file that cannot be read or
+    written is ignored: it only saves time.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._folders: dict[str, dict[str, str]] = {}
+        self._texts: dict[str, str] = {}  # folder -> JSON of {file name: row}, as loaded
+        self._rows: dict[str, dict[str, Any]] = {}  # folder -> rows, once decoded
         self._seen: dict[str, set[str]] = {}
-        self._changed = False
+        self._changed: set[str] = set()
         if path is not None:
-            self._folders = _load_folders(path)
+            self._texts = _load_folders(path)
+
+    def _folder(self, folder: str) -> dict[str, Any]:
+        rows = self._rows.get(folder)
+        if rows is None:
+            try:
+                rows = json.loads(self._texts.pop(folder, "{}"))
+            except ValueError:
+                rows = None
+            if not isinstance(rows, dict):
+                rows = {}
+            self._rows[folder] = rows
+        return rows
 
     def get(self, service: str, folder: str, name: str, path: Path, digest: str) -> Revision | None:
         """The header of `folder`/`name` (`path`) if the cache holds it for these bytes."""
         self._seen.setdefault(folder, set()).add(name)
-        text = self._folders.get(folder, {}).get(name)
-        if text is None or not text.startswith(f'["{digest}"'):
-            return None
-        try:
-            row = json.loads(text)
-        except ValueError:
-            return None
-        if not _well_formed(row):
+        row = self._folder(folder).get(name)
+        if not _well_formed(row) or row[0] != digest:
             return None
         try:
             return _revision_from(row, service, path)
@@ -277,9 +285,8 @@ class HeaderCache:
 
     def put(self, folder: str, name: str, rev: Revision, digest: str) -> None:
         self._seen.setdefault(folder, set()).add(name)
-        row = json.dumps(_row_of(rev, digest), separators=(",", ":"))
-        self._folders.setdefault(folder, {})[name] = row
-        self._changed = True
+        self._folder(folder)[name] = _row_of(rev, digest)
+        self._changed.add(folder)
 
     def save(self, folders: Iterable[Path] = ()) -> None:
         """Write the cache if anything changed, dropping rows for files that are gone from
@@ -287,17 +294,20 @@ class HeaderCache:
         if self.path is None:
             return
         for folder in {str(versions_dir(f)) for f in folders}:
-            rows = self._folders.get(folder)
+            rows = self._folder(folder)
             seen = self._seen.get(folder, set())
-            if rows is not None and rows.keys() - seen:
-                self._folders[folder] = {k: v for k, v in rows.items() if k in seen}
-                self._changed = True
+            if rows.keys() - seen:
+                self._rows[folder] = {k: v for k, v in rows.items() if k in seen}
+                self._changed.add(folder)
         if not self._changed:
             return
         import tempfile  # only when writing: it costs every command start-up otherwise
 
-        payload = json.dumps({"format": _cache_format(), "folders": self._folders},
-                             separators=(",", ":"))
+        texts = dict(self._texts)  # folders not decoded this time, unchanged
+        for folder, rows in self._rows.items():
+            if rows:
+                texts[folder] = json.dumps(rows, separators=(",", ":"))
+        payload = json.dumps({"format": _cache_format(), "folders": texts}, separators=(",", ":"))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ncm-headers.", suffix=".tmp")
@@ -311,7 +321,7 @@ class HeaderCache:
         except OSError as exc:
             log.debug("header cache %s not written: %s", self.path, exc)
             return
-        self._changed = False
+        self._changed.clear()
 
 
 _FORMAT: str | None = None
@@ -328,8 +338,8 @@ def _cache_format() -> str:
     return _FORMAT
 
 
-def _load_folders(path: Path) -> dict[str, dict[str, str]]:
-    """The cache's rows (JSON texts) by folder and file name."""
+def _load_folders(path: Path) -> dict[str, str]:
+    """The cache's folders (each a JSON text of its rows by file name)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -341,18 +351,12 @@ def _load_folders(path: Path) -> dict[str, dict[str, str]]:
     folders = data.get("folders")
     if not isinstance(folders, dict):
         return {}
-    return {
-        folder: {name: row for name, row in rows.items() if isinstance(row, str)}
-        for folder, rows in folders.items()
-        if isinstance(rows, dict)
-    }
+    return {folder: text for folder, text in folders.items() if isinstance(text, str)}
 
 
 # A row: sha256, revision, down_revisions, checksum, branch_labels, depends_on, requires,
-# migration_type, doc, defines, line_of ([name, line] pairs).
-
-
-def _well_formed(row: object) -> bool:
+# migration_type, doc, defines, line_of (flat: name, line, name, line, ...).
+def _well_formed(row: object) -> TypeGuard[list[Any]]:
     """The row has the shape this module writes (rows are only ever written by `put`, and
     served only for the bytes and the code version they were written for: this guards
     against a damaged file, cheaply, as it runs for every revision of every listing)."""
@@ -377,7 +381,7 @@ def _row_of(rev: Revision, digest: str) -> list[Any]:
     return [
         digest, rev.revision, list(rev.down_revisions), rev.checksum, list(rev.branch_labels),
         list(rev.depends_on), list(rev.requires), rev.migration_type, rev.doc,
-        sorted(rev.defines), [list(pair) for pair in rev.line_of],
+        sorted(rev.defines), [x for pair in rev.line_of for x in pair],
     ]
 
 
@@ -394,5 +398,5 @@ def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
         migration_type=row[7],
         doc=row[8],
         defines=frozenset(row[9]),
-        line_of=tuple((name, line) for name, line in row[10]),
+        line_of=tuple(zip(row[10][::2], row[10][1::2], strict=True)),
     )

@@ -89,11 +89,11 @@ def test_a_tampered_entry_for_the_same_contents_is_not_trusted_blindly(
     expected = load_project(repo.root).revisions
     cache_file = repo.root / HEADER_CACHE
     data = json.loads(cache_file.read_text())
-    for rows in data["folders"].values():
-        for name, text in rows.items():
-            row = json.loads(text)
+    for folder, text in data["folders"].items():
+        rows = json.loads(text)
+        for row in rows.values():
             row[2] = "not a list"
-            rows[name] = json.dumps(row)
+        data["folders"][folder] = json.dumps(rows)
     cache_file.write_text(json.dumps(data))
     assert load_project(repo.root).revisions == expected
 
@@ -104,7 +104,7 @@ def test_files_that_are_gone_leave_the_cache(repo: Monorepo, tmp_path: Path) -> 
     (folder / "0002_more.py").unlink()
     assert set(load_project(repo.root).revisions["users"]) == {"0001_initial"}
     folders = json.loads((repo.root / HEADER_CACHE).read_text())["folders"]
-    assert {folder: list(rows) for folder, rows in folders.items()} == {
+    assert {folder: list(json.loads(rows)) for folder, rows in folders.items()} == {
         str(folder): ["0001_initial.py"]
     }
 
