@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -107,7 +107,9 @@ def _errors() -> Iterator[None]:
 def _json(value: Any) -> None:
     def plain(v: Any) -> Any:
         if is_dataclass(v) and not isinstance(v, type):
-            return {k: plain(x) for k, x in asdict(v).items()}
+            # By fields, not asdict: asdict deep-copies every value first (5,000 revisions
+            # of showmigrations --json made that a tenth of a second).
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, list | tuple):
@@ -170,7 +172,8 @@ def showmigrations_cmd(
         found = commands.showmigrations(services or (), **_g(ctx).where)
         if as_json:
             _json({"services": [
-                {k: v for k, v in asdict(s).items() if k != "conflicting_heads"} for s in found
+                {f.name: getattr(s, f.name) for f in fields(s) if f.name != "conflicting_heads"}
+                for s in found
             ]})
             return
         lines: list[str] = []

@@ -415,7 +415,9 @@ class SqlBackend:
 
     @_driver_call
     def current_heads(self) -> tuple[str, ...]:
-        return self._heads(self._tables())
+        heads = self._heads(self._tables())
+        self.conn.commit()
+        return heads
 
     def _tables(self) -> set[str]:
         """The tables of the connection's default schema: one catalog query, where a
@@ -431,7 +433,6 @@ class SqlBackend:
             # Plain text: nothing to compile (each backend's engine has its own cache).
             quoted = conn.dialect.identifier_preparer.quote(table)
             heads = [row[0] for row in conn.exec_driver_sql(f"SELECT version_num FROM {quoted}")]
-        conn.commit()
         return tuple(sorted(heads))
 
     def _state_rows(self, tables: set[str]) -> list[ledger_rules.StateRow]:
@@ -442,14 +443,15 @@ class SqlBackend:
         if ledger_rules.TABLE in tables:
             result = conn.execute(_STATE_ROWS, {"service": self.config.name})
             rows = [ledger_rules.StateRow(*row) for row in result]
-        conn.commit()
         return rows
 
     @_driver_call
     def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState:
+        # One transaction: the version table and the ledger read as of the same moment.
         tables = self._tables()
         heads = self._heads(tables)
         rows = self._state_rows(tables)
+        self.conn.commit()
         applied = _applied_from_heads(heads, revisions)
         unknown = tuple(h for h in heads if h not in revisions)
         return ServiceState(
