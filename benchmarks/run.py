@@ -111,7 +111,11 @@ class Scenario:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NCM_")}
+    """The environment of every timed command: Python's defaults, so both tools read and
+    write bytecode caches as they do for users (PYTHONDONTWRITEBYTECODE, set on some
+    machines and images, would make every import compile its module every time)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NCM_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = str(HERE.parent)
     return env
 
@@ -251,6 +255,15 @@ def no_cache(gen: Generated) -> Callable[[], None]:
     return clear
 
 
+def no_bytecode(gen: Generated) -> Callable[[], None]:
+    """Remove the revision files' bytecode caches: a fresh checkout, for Alembic."""
+    def clear() -> None:
+        for folder in (gen.root / "services").glob("*/migrations/__pycache__"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return clear
+
+
 def both(*steps: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         for step in steps:
@@ -296,7 +309,11 @@ def listing(work: Path, sizes: Sizes, say: Callable[[str], None]) -> tuple[Scena
         "listing",
         f"Listing: showmigrations over {len(gen.services)} services x {gen.revisions} revisions (SQLite)",
         "Every revision applied. Histories fork and merge every 10 revisions; every 10th "
-        "revision of a service requires the previous service's.",
+        "revision of a service requires the previous service's. Warm rows: both tools with "
+        "their caches (ncm-migrate's header cache, Python's bytecode caches). Cold rows: a "
+        "fresh checkout for each (no header cache; no `__pycache__` in the revision folders, "
+        "so Alembic compiles and writes 5,000 of them). The reference row imports the "
+        "libraries ncm-migrate is built on and does nothing else: the floor of any command.",
         [
             Variant("ncm showmigrations (warm header cache)", manage("showmigrations"),
                     gen.root, check=ok("showmigrations")),
@@ -305,6 +322,12 @@ def listing(work: Path, sizes: Sizes, say: Callable[[str], None]) -> tuple[Scena
             Variant("ncm showmigrations (cold: no header cache)", manage("showmigrations"),
                     gen.root, setup=no_cache(gen), check=ok("showmigrations")),
             status,
+            Variant("plain Alembic, cold (no bytecode caches for the revision files)",
+                    status.cmd, gen.root, "alembic", setup=no_bytecode(gen),
+                    check=ok("alembic")),
+            Variant("reference: only importing SQLAlchemy, Dynaconf, Typer and Rich",
+                    [PY, "-c", "import sqlalchemy, dynaconf, typer, rich.console"], gen.root,
+                    "reference", check=ok("imports")),
         ],
     )
     noop = Scenario(
