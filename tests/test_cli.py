@@ -3,6 +3,7 @@ failed, 2 bad input, 3 lock timeout, 4 unreachable database)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,23 @@ def test_exit_0_success(repo: Monorepo, sqlite_url: str) -> None:
     assert repo.cli("migrate").code == 0
     assert repo.cli("migrate").code == 0  # nothing to do is success too
     assert repo.cli("showmigrations").code == 0
+
+
+def test_showmigrations_lists_marks_docs_and_paths_relative_to_the_root(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    one_service(repo, sqlite_url)
+    repo.revision("users", "0003_later", down="0002_more", doc="Later.")
+    assert repo.cli("migrate", "users", "0002_more").code == 0
+    text = repo.cli("showmigrations").stdout.splitlines()
+    assert text == ["users [sql]", " [X] 0001_initial  0001_initial", " [X] 0002_more  0002_more",
+                    " [ ] 0003_later  Later.", " 1 pending"]
+    found = json.loads(repo.cli("showmigrations", "--json").stdout)["services"][0]
+    assert [(r["revision"], r["applied"], r["path"]) for r in found["revisions"]] == [
+        (rev, applied, f"services/users/migrations/{rev}.py")
+        for rev, applied in (("0001_initial", True), ("0002_more", True), ("0003_later", False))
+    ]
+    assert (found["heads"], found["current"], found["pending"]) == (["0003_later"], ["0002_more"], 1)
 
 
 def test_exit_1_failed_migration(repo: Monorepo, sqlite_url: str) -> None:
