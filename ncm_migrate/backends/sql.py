@@ -69,6 +69,8 @@ LEDGER = sa.Table(
 )
 # Built once: a statement built per step costs SQLAlchemy a cache-key walk each time.
 _LEDGER_INSERT = LEDGER.insert()
+# The same without fetching the new row's id (no RETURNING): for rows never updated later.
+_LEDGER_RECORD = LEDGER.insert().inline()
 _LEDGER_FINISH = LEDGER.update().where(LEDGER.c.id == sa.bindparam("row_id"))
 _STATE_ROWS = sa.text(
     f"SELECT revision, direction, status, checksum FROM {ledger_rules.TABLE} "
@@ -102,6 +104,11 @@ def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, 
     driver = parsed.get_driver_name()
     if driver in ("psycopg", "psycopg2", "pymysql", "psycopg_async", "aiomysql", "asyncmy"):
         args["connect_timeout"] = max(1, int(connect_timeout_s))
+    if driver in ("psycopg", "psycopg_async"):
+        # No automatic server-side prepares: a migration runs most statements once, and
+        # psycopg drops every prepared statement after each ALTER or DROP (one more round
+        # trip, DEALLOCATE ALL), so the ledger insert was prepared again and again.
+        args["prepare_threshold"] = None
     elif driver == "asyncpg":
         args["timeout"] = max(1.0, connect_timeout_s)
     elif backend == "sqlite":
@@ -526,17 +533,21 @@ class SqlBackend:
         current: dict[str, Any] = {}
         transactional = self.transactional
 
+        run_values = dict(actor=ctx.actor, host=ctx.host, environment=ctx.environment,
+                          tool_version=ctx.tool_version)
+
         def ledger_insert(step: Step, status: str, started: datetime, **extra: Any) -> Any:
-            rev = revisions[step.revision]
-            return conn.execute(
-                _LEDGER_INSERT,
-                dict(
-                    service=step.service, revision=step.revision, direction=step.direction,
-                    status=status, checksum=rev.checksum, started_at=started,
-                    actor=ctx.actor, host=ctx.host, environment=ctx.environment,
-                    tool_version=ctx.tool_version, **extra,
-                ),
-            ).inserted_primary_key[0]  # type: ignore[index]
+            """The step's ledger row; its id is fetched only for a `running` row, the one
+            row that is updated later."""
+            values = dict(
+                run_values, service=step.service, revision=step.revision,
+                direction=step.direction, status=status,
+                checksum=revisions[step.revision].checksum, started_at=started, **extra,
+            )
+            if status != "running":
+                conn.execute(_LEDGER_RECORD, values)
+                return None
+            return conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
 
         # PostgreSQL: the steps' commits do not wait for their WAL flush (several ms each);
         # `_flush_commits` then makes them all durable at once before apply returns. Each
