@@ -94,8 +94,8 @@ def _driver_call(
 
 
 def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, Any]]:
-    """The URL (bare `mysql://` gets PyMySQL) and driver arguments: a connect timeout, and
-    for SQLite a busy timeout and its folder created."""
+    """The URL (bare `mysql://` gets PyMySQL) and driver arguments: a connect timeout, for
+    SQLite a busy timeout and its folder created, for psycopg no automatic prepares."""
     parsed = sa.engine.make_url(url)
     backend = parsed.get_backend_name()
     if backend in ("mysql", "mariadb") and parsed.drivername in ("mysql", "mariadb"):
@@ -104,11 +104,6 @@ def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, 
     driver = parsed.get_driver_name()
     if driver in ("psycopg", "psycopg2", "pymysql", "psycopg_async", "aiomysql", "asyncmy"):
         args["connect_timeout"] = max(1, int(connect_timeout_s))
-    if driver in ("psycopg", "psycopg_async"):
-        # No automatic server-side prepares: a migration runs most statements once, and
-        # psycopg drops every prepared statement after each ALTER or DROP (one more round
-        # trip, DEALLOCATE ALL), so the ledger insert was prepared again and again.
-        args["prepare_threshold"] = None
     elif driver == "asyncpg":
         args["timeout"] = max(1.0, connect_timeout_s)
     elif backend == "sqlite":
@@ -116,6 +111,11 @@ def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, 
         path = sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+    if driver in ("psycopg", "psycopg_async"):
+        # No automatic server-side prepares: a migration runs most statements once, and
+        # psycopg drops every prepared statement after each ALTER or DROP (one more round
+        # trip, DEALLOCATE ALL), so the ledger insert was prepared again and again.
+        args["prepare_threshold"] = None
     return parsed, args
 
 
