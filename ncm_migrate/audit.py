@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -64,6 +66,7 @@ class AuditLog:
         self.root = root
         self.command = command
         self.ctx = ctx
+        self._fd: int | None = None  # while `held_open`: one open for a run's many lines
 
     @classmethod
     def open(cls, path: Path | None, root: Path, command: str, environment: str) -> AuditLog:
@@ -97,12 +100,38 @@ class AuditLog:
             detail=redact_known(detail) if detail else None,
         )
         line = redact_known(json.dumps(vars(entry), sort_keys=False)) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # One write of one line with O_APPEND: concurrent runners never interleave lines.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self._fd is not None:
+            os.write(self._fd, line.encode("utf-8"))
+            return
+        fd = self._open(self.path)
         try:
             os.write(fd, line.encode("utf-8"))
         finally:
+            os.close(fd)
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    @contextmanager
+    def held_open(self) -> Iterator[None]:
+        """Keep the file open for a run's lines (opening it per line cost more than the
+        line itself); each line is still one O_APPEND write. A file that cannot be opened
+        here is left to each `record` to try, and to report, as without this."""
+        if self.path is None or self._fd is not None:
+            yield
+            return
+        try:
+            self._fd = self._open(self.path)
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            fd, self._fd = self._fd, None
             os.close(fd)
 
     def reporter(self, inner: Reporter) -> Reporter:

@@ -116,15 +116,16 @@ def run_plan(
         ]
 
     parallel = jobs if jobs is not None else settings.jobs
-    run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report)
-    result = MigrateResult(steps, run)
     if rollback_on_failure is None:
         rollback_on_failure = settings.rollback_on_failure
-    if run.error is not None and rollback_on_failure:
-        undo = undo_plan(run.results)
-        if undo.steps:
-            log.warning("rolling back the %d revision(s) this run applied", len(undo.steps))
-            result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report)
+    with audit.held_open():
+        run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report)
+        result = MigrateResult(steps, run)
+        if run.error is not None and rollback_on_failure:
+            undo = undo_plan(run.results)
+            if undo.steps:
+                log.warning("rolling back the %d revision(s) this run applied", len(undo.steps))
+                result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report)
     return result
 
 
