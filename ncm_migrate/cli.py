@@ -234,10 +234,13 @@ class _Reporter:
             return
         if self.progress is None:
             if r is not None:
+                # Past Rich, as each step finishes: these lines have neither markup nor
+                # anything to wrap, and Rich's print cost more than the step's ledger row.
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 arrow = "up  " if r.direction == "up" else "down"
-                out.print(f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} "
-                          f"{r.duration_ms:.0f}ms", markup=False)
+                sys.stdout.write(f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} "
+                                 f"{r.duration_ms:.0f}ms\n")
+                sys.stdout.flush()
             return
         task = self.tasks.get(step.service)
         if r is None:
