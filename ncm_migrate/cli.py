@@ -7,6 +7,7 @@ an `NcmError` becomes one sentence on stderr and its exit code.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import commands
-from .errors import NcmError, ProblemsFound
+from .errors import BadInput, NcmError, ProblemsFound
 from .executor import Event, RunReport
 from .findings import Report
 from .logs import configure_logging, verbosity_levels
@@ -154,7 +155,8 @@ def services_cmd(
         table = Table("service", "backend", "url", "version table", "depends on", box=None)
         for s in found:
             url = s.url if s.skip_reason is None else f"(skipped: {s.skip_reason})"
-            table.add_row(s.name, s.backend, url, s.version_table, ", ".join(s.depends_on))
+            version_table = "-" if s.backend == "mongo" else s.version_table  # MongoDB: the ledger
+            table.add_row(s.name, s.backend, url, version_table, ", ".join(s.depends_on))
         out.print(table)
 
 
@@ -164,7 +166,10 @@ def showmigrations_cmd(
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show every revision with [X] applied or [ ] pending, heads and dirty marks.
+    """Show every revision, [X] applied or [ ] pending, in the order they run.
+
+    With pending counts, dirty marks and forked heads; --json adds each service's heads and
+    current revisions.
 
     Example: python manage.py showmigrations users billing
     """
@@ -337,10 +342,16 @@ def migrate_cmd(
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive work.")] = False,
     rollback_on_failure: Annotated[
-        bool | None,
-        typer.Option("--rollback-on-failure/--no-rollback-on-failure",
-                     help="On a failure, roll back everything this run applied (default: setting)."),
-    ] = None,
+        bool,
+        typer.Option("--rollback-on-failure",
+                     help="On a failure, roll back everything this run applied (default: the "
+                          "rollback_on_failure setting; --no-rollback-on-failure turns it off)."),
+    ] = False,
+    # Its own hidden option, not a flag pair: the pair's column squeezed the help to a few
+    # words a line on an 80-column terminal.
+    no_rollback_on_failure: Annotated[
+        bool, typer.Option("--no-rollback-on-failure", hidden=True)
+    ] = False,
     verify_only: Annotated[
         bool, typer.Option("--verify-only", help="Re-run applied revisions' verify(); change nothing.")
     ] = False,
@@ -355,6 +366,9 @@ def migrate_cmd(
     g = _g(ctx)
     services = [service] if service else []
     with _errors():
+        if rollback_on_failure and no_rollback_on_failure:
+            raise BadInput("Give --rollback-on-failure or --no-rollback-on-failure, not both.")
+        undo = True if rollback_on_failure else False if no_rollback_on_failure else None
         if plan:
             steps = commands.plan(services, target, cascade=cascade, **g.where)
             if as_json:
@@ -378,7 +392,7 @@ def migrate_cmd(
             _run(lambda: commands.migrate(
                 services, target, fake=fake, jobs=jobs, cascade=cascade, report=reporter,
                 confirm=_show_cascade if cascade and not as_json else None,
-                questioner=_questioner(yes), rollback_on_failure=rollback_on_failure, **g.where,
+                questioner=_questioner(yes), rollback_on_failure=undo, **g.where,
             ), as_json, g.verbosity < 0)
 
 
@@ -804,6 +818,18 @@ def _add_service_command(target: typer.Typer, command: ServiceCommand) -> None:
             sub.command(command.full_name, help=command.help or None)(loaded)
         parent = ctx.parent.info_name if ctx.parent and ctx.parent.info_name else "manage.py"
         sub(args=list(ctx.args), prog_name=f"{parent} {command.full_name}")
+
+
+def _one_line_paragraphs(doc: str) -> str:
+    """A docstring with each paragraph on one line: Rich wraps help text to the terminal but
+    keeps the line breaks of the source, which left ragged lines at 80 columns."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+for _info in app.registered_commands:
+    if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+        _info.help = _one_line_paragraphs(_info.callback.__doc__)
 
 
 def app_for(root: Path | None, argv: Sequence[str] = ()) -> typer.Typer:

@@ -152,6 +152,28 @@ def test_rollback_on_failure_from_the_setting_and_a_missing_downgrade(
     assert status["accounts"]["current"] == ["0001_a"]
 
 
+@pytest.mark.parametrize(("flags", "rolled_back"), [((), True), (("--no-rollback-on-failure",), False)])
+def test_no_rollback_on_failure_overrides_the_setting(
+    repo: Monorepo, sqlite_url: str, flags: tuple[str, ...], rolled_back: bool
+) -> None:
+    repo.table("users", "0001_a", "users_a")
+    repo.revision("users", "0002_boom", down="0001_a", upgrade="raise RuntimeError('boom')")
+    repo.urls({"users": sqlite_url}, extra="rollback_on_failure = true\n")
+    assert repo.cli("migrate", *flags).code == 1
+    status = json.loads(repo.cli("showmigrations", "--json").stdout)["services"][0]
+    assert status["current"] == ([] if rolled_back else ["0001_a"])
+
+
+def test_both_rollback_flags_are_refused_before_anything_runs(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": sqlite_url})
+    result = repo.cli("migrate", "--rollback-on-failure", "--no-rollback-on-failure")
+    assert result.code == 2 and "not both" in result.stderr
+    assert json.loads(repo.cli("showmigrations", "--json").stdout)["services"][0]["current"] == []
+
+
 VERIFY_FAILS = """
 def verify() -> None:
     rows = op.get_bind().execute(sa.text('SELECT COUNT(*) FROM checked')).scalar()
