@@ -160,6 +160,20 @@ def test_sqlmigrate_renders_one_revision(repo: Monorepo, db_url: str) -> None:
     assert repo.cli("sqlmigrate", "users", "0009").code == 2
 
 
+def test_sqlmigrate_of_a_revision_that_reads_data_is_one_sentence(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    repo.table("users", "0001_one", "t1")
+    repo.revision("users", "0002_reads", down="0001_one",
+                  upgrade="op.get_bind().execute(sa.text('SELECT 1')).scalar().bit_length()")
+    repo.urls({"users": sqlite_url})
+    result = repo.cli("sqlmigrate", "users", "0002")
+    assert result.code == 1 and "Traceback" not in result.output
+    message = " ".join(result.stderr.split())
+    assert message.startswith("Error: Revision users:0002_reads cannot be rendered as SQL")
+    assert message.count(". ") == 0 and "`migrate -v` shows its SQL" in message
+
+
 def test_history_rows(repo: Monorepo, db_url: str) -> None:
     three_revisions(repo, db_url)
     assert repo.cli("migrate").code == 0

@@ -791,10 +791,12 @@ class SqlBackend:
             try:
                 env.run_migrations()
             except Exception as exc:
+                # The cause's first sentence only: Alembic's explanations run to a paragraph.
+                cause = _short(exc).split(". ", 1)[0].rstrip(".")
                 raise NcmError(
                     f"Revision {cfg.name}:{current[0] if current else '?'} cannot be rendered as "
-                    f"SQL without a database (it reads data or reflects tables): "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    f"SQL without a database, as it reads data or reflects tables "
+                    f"({type(exc).__name__}: {cause}); `migrate -v` shows its SQL as it runs."
                 ) from None
         return buffer.getvalue()
 
