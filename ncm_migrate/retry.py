@@ -58,6 +58,11 @@ def open_with_retries(backend: Backend, policy: ConnectSettings, max_wait_s: flo
                 f"({redact(str(exc), [secret])}); not retried: check the user, the password "
                 "and the database name."
             ) from None
+        if policy.retries == 0:  # one attempt (doctor): no waiting to speak of
+            raise DatabaseUnreachable(
+                f"Service '{cfg.name}': the database at {masked} is not reachable "
+                f"({redact(str(exc), [secret])}); check that it is running."
+            ) from None
         raise DatabaseUnreachable(
             f"Service '{cfg.name}': the database at {masked} stayed unreachable after "
             f"{time.monotonic() - started:.1f}s ({redact(str(exc), [secret])}); check that it "

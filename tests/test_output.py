@@ -94,6 +94,8 @@ def test_doctor_reports_each_service(repo: Monorepo, db_url: str, tmp_path: Path
     assert users["pending"] == 1 and users["heads"] == [] and users["lock"] == "free"
     assert users["latency_ms"] >= 0 and users["server_version"]
     assert found["billing"]["reachable"] is False
+    assert "is not reachable" in found["billing"]["error"]
+    assert "connect.retries" not in found["billing"]["error"]  # doctor tries once: no waiting
     assert "pw@" not in result.output
     assert repo.cli("migrate", "users").code == 0
     after = {d["service"]: d for d in json.loads(repo.cli("doctor", "users", "--json").stdout)}
