@@ -2,7 +2,8 @@
 
 Each step still commits on its own with its version and ledger rows; before `apply`
 returns, a transaction holding a transaction id commits synchronously, which flushes every
-earlier commit, so a finished (or failed) run is as durable as before.
+earlier commit, so a finished (or failed) run is as durable as before. A step that only
+moves the version row writes it and its ledger row in one statement.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from monorepo import Monorepo
+from monorepo import Monorepo, version_heads
 
 from ncm_migrate import commands
 from ncm_migrate.errors import MigrationFailed
@@ -50,6 +51,11 @@ def three_steps(repo: Monorepo, url: str) -> None:
     repo.urls({"users": url})
 
 
+def inserts_ledger_row(statement: str) -> bool:
+    """A ledger insert, alone or with the step's version-table update (a CTE)."""
+    return "INSERT INTO ncm_migrations" in statement
+
+
 def flush_wait_per_step(seen: list[str]) -> list[bool]:
     """For each step's ledger insert, in order: whether its commit waits for the flush."""
     waits = True
@@ -57,14 +63,14 @@ def flush_wait_per_step(seen: list[str]) -> list[bool]:
     for statement in seen:
         if statement in (OFF, ON):
             waits = statement == ON
-        elif statement.startswith("INSERT INTO ncm_migrations"):
+        elif inserts_ledger_row(statement):
             out.append(waits)
     return out
 
 
 def flushed_at_the_end(seen: list[str]) -> bool:
     """After the last ledger insert: flush waits back on, and a transaction id committed."""
-    last = max(i for i, s in enumerate(seen) if s.startswith("INSERT INTO ncm_migrations"))
+    last = max(i for i, s in enumerate(seen) if inserts_ledger_row(s))
     tail = seen[last:]
     return ON in tail and tail.index(ON) < tail.index(FLUSH) < tail.index("COMMIT", tail.index(FLUSH))
 
@@ -111,3 +117,24 @@ def test_sqlite_never_sees_the_postgres_setting(repo: Monorepo, sqlite_url: str)
     with statements() as seen:
         assert commands.migrate(root=repo.root).ok
     assert OFF not in seen and FLUSH not in seen
+
+
+def test_a_step_that_moves_the_version_row_writes_it_with_its_ledger_row(
+    repo: Monorepo, pg_url: str
+) -> None:
+    """0001 starts the version table (Alembic inserts its row, then the ledger row);
+    0002 and 0003 each move it in one statement with their ledger rows, up and down."""
+    three_steps(repo, pg_url)
+    with statements() as seen:
+        assert commands.migrate(root=repo.root).ok
+    writes = [s for s in seen if inserts_ledger_row(s)]
+    assert ["UPDATE alembic_version" in s for s in writes] == [False, True, True]
+    assert not any(s.lstrip().startswith("UPDATE alembic_version") for s in seen)
+    assert version_heads(pg_url) == {"0003_c"}
+    with statements() as seen:
+        assert commands.migrate(["users"], "0001_a", root=repo.root).ok
+    assert ["UPDATE alembic_version" in s for s in seen if inserts_ledger_row(s)] == [True, True]
+    assert version_heads(pg_url) == {"0001_a"}
+    with statements() as seen:
+        assert commands.migrate(["users"], "zero", root=repo.root).ok
+    assert version_heads(pg_url) == set()  # the last row deleted by Alembic, as it would

@@ -2,8 +2,11 @@
 
 Each service's `migrations/` is a plain Alembic script directory and needs no `env.py`:
 the environment is built here. Alembic's own `RevisionStep`s run every revision, so its
-version table (and `alembic current`) always agrees; each step's ledger row is written by
-an `on_version_apply` callback inside the step's transaction.
+version table (and `alembic current`) always agrees. Each step's ledger row is written in
+the step's transaction: by an `on_version_apply` callback in Alembic's loop; on PostgreSQL
+(without the service's env.py) our loop runs the steps in Alembic's context and writes a
+plain step's version row and ledger row in one statement, leaving every branch insert,
+delete, merge or split to Alembic's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -225,6 +228,41 @@ def _step_class() -> Callable[[RevisionMap, AlembicRevision, bool, Any, str], Re
 
 def _noop(**_kw: Any) -> None:
     return None
+
+
+def _no_steps(_heads: Any, _mctx: Any) -> tuple[()]:
+    return ()
+
+
+def _plain_version_update(step: RevisionStep, heads: set[str]) -> bool:
+    """Whether Alembic's HeadMaintainer would move one row of the version table from one
+    revision to another for `step` (its last case: no branch to insert, delete, merge or
+    split)."""
+    return not (
+        step.should_delete_branch(heads)
+        or step.should_create_branch(heads)
+        or step.should_merge_branches(heads)
+        or step.should_unmerge_branches(heads)
+    )
+
+
+def _version_and_ledger(version_table: str) -> sa.Update:
+    """PostgreSQL: a plain step's version-table UPDATE and its ledger row in one statement
+    (the INSERT in a data-modifying CTE) and one round trip. Alembic writes the same UPDATE
+    with the revision ids as literals, a statement SQLAlchemy compiles anew for every step;
+    this one is compiled once. Parameters: the ledger columns, old_version, new_version."""
+    version = sa.Table(
+        version_table, sa.MetaData(), sa.Column("version_num", sa.String(32), nullable=False)
+    )
+    ledger_row = LEDGER.insert().values(
+        {c.name: sa.bindparam(c.name, type_=c.type) for c in LEDGER.c if c.name != "id"}
+    ).cte("ncm_ledger_row")
+    return (
+        sa.update(version)
+        .where(version.c.version_num == sa.bindparam("old_version"))
+        .values(version_num=sa.bindparam("new_version"))
+        .add_cte(ledger_row)
+    )
 
 
 class SqlBackend:
@@ -536,73 +574,126 @@ class SqlBackend:
         run_values = dict(actor=ctx.actor, host=ctx.host, environment=ctx.environment,
                           tool_version=ctx.tool_version)
 
+        def ledger_values(step: Step, **columns: Any) -> dict[str, Any]:
+            return dict(run_values, service=step.service, revision=step.revision,
+                        direction=step.direction, checksum=revisions[step.revision].checksum,
+                        **columns)
+
         def ledger_insert(step: Step, status: str, started: datetime, **extra: Any) -> Any:
             """The step's ledger row; its id is fetched only for a `running` row, the one
             row that is updated later."""
-            values = dict(
-                run_values, service=step.service, revision=step.revision,
-                direction=step.direction, status=status,
-                checksum=revisions[step.revision].checksum, started_at=started, **extra,
-            )
+            values = ledger_values(step, status=status, started_at=started, **extra)
             if status != "running":
                 conn.execute(_LEDGER_RECORD, values)
                 return None
             return conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
 
+        # PostgreSQL without the service's env.py: the steps run in `run_steps`, below.
+        own_loop = self.dialect == "postgresql" and not self.config.use_env_py
         # PostgreSQL: the steps' commits do not wait for their WAL flush (several ms each);
         # `_flush_commits` then makes them all durable at once before apply returns. Each
         # step still commits on its own, atomically; only a server crash during the run
         # could lose its latest steps, whole, as if the run had stopped before them.
-        relaxed = self.dialect == "postgresql" and not self.config.use_env_py and len(steps) > 1
+        relaxed = own_loop and len(steps) > 1
         if relaxed:
             conn.exec_driver_sql("SET synchronous_commit TO OFF")
 
-        def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[RevisionStep]:
-            if on_version_applied not in mctx.on_version_apply_callbacks:
-                mctx.on_version_apply_callbacks = (
-                    *mctx.on_version_apply_callbacks, on_version_applied
+        def start(step: Step) -> RevisionStep:
+            """Import the step's revision and report it started (with its `running` row
+            committed first where DDL cannot be rolled back): Alembic's step to run."""
+            rev = revisions[step.revision]
+            # The previous step is committed: a file that cannot be imported must not be
+            # recorded against it (nor against itself: it never started).
+            current.clear()
+            module = None if fake else load_revision_module(rev)
+            up = step.direction == "up"
+            fn = _noop if module is None else getattr(module, "upgrade" if up else "downgrade", None)
+            if fn is None:
+                raise RevisionFileError(
+                    f"{rev.path}: revision {step.service}:{step.revision} defines no "
+                    f"{'upgrade' if up else 'downgrade'}() function."
                 )
-            for step in steps:
-                rev = revisions[step.revision]
-                # The previous step is committed: a file that cannot be imported must not be
-                # recorded against it (nor against itself: it never started).
-                current.clear()
-                module = None if fake else load_revision_module(rev)
-                up = step.direction == "up"
-                fn = _noop if module is None else getattr(module, "upgrade" if up else "downgrade", None)
-                if fn is None:
-                    raise RevisionFileError(
-                        f"{rev.path}: revision {step.service}:{step.revision} defines no "
-                        f"{'upgrade' if up else 'downgrade'}() function."
-                    )
-                current.update(step=step, module=module, started=ledger_rules.utcnow(),
-                               t0=time.perf_counter(), row_id=None)
-                on_step(step, "start", None)
-                if not transactional:
-                    current["row_id"] = ledger_insert(step, "running", current["started"])
-                    conn.commit()
-                yield _step_class()(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
-                result = StepResult(step.service, step.revision, step.direction,
-                                    _outcome(step, fake), current["duration_ms"])
-                results.append(result)
-                on_step(step, "done", result)
+            current.update(step=step, module=module, started=ledger_rules.utcnow(),
+                           t0=time.perf_counter(), row_id=None)
+            on_step(step, "start", None)
+            if not transactional:
+                current["row_id"] = ledger_insert(step, "running", current["started"])
+                conn.commit()
+            alembic_rev = rmap.get_revision(step.revision)
+            return _step_class()(rmap, alembic_rev, up, fn, rev.doc)  # type: ignore[arg-type]
 
-        def on_version_applied(**_kw: Any) -> None:
-            step: Step = current["step"]
+        def outcome(step: Step) -> dict[str, Any]:
+            """After the step's function: its verify(), then the ledger row's last columns."""
             module = current["module"]
             if step.direction == "up" and module is not None and hasattr(module, "verify"):
                 module.verify()
-            finished = ledger_rules.utcnow()
             duration = (time.perf_counter() - current["t0"]) * 1000
             current["duration_ms"] = duration
-            values = dict(status=_outcome(step, fake), finished_at=finished, duration_ms=duration)
+            return dict(status=_outcome(step, fake), finished_at=ledger_rules.utcnow(),
+                        duration_ms=duration)
+
+        def record(step: Step, values: dict[str, Any]) -> None:
             if current["row_id"] is None:
                 ledger_insert(step, started=current["started"], **values)
             else:
                 conn.execute(_LEDGER_FINISH, dict(row_id=current["row_id"], **values))
 
+        def finished(step: Step) -> None:
+            result = StepResult(step.service, step.revision, step.direction,
+                                _outcome(step, fake), current["duration_ms"])
+            results.append(result)
+            on_step(step, "done", result)
+
+        def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[RevisionStep]:
+            """The steps for Alembic's own loop, which writes the version table; the ledger
+            row follows in `on_version_applied`, in the same transaction."""
+            if on_version_applied not in mctx.on_version_apply_callbacks:
+                mctx.on_version_apply_callbacks = (
+                    *mctx.on_version_apply_callbacks, on_version_applied
+                )
+            for step in steps:
+                yield start(step)
+                finished(step)
+
+        def on_version_applied(**_kw: Any) -> None:
+            step: Step = current["step"]
+            record(step, outcome(step))
+
+        def run_steps(mctx: MigrationContext) -> None:
+            """PostgreSQL: the steps in our own loop, each in a transaction of Alembic's
+            context (as its loop opens them), so that a plain step's version row and its
+            ledger row go in one statement (see `_version_and_ledger`); any other version
+            change (a branch inserted, deleted, merged or split) is Alembic's own."""
+            from alembic.runtime.migration import HeadMaintainer
+
+            heads = set(mctx.get_current_heads())
+            write = _version_and_ledger(self.config.version_table)
+            sane_rowcount = conn.dialect.supports_sane_rowcount
+            for step in steps:
+                alembic_step = start(step)
+                with mctx.begin_transaction():
+                    log.info("Running %s", alembic_step)
+                    alembic_step.migration_fn()
+                    values = outcome(step)
+                    if not _plain_version_update(alembic_step, heads):
+                        maintainer = HeadMaintainer(mctx, heads)
+                        maintainer.update_to_step(alembic_step)
+                        heads = set(maintainer.heads)
+                        record(step, values)
+                    else:
+                        old, new = alembic_step.update_version_num(heads)
+                        row = ledger_values(step, started_at=current["started"], **values)
+                        found = conn.execute(write, dict(row, old_version=old, new_version=new))
+                        if sane_rowcount and found.rowcount != 1:
+                            raise NcmError(
+                                f"expected one row of {self.config.version_table} at {old} "
+                                f"to move to {new}, found {found.rowcount}"
+                            )
+                        heads = (heads - {old}) | {new}
+                finished(step)
+
         try:
-            self._run_alembic(steps_fn)
+            self._run_alembic(steps_fn, run_steps if own_loop else None)
         except RevisionFileError as exc:
             self._abandon(current, ledger_insert, "failed")
             exc.results = results
@@ -662,7 +753,12 @@ class SqlBackend:
             ledger_insert(step, started=current["started"], **values)
         conn.commit()
 
-    def _run_alembic(self, steps_fn: Any) -> None:
+    def _run_alembic(
+        self, steps_fn: Any, run_steps: Callable[[MigrationContext], None] | None = None
+    ) -> None:
+        """Alembic's environment on our connection, running `steps_fn`'s steps in its own
+        loop; or, given `run_steps`, Alembic only starts (its version table is created if
+        missing, as for any upgrade) and `run_steps` runs the steps in its context."""
         from alembic.config import Config
         from alembic.runtime.environment import EnvironmentContext
         from alembic.script import ScriptDirectory
@@ -678,15 +774,23 @@ class SqlBackend:
             return
         if self.conn.in_transaction():
             self.conn.commit()
-        with EnvironmentContext(config, script, fn=steps_fn) as env:
+        fn = steps_fn if run_steps is None else _no_steps
+        with EnvironmentContext(config, script, fn=fn) as env:
             env.configure(
                 connection=self.conn,
                 version_table=cfg.version_table,
-                transaction_per_migration=True,
+                # `run_steps` opens one transaction per step with begin_transaction().
+                transaction_per_migration=run_steps is None,
                 target_metadata=target_metadata(cfg),
                 render_as_batch=self.dialect == "sqlite",
             )
             env.run_migrations()
+            if run_steps is not None:
+                from alembic.operations import Operations
+
+                mctx = env.get_context()
+                with Operations.context(mctx):
+                    run_steps(mctx)
 
     def _run_env_py(self, config: Config, script: ScriptDirectory, steps_fn: Any) -> None:
         """The service's own env.py, handed our connection as Alembic's cookbook describes."""
