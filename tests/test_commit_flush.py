@@ -138,3 +138,16 @@ def test_a_step_that_moves_the_version_row_writes_it_with_its_ledger_row(
     with statements() as seen:
         assert commands.migrate(["users"], "zero", root=repo.root).ok
     assert version_heads(pg_url) == set()  # the last row deleted by Alembic, as it would
+
+
+def test_sqlite_moves_the_version_row_with_one_statement_compiled_once(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    """No CTE with an INSERT there: the same parametrized UPDATE for every plain step (not
+    one with the ids as literals, compiled per step), then the ledger row."""
+    three_steps(repo, sqlite_url)
+    with statements() as seen:
+        assert commands.migrate(root=repo.root).ok
+    moves = [s for s in seen if s.lstrip().startswith("UPDATE alembic_version")]
+    assert len(moves) == 2 and len(set(moves)) == 1 and "0002_b" not in moves[0]
+    assert version_heads(sqlite_url) == {"0003_c"}

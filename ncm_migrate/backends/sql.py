@@ -3,10 +3,11 @@
 Each service's `migrations/` is a plain Alembic script directory and needs no `env.py`:
 the environment is built here. Alembic's own `RevisionStep`s run every revision, so its
 version table (and `alembic current`) always agrees. Each step's ledger row is written in
-the step's transaction: by an `on_version_apply` callback in Alembic's loop; on PostgreSQL
-(without the service's env.py) our loop runs the steps in Alembic's context and writes a
-plain step's version row and ledger row in one statement, leaving every branch insert,
-delete, merge or split to Alembic's own bookkeeping.
+the step's transaction: by an `on_version_apply` callback in Alembic's loop (MySQL, or a
+service's own env.py); on PostgreSQL and SQLite our loop runs the steps in Alembic's
+context and writes a plain step's version row itself (on PostgreSQL in one statement with
+the ledger row), leaving every branch insert, delete, merge or split to Alembic's own
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -246,23 +247,26 @@ def _plain_version_update(step: RevisionStep, heads: set[str]) -> bool:
     )
 
 
-def _version_and_ledger(version_table: str) -> sa.Update:
-    """PostgreSQL: a plain step's version-table UPDATE and its ledger row in one statement
-    (the INSERT in a data-modifying CTE) and one round trip. Alembic writes the same UPDATE
-    with the revision ids as literals, a statement SQLAlchemy compiles anew for every step;
-    this one is compiled once. Parameters: the ledger columns, old_version, new_version."""
+def _version_update(version_table: str, with_ledger_row: bool) -> sa.Update:
+    """A plain step's version-table UPDATE (parameters old_version, new_version), compiled
+    once: Alembic writes it with the revision ids as literals, a statement SQLAlchemy
+    compiles anew for every step. With `with_ledger_row` (PostgreSQL), the step's ledger
+    row is inserted by the same statement, in a data-modifying CTE (parameters: the ledger
+    columns): one round trip for both."""
     version = sa.Table(
         version_table, sa.MetaData(), sa.Column("version_num", sa.String(32), nullable=False)
     )
-    ledger_row = LEDGER.insert().values(
-        {c.name: sa.bindparam(c.name, type_=c.type) for c in LEDGER.c if c.name != "id"}
-    ).cte("ncm_ledger_row")
-    return (
+    update = (
         sa.update(version)
         .where(version.c.version_num == sa.bindparam("old_version"))
         .values(version_num=sa.bindparam("new_version"))
-        .add_cte(ledger_row)
     )
+    if not with_ledger_row:
+        return update
+    ledger_row = LEDGER.insert().values(
+        {c.name: sa.bindparam(c.name, type_=c.type) for c in LEDGER.c if c.name != "id"}
+    ).cte("ncm_ledger_row")
+    return update.add_cte(ledger_row)
 
 
 class SqlBackend:
@@ -588,13 +592,13 @@ class SqlBackend:
                 return None
             return conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
 
-        # PostgreSQL without the service's env.py: the steps run in `run_steps`, below.
-        own_loop = self.dialect == "postgresql" and not self.config.use_env_py
+        # PostgreSQL and SQLite without the service's env.py: the steps run in `run_steps`.
+        own_loop = transactional and not self.config.use_env_py
         # PostgreSQL: the steps' commits do not wait for their WAL flush (several ms each);
         # `_flush_commits` then makes them all durable at once before apply returns. Each
         # step still commits on its own, atomically; only a server crash during the run
         # could lose its latest steps, whole, as if the run had stopped before them.
-        relaxed = own_loop and len(steps) > 1
+        relaxed = own_loop and self.dialect == "postgresql" and len(steps) > 1
         if relaxed:
             conn.exec_driver_sql("SET synchronous_commit TO OFF")
 
@@ -659,38 +663,50 @@ class SqlBackend:
             step: Step = current["step"]
             record(step, outcome(step))
 
+        with_ledger_row = self.dialect == "postgresql"
+        version_update = _version_update(self.config.version_table, with_ledger_row)
+
         def run_steps(mctx: MigrationContext) -> None:
-            """PostgreSQL: the steps in our own loop, each in a transaction of Alembic's
-            context (as its loop opens them), so that a plain step's version row and its
-            ledger row go in one statement (see `_version_and_ledger`); any other version
-            change (a branch inserted, deleted, merged or split) is Alembic's own."""
+            """The steps in our own loop, each in a transaction of Alembic's context (opened
+            as its own loop opens them), so that a plain step's version row is written by a
+            statement compiled once and, on PostgreSQL, with the step's ledger row (see
+            `_version_update`); any other version change (a branch inserted, deleted,
+            merged or split) is Alembic's own."""
             from alembic.runtime.migration import HeadMaintainer
 
             heads = set(mctx.get_current_heads())
-            write = _version_and_ledger(self.config.version_table)
-            sane_rowcount = conn.dialect.supports_sane_rowcount
             for step in steps:
                 alembic_step = start(step)
                 with mctx.begin_transaction():
                     log.info("Running %s", alembic_step)
                     alembic_step.migration_fn()
                     values = outcome(step)
-                    if not _plain_version_update(alembic_step, heads):
+                    if _plain_version_update(alembic_step, heads):
+                        heads = move_version(alembic_step, heads, step, values)
+                    else:
                         maintainer = HeadMaintainer(mctx, heads)
                         maintainer.update_to_step(alembic_step)
                         heads = set(maintainer.heads)
                         record(step, values)
-                    else:
-                        old, new = alembic_step.update_version_num(heads)
-                        row = ledger_values(step, started_at=current["started"], **values)
-                        found = conn.execute(write, dict(row, old_version=old, new_version=new))
-                        if sane_rowcount and found.rowcount != 1:
-                            raise NcmError(
-                                f"expected one row of {self.config.version_table} at {old} "
-                                f"to move to {new}, found {found.rowcount}"
-                            )
-                        heads = (heads - {old}) | {new}
                 finished(step)
+
+        def move_version(
+            alembic_step: RevisionStep, heads: set[str], step: Step, values: dict[str, Any]
+        ) -> set[str]:
+            """A plain step's version row (and ledger row), checked as Alembic checks its own."""
+            old, new = alembic_step.update_version_num(heads)
+            params: dict[str, Any] = dict(old_version=old, new_version=new)
+            if with_ledger_row:
+                params.update(ledger_values(step, started_at=current["started"], **values))
+            found = conn.execute(version_update, params).rowcount
+            if conn.dialect.supports_sane_rowcount and found != 1:
+                raise NcmError(
+                    f"expected one row of {self.config.version_table} at {old} to move to "
+                    f"{new}, found {found}"
+                )
+            if not with_ledger_row:
+                record(step, values)
+            return (heads - {old}) | {new}
 
         try:
             self._run_alembic(steps_fn, run_steps if own_loop else None)
@@ -779,8 +795,11 @@ class SqlBackend:
             env.configure(
                 connection=self.conn,
                 version_table=cfg.version_table,
-                # `run_steps` opens one transaction per step with begin_transaction().
+                # `run_steps` opens one transaction per step with begin_transaction(),
+                # which needs transactional DDL declared: ours is, also on SQLite (see
+                # `_transactional_sqlite`).
                 transaction_per_migration=run_steps is None,
+                transactional_ddl=True if run_steps is not None else None,
                 target_metadata=target_metadata(cfg),
                 render_as_batch=self.dialect == "sqlite",
             )
