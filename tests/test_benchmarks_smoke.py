@@ -62,3 +62,5 @@ def test_a_tiny_full_run_completes_and_writes_the_report(tmp_path: Path) -> None
         assert heading in report, heading
     assert "plain Alembic: load" in report and "alembic upgrade head" in report
     assert "vs Alembic" in report and "Python " in report and "nproc " in report
+    assert "(sqlite, a fresh checkout)" in report and "(sqlite, warm caches)" in report
+    assert "plain Alembic, cold" in report and "reference: only importing" in report
