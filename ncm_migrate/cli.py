@@ -243,9 +243,8 @@ class _Reporter:
                 # anything to wrap, and Rich's print cost more than the step's ledger row.
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 arrow = "up  " if r.direction == "up" else "down"
-                sys.stdout.write(f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} "
-                                 f"{r.duration_ms:.0f}ms\n")
-                sys.stdout.flush()
+                _write_plain([f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} "
+                              f"{r.duration_ms:.0f}ms"])
             return
         task = self.tasks.get(step.service)
         if r is None:
