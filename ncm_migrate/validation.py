@@ -2,7 +2,8 @@
 
 Files and graph (malformed files, duplicate ids, missing revisions, cycles, forked heads,
 missing upgrade/downgrade), settings (version-table clashes), each database (applied
-revisions whose file changed or disappeared, dirty marks, pending revisions) and lint.
+revisions whose file changed or disappeared, or whose requirement in another service is not
+applied there, dirty marks, pending revisions) and lint.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .discovery import read_revision, revision_files
@@ -172,6 +173,8 @@ def graph_findings(
                 cross.add(target)
         graph.intra_parents[key] = tuple(sorted(intra))
         graph.parents[key] = tuple(sorted(intra | cross))
+    # what each revision really needs, before the ordering edges of service-level depends_on
+    graph.required_parents = dict(graph.parents)
     for config in settings.services:
         dep_heads = {RevisionKey(d, h) for d in config.depends_on for h in graph.heads(d)}
         for key in nodes:
@@ -237,16 +240,48 @@ def database_findings(
     revisions: Mapping[str, Revision],
     graph: Graph,
     pending: bool,
-) -> list[Finding]:
-    """Drifted or vanished applied revisions, revisions only the database knows, a dirty
-    mark, and (with `pending`) revisions not applied yet."""
+) -> tuple[ServiceState, list[Finding]]:
+    """The service's state, and its findings: drifted or vanished applied revisions,
+    revisions only the database knows, a dirty mark, and (with `pending`) revisions not
+    applied yet."""
     backend = open_backend(config, settings.connect)
     try:
         state = backend.read_state(revisions)
         rows = backend.history()
     finally:
         backend.close()
-    return state_findings(settings, config, revisions, graph, state, rows, pending)
+    return state, state_findings(settings, config, revisions, graph, state, rows, pending)
+
+
+def requirement_findings(
+    settings: Settings,
+    graph: Graph,
+    states: Mapping[str, ServiceState],
+    state_of: Callable[[str], ServiceState | None],
+) -> list[Finding]:
+    """Applied revisions whose requirement in another service (`requires`, or a
+    `depends_on` naming another service) is not applied in that service's database: a
+    database restored from an old backup, or a URL pointing at the wrong one. `state_of`
+    reads a service not in `states` (None: it cannot be used in this environment)."""
+    findings: list[Finding] = []
+    for name, state in states.items():
+        for rev_id in sorted(state.applied):
+            key = RevisionKey(name, rev_id)
+            for need in graph.required_parents.get(key, ()):
+                if need.service == name:
+                    continue
+                other = states.get(need.service) or state_of(need.service)
+                if other is None or need.revision in other.applied:
+                    continue
+                rev = graph.nodes[key]
+                findings.append(Finding(
+                    name, rev_id, "requirement-missing", "error",
+                    f"{key} is applied but {need}, which it requires, is not applied in "
+                    f"{need.service}'s database; run `manage.py migrate {need.service}`, or "
+                    f"check that services.{need.service}.database_url is the right database",
+                    _rel(rev.path, settings.root),
+                ))
+    return findings
 
 
 def state_findings(
@@ -324,9 +359,27 @@ def validate_settings(
             findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
                                      settings.root, squawk=settings.lint_squawk)
     if database:
+        states: dict[str, ServiceState] = {}
         for svc in selected:
-            found = database_findings(settings, svc, inventory.revisions[svc.name], graph, pending)
+            states[svc.name], found = database_findings(
+                settings, svc, inventory.revisions[svc.name], graph, pending
+            )
             findings += [f for f in found if not _in_unreadable_file(f, inventory.unreadable)]
+        others: dict[str, ServiceState | None] = {}
+
+        def state_of(name: str) -> ServiceState | None:
+            if name not in others:
+                svc = settings.service(name)
+                others[name] = None
+                if svc.active:
+                    backend = open_backend(svc, settings.connect)
+                    try:
+                        others[name] = backend.read_state(inventory.revisions[name])
+                    finally:
+                        backend.close()
+            return others[name]
+
+        findings += requirement_findings(settings, graph, states, state_of)
     return findings
 
 

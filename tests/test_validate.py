@@ -57,6 +57,35 @@ def test_edited_applied_revision_is_reported_and_stops_migrate(repo: Monorepo, d
     assert [r["applied"] for r in status["services"][0]["revisions"]] == [True, True, False]
 
 
+def test_an_applied_requirement_missing_from_its_database_is_an_error(
+    repo: Monorepo, db_url: str, tmp_path: Path
+) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("billing", "0001_invoices", "billing_t", requires=("users:0001_initial",))
+
+    def users_at(url: str) -> None:
+        repo.settings(
+            f'[development.services.users]\ndatabase_url = "{url}"\n'
+            f'[development.services.billing]\ndatabase_url = "{db_url}"\n'
+            'version_table = "alembic_version_billing"\n'
+        )
+
+    users_at(db_url)
+    assert repo.cli("migrate").code == 0
+    assert _validate(repo) == (0, [])
+    users_at(f"sqlite:///{tmp_path / 'empty.db'}")  # users now points at an empty database
+    for args in ((), ("billing",)):  # validating billing alone reads users' state too
+        code, findings = _validate(repo, *args)
+        assert code == 1
+        assert _rules(findings) == {("billing", "0001_invoices", "requirement-missing")}
+        message = findings[0]["message"]
+        assert "billing:0001_invoices is applied but users:0001_initial" in message
+        assert "migrate users" in message and "services.users.database_url" in message
+        assert findings[0]["file"] == "services/billing/migrations/0001_invoices.py"
+    assert repo.cli("migrate", "users").code == 0
+    assert _validate(repo) == (0, [])
+
+
 def test_vanished_applied_file_is_reported(repo: Monorepo, sqlite_url: str) -> None:
     path = _two_revisions(repo, sqlite_url)
     assert repo.cli("migrate").code == 0
