@@ -410,11 +410,12 @@ def lint(
     """Dangerous operations in the selected services' `upgrade()`s (no database needed),
     and each revision file that cannot be read (exit 2, as in `validate`)."""
     from .linting import lint_service
-    from .validation import read_inventory, select
+    from .validation import read_inventory
 
     settings = load_settings(root or find_root(), env, settings_dir)
     inventory = read_inventory(settings)
-    selected = select(settings, services)
+    # Every service, with a database in this environment or not: lint reads only files.
+    selected = [settings.service(n) for n in services] if services else list(settings.services)
     chosen = {svc.name for svc in selected}
     findings = [f for f in inventory.findings if f.rule == "malformed-revision" and f.service in chosen]
     for svc in selected:

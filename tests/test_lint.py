@@ -182,6 +182,14 @@ def test_lint_cli_json_and_severity_from_settings(repo: Monorepo) -> None:
     assert not (repo.root / "var").exists()
 
 
+@pytest.mark.parametrize("args", [("users",), ()])
+def test_lint_needs_no_database_url_in_the_environment(repo: Monorepo, args: tuple[str, ...]) -> None:
+    _lint_repo(repo, env_section="staging")  # development gives users no database
+    result = repo.cli("lint", "--json", *args)
+    assert result.code == 0, result.output
+    assert [f["rule"] for f in json.loads(result.stdout)["findings"]] == ["drop-table"]
+
+
 def test_lint_severity_setting_overrides(repo: Monorepo) -> None:
     _lint_repo(repo)
     repo.write("settings/settings.local.toml", "[development.lint]\nseverity = 'error'\n")
