@@ -6,7 +6,7 @@ Reads databases (through the backends) but changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
 from .executor import check_state, open_backend
@@ -21,20 +21,28 @@ from .graph import (
     removal_set,
     upgrade_targets,
 )
-from .model import Plan, RevisionKey, ServiceState
+from .model import Plan, Revision, RevisionKey, ServiceConfig, ServiceState
 from .project import Project
+from .settings import ConnectSettings
 
 
 def read_states(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
     """Each named service's state, read from its database (connecting with retries)."""
-    states: dict[str, ServiceState] = {}
-    for name in names:
-        backend = open_backend(project.service(name), project.settings.connect)
-        try:
-            states[name] = backend.read_state(project.revisions[name])
-        finally:
-            backend.close()
-    return states
+    return {
+        name: read_state(project.service(name), project.settings.connect, project.revisions[name])
+        for name in names
+    }
+
+
+def read_state(
+    config: ServiceConfig, connect: ConnectSettings, revisions: Mapping[str, Revision]
+) -> ServiceState:
+    """One service's state, read from its database (connecting with retries)."""
+    backend = open_backend(config, connect)
+    try:
+        return backend.read_state(revisions)
+    finally:
+        backend.close()
 
 
 def states_for(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:

@@ -21,6 +21,7 @@ from .findings import Finding
 from .graph import Graph, find_cycle
 from .linting import lint_service
 from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
+from .planning import read_state
 from .project import Project, find_root, load_project
 from .settings import Settings, load_settings
 
@@ -372,11 +373,7 @@ def validate_settings(
                 svc = settings.service(name)
                 others[name] = None
                 if svc.active:
-                    backend = open_backend(svc, settings.connect)
-                    try:
-                        others[name] = backend.read_state(inventory.revisions[name])
-                    finally:
-                        backend.close()
+                    others[name] = read_state(svc, settings.connect, inventory.revisions[name])
             return others[name]
 
         findings += requirement_findings(settings, graph, states, state_of)
