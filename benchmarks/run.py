@@ -348,17 +348,24 @@ def listing(work: Path, sizes: Sizes, say: Callable[[str], None]) -> tuple[Scena
     return listing, noop
 
 
+def one_service(
+    work: Path, scenario: str, revisions: int, database: str, admin: str
+) -> tuple[Generated, Callable[[], None]]:
+    """A one-service monorepo on `database` and what gives it a fresh database (on
+    PostgreSQL the database `ncm_bench_<scenario>`, dropped at the end of the run)."""
+    if database == "sqlite":
+        gen = make(work / f"{scenario}-sqlite", 1, revisions)
+        return gen, fresh_sqlite(gen)
+    name = f"ncm_bench_{scenario}"
+    gen = make(work / f"{scenario}-pg", 1, revisions, database_url=pg_url(admin, name))
+    return gen, fresh_pg(admin, name)
+
+
 def applying(work: Path, sizes: Sizes, database: str, admin: str) -> list[Scenario]:
     """1 x N from empty, twice: as a fresh checkout (no header cache, no bytecode caches of
     the revision files, for either tool) and with both tools' caches warm."""
     n = sizes.apply_revisions
-    if database == "sqlite":
-        gen = make(work / "apply-sqlite", 1, n)
-        reset = fresh_sqlite(gen)
-    else:
-        name = "ncm_bench_apply"
-        gen = make(work / "apply-pg", 1, n, database_url=pg_url(admin, name))
-        reset = fresh_pg(admin, name)
+    gen, reset = one_service(work, "apply", n, database, admin)
     svc = gen.services[0]
     what = (
         "A fresh database before every run. ncm-migrate: one transaction per revision with "
@@ -425,13 +432,7 @@ def parallel(work: Path, sizes: Sizes) -> Scenario:
 
 def contention(work: Path, sizes: Sizes, database: str, admin: str) -> Scenario:
     n, c = sizes.contention_revisions, sizes.contenders
-    if database == "sqlite":
-        gen = make(work / "contention-sqlite", 1, n)
-        reset = fresh_sqlite(gen)
-    else:
-        name = "ncm_bench_contention"
-        gen = make(work / "contention-pg", 1, n, database_url=pg_url(admin, name))
-        reset = fresh_pg(admin, name)
+    gen, reset = one_service(work, "contention", n, database, admin)
     variants = [
         Variant("ncm migrate (one process)", manage("migrate"), gen.root, setup=reset,
                 check=check_applied(gen, True, "migrate")),
