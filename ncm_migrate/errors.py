@@ -109,6 +109,32 @@ class MigrationFailed(NcmError):
         super().__init__(message)
 
 
+class Interrupted(NcmError):
+    """The run was stopped by a signal: Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143).
+
+    Raised after the interrupted step was recorded as failed (dirty where DDL cannot be
+    rolled back); `results` holds what was applied before it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        signum: int = 2,
+        service: str = "",
+        revision: str = "",
+        results: list[StepResult] | None = None,
+    ) -> None:
+        self.signum = signum
+        self.service = service
+        self.revision = revision
+        self.results = list(results or [])
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 128 + self.signum
+
+
 class LockLost(MigrationFailed):
     """Mid-run, another runner took a MongoDB service's lease or claimed the next step;
     the step was not run."""
