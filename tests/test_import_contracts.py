@@ -1,0 +1,86 @@
+"""The import contracts in pyproject.toml hold for the package, and fail when broken.
+
+Each breaking case copies the package to a temporary folder, appends one forbidden import
+to one module of the copy, and runs `lint-imports` there with the project's own contracts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "ncm_migrate", tmp_path / "ncm_migrate",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_package_keeps_every_contract(package_copy: Path) -> None:
+    result = _lint_imports(package_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "broken" not in result.stdout.split("Contracts:")[-1].replace("0 broken", "")
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("graph.py", "import sqlalchemy", "The core imports no database library"),
+        ("discovery.py", "import dynaconf", "The core imports no database library"),
+        ("model.py", "from . import cli", "Layers point one way"),
+        ("executor.py", "from . import commands", "Layers point one way"),
+        ("planning.py", "import alembic", "Only the backends import SQLAlchemy"),
+    ],
+)
+def test_a_forbidden_import_breaks_its_contract(
+    package_copy: Path, module: str, line: str, contract: str
+) -> None:
+    target = package_copy / "ncm_migrate" / module
+    target.write_text(target.read_text() + textwrap.dedent(f"\n{line}  # noqa\n"))
+    result = _lint_imports(package_copy)
+    assert result.returncode != 0
+    broken = [row for row in result.stdout.splitlines() if row.rstrip().endswith("BROKEN")]
+    assert any(row.startswith(contract) for row in broken), result.stdout
+
+
+def test_the_core_imports_without_the_heavy_dependencies() -> None:
+    """`import ncm_migrate.graph` (and the rest of the core) works where Dynaconf, Typer and
+    the database libraries cannot be imported at all."""
+    blocked = ["sqlalchemy", "alembic", "pymongo", "bson", "dynaconf", "typer", "click",
+               "rich", "jinja2", "tenacity", "psycopg", "pymysql"]
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {blocked!r}:
+                    raise ImportError("blocked: " + name)
+                return None
+        sys.meta_path.insert(0, Block())
+        import ncm_migrate
+        for name in ("model", "errors", "graph", "discovery", "findings", "ledger", "locking"):
+            importlib.import_module("ncm_migrate." + name)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
