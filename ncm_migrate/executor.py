@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .backends import Backend, make_backend
-from .errors import ChecksumMismatch, DirtyService, GraphError, NcmError
+from .errors import NcmError
 from .graph import Graph
 from .logs import configure_logging, current_levels
-from .model import Plan, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
 from .retry import open_with_retries
+from .rules import check_state
 from .settings import ConnectSettings
 from .urls import remember_secret
 
@@ -99,38 +100,6 @@ def run_segment(job: SegmentJob, report: Reporter) -> list[StepResult]:
                 raise
     finally:
         backend.close()
-
-
-def check_state(
-    config: ServiceConfig,
-    state: ServiceState,
-    revisions: Mapping[str, Revision],
-    allow_drift: bool,
-) -> None:
-    """Refuse a dirty service, one whose database knows revisions the disk does not, and
-    (unless allowed) one whose applied revision files changed."""
-    if state.dirty:
-        raise DirtyService(
-            f"Service '{config.name}' is dirty: revision {state.dirty} failed part way on a "
-            "database that cannot roll DDL back. Fix the database by hand, then run "
-            f"`manage.py repair {config.name}`."
-        )
-    if state.unknown:
-        raise GraphError(
-            f"Service '{config.name}': the database has revision(s) "
-            f"{', '.join(state.unknown)} applied, but no such file exists in "
-            f"{config.migrations_dir}; restore the file(s) or check out the right branch."
-        )
-    if allow_drift:
-        return
-    for rev_id, checksum in state.checksums:
-        rev = revisions.get(rev_id)
-        if rev is not None and checksum and rev.checksum != checksum:
-            raise ChecksumMismatch(
-                f"Revision {config.name}:{rev_id} ({rev.path}) was edited after it was applied; "
-                f"run `manage.py validate {config.name}` to see it, and `manage.py repair "
-                f"{config.name}` if the edit was deliberate."
-            )
 
 
 def segments(plan: Plan) -> list[tuple[Step, ...]]:

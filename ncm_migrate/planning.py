@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
-from .executor import check_state, open_backend
+from .executor import open_backend
 from .graph import (
     HEAD,
     ZERO,
@@ -23,6 +23,7 @@ from .graph import (
 )
 from .model import Plan, Revision, RevisionKey, ServiceConfig, ServiceState
 from .project import Project
+from .rules import check_state
 from .settings import ConnectSettings
 
 
@@ -102,7 +103,7 @@ def plan_migrate(
         # `running` row may be another live runner's.)
         if svc.name not in busy:
             check_state(svc, states[svc.name], project.revisions[svc.name],
-                        project.settings.allow_checksum_drift)
+                        project.settings.allow_checksum_drift, project.root)
     return steps, states
 
 

@@ -23,6 +23,7 @@ from dynaconf.utils.inspect import get_history
 from .discovery import find_service_dirs
 from .errors import SettingsError, UnknownEnvironment
 from .model import ServiceConfig
+from .rules import version_table_findings
 from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve_sqlite_path
 
 DEFAULT_ENV = "development"
@@ -197,7 +198,7 @@ def load_settings(
                     f"({sources.of(('services', svc.name, 'depends_on'))}) names unknown "
                     f"service '{dep}'; services found: {', '.join(names)}."
                 )
-    _check_version_tables(services, sources)
+    _check_version_tables(services, root, sources)
     protected = _bool(merged, "protected", sources)
     severity = _get(merged, ("lint", "severity"))
     if severity is None:
@@ -313,21 +314,13 @@ def _service_config(
     )
 
 
-def _check_version_tables(services: tuple[ServiceConfig, ...], sources: _Sources) -> None:
-    """Two services on one database must not share a version table."""
-    seen: dict[tuple[str, str], str] = {}
-    for svc in services:
-        if svc.database_url is None or svc.backend != "sql" or not svc.active:
-            continue
-        key = (svc.database_url, svc.version_table)
-        if key in seen:
-            raise SettingsError(
-                f"Services '{seen[key]}' and '{svc.name}' share one database and the version "
-                f"table '{svc.version_table}' ({sources.of(('services', svc.name))}); give one "
-                f"of them its own: services.{svc.name}.version_table = "
-                f"\"alembic_version_{svc.name}\"."
-            )
-        seen[key] = svc.name
+def _check_version_tables(services: tuple[ServiceConfig, ...], root: Path, sources: _Sources) -> None:
+    """Two services on one database must not share a version table (`rules`' rule)."""
+    for finding in version_table_findings(services, root):
+        raise SettingsError(
+            f"{finding.message[0].upper()}{finding.message[1:]} "
+            f"({sources.of(('services', finding.service))})."
+        )
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import unquote
 
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
@@ -50,6 +51,42 @@ def check_url(url: str) -> str | None:
     if parsed.get_backend_name() not in ("postgresql", "mysql", "mariadb", "sqlite"):
         return f"the database '{parsed.get_backend_name()}' is not supported"
     return None
+
+
+class DatabaseIdentity(NamedTuple):
+    """What a SQL URL reaches, whatever its spelling: `mariadb` is `mysql`, the driver and
+    the password do not count, loopback names are one host, a missing port is the default."""
+
+    dialect: str
+    host: str
+    port: int | None
+    database: str
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+_LOOPBACK = {"", "localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"}
+
+
+def database_identity(url: str) -> DatabaseIdentity:
+    """The database a SQL URL reaches (for SQLite, the file's resolved path)."""
+    scheme, _, rest = url.partition("://")
+    dialect = scheme.split("+", 1)[0].lower()
+    dialect = "mysql" if dialect == "mariadb" else dialect
+    if dialect == "sqlite":
+        file = sqlite_file(url)
+        return DatabaseIdentity(dialect, "", None, str(file.resolve()) if file else url)
+    authority, _, path = rest.split("?", 1)[0].partition("/")
+    hostport = authority.rpartition("@")[2]
+    host, port = hostport, None
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port = int(tail[1:]) if tail[1:].isdigit() else None
+    elif hostport.count(":") == 1:
+        host, _, text = hostport.partition(":")
+        port = int(text) if text.isdigit() else None
+    host = host.lower()
+    host = "127.0.0.1" if host in _LOOPBACK else host
+    return DatabaseIdentity(dialect, host, port or _DEFAULT_PORTS.get(dialect), unquote(path))
 
 
 def is_async(url: str) -> bool:

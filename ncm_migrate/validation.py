@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .discovery import read_revision, revision_files
@@ -20,9 +20,10 @@ from .executor import open_backend
 from .findings import Finding
 from .graph import Graph, find_cycle
 from .linting import lint_service
-from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
+from .model import Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
 from .project import Project, find_root, load_project
+from .rules import state_findings
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -209,32 +210,6 @@ def graph_findings(
     return findings, graph
 
 
-def version_table_findings(settings: Settings) -> list[Finding]:
-    """Services whose URLs differ in spelling but reach one database and version table,
-    and version tables named like the ledger."""
-    findings: list[Finding] = []
-    seen: dict[tuple[str, str], str] = {}
-    for svc in settings.services:
-        if svc.backend != "sql" or svc.database_url is None or not svc.active:
-            continue
-        rel = _rel(svc.root, settings.root)
-        if svc.version_table == "ncm_migrations":
-            findings.append(Finding(svc.name, "", "version-table-clash", "error",
-                                    "version_table 'ncm_migrations' is the ledger's table; choose another",
-                                    rel))
-        key = (_database_identity(svc.database_url), svc.version_table)
-        if key in seen:
-            findings.append(Finding(
-                svc.name, "", "version-table-clash", "error",
-                f"services '{seen[key]}' and '{svc.name}' share one database and the version table "
-                f"'{svc.version_table}'; set services.{svc.name}.version_table = "
-                f"\"alembic_version_{svc.name}\"",
-                rel,
-            ))
-        seen.setdefault(key, svc.name)
-    return findings
-
-
 def database_findings(
     settings: Settings,
     config: ServiceConfig,
@@ -251,7 +226,17 @@ def database_findings(
         rows = backend.history()
     finally:
         backend.close()
-    return state, state_findings(settings, config, revisions, graph, state, rows, pending)
+    # validate reports drift even where migrate is told to allow it
+    findings = state_findings(config, state, revisions, settings.root, rows=rows)
+    if pending:
+        todo = [r for r in graph.by_service.get(config.name, []) if r not in state.applied]
+        if todo:
+            findings.append(Finding(
+                config.name, todo[0], "pending", "error",
+                f"{len(todo)} revision(s) not applied yet: {', '.join(todo)}; run `manage.py migrate`",
+                _rel(config.migrations_dir, settings.root),
+            ))
+    return state, findings
 
 
 def requirement_findings(
@@ -285,61 +270,6 @@ def requirement_findings(
     return findings
 
 
-def state_findings(
-    settings: Settings,
-    config: ServiceConfig,
-    revisions: Mapping[str, Revision],
-    graph: Graph,
-    state: ServiceState,
-    rows: Sequence[LedgerRow],
-    pending: bool,
-) -> list[Finding]:
-    name = config.name
-    migrations = _rel(config.migrations_dir, settings.root)
-    findings: list[Finding] = []
-    when = _applied_when(rows)
-    for rev_id, checksum in state.checksums:
-        rev = revisions.get(rev_id)
-        applied = f"applied {when.get(rev_id, 'at an unknown time')}"
-        if rev is None:
-            findings.append(Finding(
-                name, rev_id, "missing-file", "error",
-                f"{name}:{rev_id} was {applied} but its file is gone from {migrations}; "
-                "restore it, or check out the right branch",
-                migrations,
-            ))
-        elif checksum and checksum != rev.checksum:
-            findings.append(Finding(
-                name, rev_id, "checksum-drift", "error",
-                f"{name}:{rev_id} was edited after it was {applied}; revert the edit, or run "
-                f"`manage.py repair {name}` if it was deliberate",
-                _rel(rev.path, settings.root),
-            ))
-    recorded = {r for r, _ in state.checksums}
-    for rev_id in state.unknown:
-        if rev_id not in recorded:
-            findings.append(Finding(
-                name, rev_id, "missing-file", "error",
-                f"the database has {name}:{rev_id} applied but no such file exists in {migrations}",
-                migrations,
-            ))
-    if state.dirty:
-        findings.append(Finding(
-            name, state.dirty, "dirty", "error",
-            f"{name}:{state.dirty} failed part way; fix the database, then run `manage.py repair {name}`",
-            migrations,
-        ))
-    if pending:
-        todo = [r for r in graph.by_service.get(name, []) if r not in state.applied]
-        if todo:
-            findings.append(Finding(
-                name, todo[0], "pending", "error",
-                f"{len(todo)} revision(s) not applied yet: {', '.join(todo)}; run `manage.py migrate`",
-                migrations,
-            ))
-    return findings
-
-
 def validate_settings(
     settings: Settings,
     names: Sequence[str] = (),
@@ -354,7 +284,6 @@ def validate_settings(
     inventory = read_inventory(settings)
     graph_found, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
     findings = [f for f in inventory.findings + graph_found if f.service in chosen or f.rule == "cycle"]
-    findings += [f for f in version_table_findings(settings) if f.service in chosen]
     if lint_rules:
         for svc in selected:
             findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
@@ -410,27 +339,6 @@ def _resolve(graph: Graph, service: str, ident: str) -> RevisionKey | None:
         return RevisionKey(service, graph.resolve(service, ident))
     except NcmError:
         return None
-
-
-def _applied_when(rows: Iterable[LedgerRow]) -> dict[str, str]:
-    when: dict[str, str] = {}
-    for row in rows:
-        if row.direction == "up" and row.status in ("applied", "faked"):
-            when[row.revision] = f"on {(row.finished_at or row.started_at)[:19]} by {row.actor}"
-    return when
-
-
-def _database_identity(url: str) -> str:
-    """One spelling for URLs that reach the same database (driver, localhost, default port)."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    backend = "mysql" if backend == "mariadb" else backend
-    host = (parsed.host or "").lower()
-    host = "127.0.0.1" if host in ("localhost", "::1", "") else host
-    port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(backend)
-    return f"{backend}://{host}:{port}/{parsed.database}"
 
 
 def _rel(path: Path, root: Path) -> str:

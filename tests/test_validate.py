@@ -194,21 +194,34 @@ def test_forked_heads_are_an_error(repo: Monorepo, sqlite_url: str) -> None:
     assert "0002_a, 0002_b" in findings[0]["message"] and "--merge" in findings[0]["message"]
 
 
-def test_version_table_clash_of_differently_spelled_urls(repo: Monorepo, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("users_url", "billing_url"),
+    [
+        ("sqlite:///{db}", "sqlite+pysqlite:///{db}"),
+        ("postgresql+psycopg://app@localhost/shop", "postgresql://app@127.0.0.1:5432/shop"),
+        ("mysql+pymysql://root@localhost/shop", "mariadb+pymysql://root@[::1]:3306/shop"),
+    ],
+)
+def test_version_table_clash_of_differently_spelled_urls(
+    repo: Monorepo, tmp_path: Path, users_url: str, billing_url: str
+) -> None:
+    """One rule, in settings: validate and migrate both refuse (exit 2), before any
+    database is touched, two spellings of one database that share a version table."""
     db = tmp_path / "shared.sqlite"
     repo.table("users", "0001_initial", "users_t")
     repo.table("billing", "0001_initial", "invoices")
     repo.settings(f"""
         [development.services.users]
-        database_url = "sqlite:///{db}"
+        database_url = "{users_url.format(db=db)}"
         [development.services.billing]
-        database_url = "sqlite+pysqlite:///{db}"
+        database_url = "{billing_url.format(db=db)}"
     """)
-    code, findings = _validate(repo)
-    assert code == 1
-    assert _rules(findings) == {("users", "", "version-table-clash")}
-    assert "'billing' and 'users'" in findings[0]["message"]
-    assert "alembic_version_users" in findings[0]["message"]
+    for command in ("validate", "migrate"):
+        result = repo.cli(command)
+        assert result.code == 2, result.output
+        assert "services 'billing' and 'users' share one database" in result.stderr.lower()
+        assert "alembic_version_users" in result.stderr
+    assert not db.exists()
 
 
 def test_warnings_pass_unless_strict(repo: Monorepo, sqlite_url: str) -> None:

@@ -1,0 +1,161 @@
+"""The rules that `migrate` enforces and `validate` reports, each written once.
+
+A rule returns findings; `validate` lists them all and `migrate` raises the first error
+(`raise_first`), so the two can never disagree. Pure: no I/O beyond resolving host names.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from .errors import ChecksumMismatch, DirtyService, GraphError, NcmError, SettingsError
+from .findings import Finding
+from .model import LedgerRow, Revision, ServiceConfig, ServiceState
+from .urls import DatabaseIdentity, database_identity
+
+LEDGER_TABLE = "ncm_migrations"
+
+# The error each rule raises where a command refuses to go on; rules not named here raise
+# the root error (exit 1).
+_ERRORS: Mapping[str, type[NcmError]] = {
+    "dirty": DirtyService,
+    "missing-file": GraphError,
+    "checksum-drift": ChecksumMismatch,
+    "version-table-clash": SettingsError,
+}
+
+
+def raise_first(findings: Iterable[Finding]) -> None:
+    """Raise the first error-level finding as its rule's error, its message one sentence."""
+    for finding in findings:
+        if finding.severity == "error":
+            message = finding.message[0].upper() + finding.message[1:]
+            raise _ERRORS.get(finding.rule, NcmError)(message.rstrip(".") + ".")
+
+
+def state_findings(
+    config: ServiceConfig,
+    state: ServiceState,
+    revisions: Mapping[str, Revision],
+    root: Path | None = None,
+    *,
+    rows: Sequence[LedgerRow] = (),
+    allow_drift: bool = False,
+) -> list[Finding]:
+    """What a database's state says is wrong with a service, most urgent first: a dirty
+    mark, applied revisions whose file is gone, and (unless `allow_drift`) applied revisions
+    whose file changed. `rows` (the ledger) only adds when each was applied; `root` makes
+    paths relative to the project."""
+    name = config.name
+    migrations = _rel(config.migrations_dir, root)
+    when = _applied_when(rows)
+    findings: list[Finding] = []
+    if state.dirty:
+        findings.append(Finding(
+            name, state.dirty, "dirty", "error",
+            f"service '{name}' is dirty: revision {state.dirty} failed part way on a database "
+            f"that cannot roll DDL back; fix the database by hand, then run "
+            f"`manage.py repair {name}`",
+            migrations,
+        ))
+    recorded = dict(state.checksums)
+    for rev_id in sorted(set(recorded) | set(state.unknown)):
+        if rev_id not in revisions:
+            findings.append(Finding(
+                name, rev_id, "missing-file", "error",
+                f"{name}:{rev_id} was applied{when.get(rev_id, '')} but its file is gone from "
+                f"{migrations}; restore the file, or check out the branch that has it",
+                migrations,
+            ))
+    if not allow_drift:
+        for rev_id, checksum in state.checksums:
+            rev = revisions.get(rev_id)
+            if rev is not None and checksum and checksum != rev.checksum:
+                findings.append(Finding(
+                    name, rev_id, "checksum-drift", "error",
+                    f"revision {name}:{rev_id} ({_rel(rev.path, root)}) was edited after it was "
+                    f"applied{when.get(rev_id, '')}; revert the edit, or run `manage.py repair "
+                    f"{name}` if it was deliberate (`manage.py validate {name}` shows it)",
+                    _rel(rev.path, root),
+                ))
+    return findings
+
+
+def check_state(
+    config: ServiceConfig,
+    state: ServiceState,
+    revisions: Mapping[str, Revision],
+    allow_drift: bool,
+    root: Path | None = None,
+) -> None:
+    """Refuse a service whose state breaks a rule (`state_findings`), with the first error."""
+    raise_first(state_findings(config, state, revisions, root, allow_drift=allow_drift))
+
+
+def version_table_findings(services: Sequence[ServiceConfig], root: Path) -> list[Finding]:
+    """SQL services that reach one database (however their URLs are spelled: driver,
+    `localhost` or `127.0.0.1`, default port) and share a version table, and version tables
+    named like the ledger."""
+    findings: list[Finding] = []
+    seen: dict[tuple[DatabaseIdentity, str], str] = {}
+    for svc in services:
+        if svc.backend != "sql" or svc.database_url is None or not svc.active:
+            continue
+        where = _rel(svc.root, root)
+        if svc.version_table == LEDGER_TABLE:
+            findings.append(Finding(
+                svc.name, "", "version-table-clash", "error",
+                f"services.{svc.name}.version_table '{LEDGER_TABLE}' is the ledger's table; "
+                "choose another",
+                where,
+            ))
+        identity = database_identity(svc.database_url)
+        other = next((o for o in seen if _same_database(o[0], identity) and o[1] == svc.version_table), None)
+        if other is not None:
+            findings.append(Finding(
+                svc.name, "", "version-table-clash", "error",
+                f"services '{seen[other]}' and '{svc.name}' share one database and the version "
+                f"table '{svc.version_table}'; give one of them its own: "
+                f"services.{svc.name}.version_table = \"alembic_version_{svc.name}\"",
+                where,
+            ))
+        else:
+            seen[(identity, svc.version_table)] = svc.name
+    return findings
+
+
+def _same_database(a: DatabaseIdentity, b: DatabaseIdentity) -> bool:
+    """One database: the same dialect, port and database, on one host (names resolved only
+    when everything else already matches, so settings load does no DNS look-up otherwise)."""
+    if (a.dialect, a.port, a.database) != (b.dialect, b.port, b.database):
+        return False
+    return a.host == b.host or _resolve_host(a.host) == _resolve_host(b.host)
+
+
+@functools.cache
+def _resolve_host(host: str) -> str:
+    """The first address a host name resolves to (the name itself when it does not)."""
+    try:
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
+    except (OSError, UnicodeError):
+        return host
+
+
+def _applied_when(rows: Iterable[LedgerRow]) -> dict[str, str]:
+    when: dict[str, str] = {}
+    for row in rows:
+        if row.direction == "up" and row.status in ("applied", "faked"):
+            when[row.revision] = f" on {(row.finished_at or row.started_at)[:19]} by {row.actor}"
+    return when
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    if root is None:
+        return str(path)
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
