@@ -42,37 +42,40 @@ class Project:
         return text[len(prefix):] if text.startswith(prefix) else text
 
     def select(self, names: Sequence[str] = ()) -> list[ServiceConfig]:
-        """The services a command works on: those named (each must be configured), or every
-        active one, logging one line for each service left out and why."""
-        if names:
-            chosen = []
-            for name in names:
-                svc = self.service(name)
-                if not svc.active:
-                    raise ServiceNotConfigured(
-                        f"Service '{name}' cannot be used in environment "
-                        f"'{self.settings.env}': {svc.skip_reason}."
-                    )
-                chosen.append(svc)
-            return chosen
-        settings = self.settings
-        if not settings.services:
-            raise BadInput(
-                f"No services found in {settings.root / settings.services_dir} (a service is a "
-                "folder with a migrations/ folder); run this inside a monorepo, or scaffold "
-                "one with `ncm-migrate init`."
-            )
-        active = [s for s in settings.services if s.active]
-        if not active:
-            raise ServiceNotConfigured(
-                f"No service can be used in environment '{settings.env}': "
-                + "; ".join(f"{s.name}: {s.skip_reason}" for s in settings.services)
-                + "."
-            )
-        for svc in settings.services:
+        return select_services(self.settings, names)
+
+
+def select_services(settings: Settings, names: Sequence[str] = ()) -> list[ServiceConfig]:
+    """The services a command works on: those named (each must be configured), or every
+    active one, logging one line for each service left out and why."""
+    if names:
+        chosen = []
+        for name in names:
+            svc = settings.service(name)
             if not svc.active:
-                log.warning("skipping service '%s': %s", svc.name, svc.skip_reason)
-        return active
+                raise ServiceNotConfigured(
+                    f"Service '{name}' cannot be used in environment "
+                    f"'{settings.env}': {svc.skip_reason}."
+                )
+            chosen.append(svc)
+        return chosen
+    if not settings.services:
+        raise BadInput(
+            f"No services found in {settings.root / settings.services_dir} (a service is a "
+            "folder with a migrations/ folder); run this inside a monorepo, or scaffold "
+            "one with `ncm-migrate init`."
+        )
+    active = [s for s in settings.services if s.active]
+    if not active:
+        raise ServiceNotConfigured(
+            f"No service can be used in environment '{settings.env}': "
+            + "; ".join(f"{s.name}: {s.skip_reason}" for s in settings.services)
+            + "."
+        )
+    for svc in settings.services:
+        if not svc.active:
+            log.warning("skipping service '%s': %s", svc.name, svc.skip_reason)
+    return active
 
 
 def find_root(start: Path | None = None) -> Path:

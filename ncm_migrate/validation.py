@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .discovery import read_revision, revision_files
-from .errors import GraphError, NcmError, RevisionFileError, ServiceNotConfigured
+from .errors import GraphError, NcmError, RevisionFileError
 from .executor import open_backend
 from .findings import Finding
 from .graph import Graph, find_cycle
 from .linting import lint_service
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
-from .project import Project, find_root, load_project
+from .project import Project, find_root, load_project, select_services
 from .rules import state_findings
 from .settings import Settings, load_settings
 
@@ -39,23 +39,6 @@ class Inventory:
     findings: list[Finding]
     # per service, the revision ids that files which cannot be read seem to hold ("": unknown)
     unreadable: dict[str, set[str]] = dataclasses.field(default_factory=dict)
-
-
-def select(settings: Settings, names: Sequence[str]) -> list[ServiceConfig]:
-    """Named services (each configured here), or every active one, logging the others."""
-    if names:
-        chosen = [settings.service(n) for n in names]
-        for svc in chosen:
-            if not svc.active:
-                raise ServiceNotConfigured(
-                    f"Service '{svc.name}' cannot be used in environment '{settings.env}': "
-                    f"{svc.skip_reason}."
-                )
-        return chosen
-    for svc in settings.services:
-        if not svc.active:
-            log.warning("skipping service '%s': %s", svc.name, svc.skip_reason)
-    return [s for s in settings.services if s.active]
 
 
 def read_inventory(settings: Settings) -> Inventory:
@@ -279,7 +262,7 @@ def validate_settings(
     lint_rules: bool = True,
 ) -> list[Finding]:
     """Every finding for the selected services (graph findings for all of them)."""
-    selected = select(settings, names)
+    selected = select_services(settings, names)
     chosen = {s.name for s in selected}
     inventory = read_inventory(settings)
     graph_found, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
