@@ -115,12 +115,7 @@ def check_state(
             "database that cannot roll DDL back. Fix the database by hand, then run "
             f"`manage.py repair {config.name}`."
         )
-    if state.unknown:
-        raise GraphError(
-            f"Service '{config.name}': the database has revision(s) "
-            f"{', '.join(state.unknown)} applied, but no such file exists in "
-            f"{config.migrations_dir}; restore the file(s) or check out the right branch."
-        )
+    check_known(config, state)
     if allow_drift:
         return
     for rev_id, checksum in state.checksums:
@@ -131,6 +126,18 @@ def check_state(
                 f"run `manage.py validate {config.name}` to see it, and `manage.py repair "
                 f"{config.name}` if the edit was deliberate."
             )
+
+
+def check_known(config: ServiceConfig, state: ServiceState) -> None:
+    """Refuse a service whose database has revisions applied that no file on disk holds
+    (a branch switch): nothing can be planned from a state that is not known."""
+    if state.unknown:
+        raise GraphError(
+            f"Service '{config.name}': the database has revision(s) "
+            f"{', '.join(state.unknown)} applied, but no such file exists in "
+            f"{config.migrations_dir}; check out the branch that has them (or restore the "
+            "file(s)), then run the command again."
+        )
 
 
 def segments(plan: Plan) -> list[tuple[Step, ...]]:
