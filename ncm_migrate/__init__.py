@@ -7,7 +7,11 @@ command line.
 from __future__ import annotations
 
 from .commands import (
+    abackup,
     amigrate,
+    arepair,
+    arestore,
+    arollback,
     backup,
     check,
     doctor,
@@ -35,7 +39,11 @@ from .running import MigrateResult
 __all__ = [
     "MigrateResult",
     "NcmError",
+    "abackup",
     "amigrate",
+    "arepair",
+    "arestore",
+    "arollback",
     "backup",
     "check",
     "doctor",

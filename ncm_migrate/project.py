@@ -88,12 +88,25 @@ def find_root(start: Path | None = None) -> Path:
     return here
 
 
+PathArg = str | os.PathLike[str]
+"""A path as Python callers give it: text or any path-like object."""
+
+
+def as_path(value: PathArg | None) -> Path | None:
+    """`value` as a `Path` (None stays None)."""
+    return None if value is None else Path(value)
+
+
+def project_root(root: PathArg | None) -> Path:
+    """The project's root: `root` if given, else `find_root()`."""
+    return Path(root) if root is not None else find_root()
+
+
 def load_project(
-    root: Path | None = None, env: str | None = None, settings_dir: Path | None = None
+    root: PathArg | None = None, env: str | None = None, settings_dir: PathArg | None = None
 ) -> Project:
     """Settings for `env`, every service's revision headers, and the checked graph."""
-    root = root or find_root()
-    settings = load_settings(root, env, settings_dir)
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
     cache = HeaderCache(settings.root / HEADER_CACHE)
     revisions = {
         svc.name: {r.revision: r for r in read_revisions(svc.name, svc.migrations_dir, cache)}
