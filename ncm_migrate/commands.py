@@ -109,15 +109,17 @@ def showmigrations(
     and those their databases have applied that no file holds (`missing`).
 
     What a selected service needs from another service is not shown; a service this
-    environment leaves out that it needs is named in a warning."""
+    environment leaves out that its pending revisions need is named in a warning."""
     project = load_project(root, env, settings_dir)
     selected = project.select(services)
     states = read_states(project, [s.name for s in selected])
     # One plan for every selected service (not one per service: with cross-service
     # `requires` each would walk most of the graph again), split per service.
     names = [svc.name for svc in selected]
-    order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, names))
-    for why in left_out(project, order).values():
+    targets = upgrade_targets(project.graph, names)
+    order = plan_upgrade(project.graph, {}, targets)
+    pending = plan_upgrade(project.graph, {n: states[n].applied for n in names}, targets)
+    for why in left_out(project, pending).values():
         log.warning("%s", why)
     by_service: dict[str, list[str]] = {name: [] for name in names}
     for step in order.steps:
