@@ -18,6 +18,8 @@ from .model import Revision, ServiceConfig
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+# A path as Python callers give it: text or any path-like object.
+PathArg = str | os.PathLike[str]
 # Parsed revision headers, keyed on each file's content hash (see `discovery.HeaderCache`).
 HEADER_CACHE = Path("var", "cache", "ncm-headers.json")
 
@@ -75,21 +77,17 @@ class Project:
         return active
 
 
-def find_root(start: Path | None = None) -> Path:
+def find_root(start: PathArg | None = None) -> Path:
     """`NCM_ROOT`, else the nearest folder upwards holding `manage.py` or
     `settings/settings.toml`, else the current folder."""
     explicit = os.environ.get("NCM_ROOT")
     if explicit:
         return Path(explicit).resolve()
-    here = (start or Path.cwd()).resolve()
+    here = (Path(start) if start is not None else Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "manage.py").is_file() or (folder / "settings" / "settings.toml").is_file():
             return folder
     return here
-
-
-PathArg = str | os.PathLike[str]
-"""A path as Python callers give it: text or any path-like object."""
 
 
 def as_path(value: PathArg | None) -> Path | None:

@@ -115,6 +115,29 @@ def test_a_dependency_left_out_of_the_environment(example: Monorepo) -> None:
     assert version_heads(billing_db, "alembic_version_billing") == set()
 
 
+@pytest.mark.parametrize("env", ["development", "partial"])
+def test_every_command_on_a_service_whose_dependency_is_outside_the_selection(
+    example: Monorepo, env: str
+) -> None:
+    """billing selected alone; in `partial` users has no database (billing shares the
+    development database, where everything was applied)."""
+    settings = example.root / "settings" / "settings.toml"
+    settings.write_text(settings.read_text() + (
+        '\n[partial.services.billing]\ndatabase_url = "sqlite:///var/development/billing.db"\n'
+    ))
+    assert example.cli("migrate").code == 0
+    for args in (("showmigrations", "billing"), ("showmigrations", "billing", "--json"),
+                 ("migrate", "billing"), ("migrate", "--plan", "billing"),
+                 ("migrate", "--verify-only", "billing"), ("validate", "billing"),
+                 ("history", "billing"), ("doctor", "billing"), ("migrate", "--sql", "billing"),
+                 ("migrate", "billing", "0002", "--plan"), ("rollback", "billing"),
+                 ("migrate", "billing"), ("showmigrations",)):
+        result = example.cli(*args, "--env", env)
+        assert result.code == 0, (args, result.output)
+        assert "Traceback" not in result.output and "cannot be used" not in result.stderr
+    assert [s.pending for s in ncm_migrate.showmigrations(["billing"], env=env, root=example.root)] == [0]
+
+
 def two_revisions(repo: Monorepo, tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'users.db'}"
     repo.table("users", "0001_a", "users_a")
