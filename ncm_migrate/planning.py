@@ -164,10 +164,11 @@ def left_out(project: Project, plan: Plan) -> dict[str, str]:
     """Each service with steps in `plan` that this environment leaves out (no database),
     with one sentence naming what needs it and why it is left out."""
     graph, env = project.graph, project.settings.env
+    inactive = {s.name: s for s in project.settings.services if not s.active}
     out: dict[str, str] = {}
     for step in plan.steps:
-        config = project.service(step.service)
-        if config.active or step.service in out:
+        config = inactive.get(step.service)
+        if config is None or step.service in out:
             continue
         mine = [s.key for s in plan.steps if s.service == step.service]
         need = next(
