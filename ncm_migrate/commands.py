@@ -7,6 +7,7 @@ executor, and returns plain values; none prints. Errors are `NcmError`s with exi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -608,6 +609,7 @@ def _async_twin(verb: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     async def twin(*args: P.args, **kwargs: P.kwargs) -> R:
         return await asyncio.to_thread(verb, *args, **kwargs)
 
+    functools.update_wrapper(twin, verb)  # help() and inspect.signature show verb's arguments
     twin.__name__ = twin.__qualname__ = f"a{verb.__name__}"
     twin.__doc__ = (
         f"`{verb.__name__}` without blocking the event loop: the same arguments, work, "

@@ -5,6 +5,7 @@ database (a sync verb inside a running event loop names its twin)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -197,6 +198,7 @@ def test_async_twins_keep_the_signature_and_errors(repo: Monorepo, tmp_path: Pat
     two_revisions(repo, tmp_path)
     twin: Callable[..., Awaitable[object]] = ncm_migrate.arollback
     assert twin.__name__ == "arollback" and "rollback" in (twin.__doc__ or "")
+    assert inspect.signature(twin) == inspect.signature(ncm_migrate.rollback)
     with pytest.raises(NcmError) as info:
         asyncio.run(ncm_migrate.arollback("nope", root=repo.root))
     assert info.value.exit_code == 2
