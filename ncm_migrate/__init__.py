@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .commands import (
+        abackup,
         amigrate,
+        arepair,
+        arestore,
+        arollback,
         backup,
         check,
         doctor,
@@ -40,7 +44,11 @@ if TYPE_CHECKING:
 __all__ = [
     "MigrateResult",
     "NcmError",
+    "abackup",
     "amigrate",
+    "arepair",
+    "arestore",
+    "arollback",
     "backup",
     "check",
     "doctor",

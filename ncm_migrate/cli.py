@@ -186,9 +186,12 @@ def showmigrations_cmd(
             note = f"  (DIRTY at {s.dirty}: run repair {s.name})" if s.dirty else ""
             lines.append(f"{s.name} [{s.backend}]{note}")
             for r in s.revisions:
-                mark = "X" if r.applied else " "
-                doc = f"  {r.doc}" if r.doc else ""
+                mark = "?" if r.missing else "X" if r.applied else " "
+                doc = "  (applied, no file)" if r.missing else f"  {r.doc}" if r.doc else ""
                 lines.append(f" [{mark}] {r.revision}{doc}")
+            if s.unknown:
+                lines.append(f" applied but not on disk: {', '.join(s.unknown)} (check out the "
+                             "branch that has them)")
             if not s.revisions:
                 lines.append(" (no migrations)")
             if s.conflicting_heads:

@@ -6,12 +6,13 @@ executor, and returns plain values; none prints. Errors are `NcmError`s with exi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import health
 from .audit import AuditLog
@@ -27,9 +28,9 @@ from .graph import (
     plan_upgrade,
     upgrade_targets,
 )
-from .model import LedgerRow, Plan, ServiceConfig
-from .planning import plan_migrate, plan_rollback, read_states
-from .project import find_root, load_project
+from .model import LedgerRow, Plan, ServiceConfig, ServiceState
+from .planning import left_out, plan_migrate, plan_rollback, read_states
+from .project import PathArg, Project, as_path, load_project, project_root
 from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
 from .running import MigrateResult, confirm_protected, run_plan, take_backup
@@ -60,6 +61,8 @@ class RevisionStatus:
     applied: bool
     path: str
     doc: str = ""
+    # applied in the database, but no file on disk holds it (a branch switch): path is ""
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,13 @@ class ServiceStatus:
     dirty: str | None
     revisions: tuple[RevisionStatus, ...]
     conflicting_heads: tuple[str, ...] = ()
+    # revisions the database has applied that no file holds; `migrate` and `rollback`
+    # refuse the service until the branch that has them is checked out
+    unknown: tuple[str, ...] = ()
 
 
 def services(
-    *, env: str | None = None, root: Path | None = None, settings_dir: Path | None = None
+    *, env: str | None = None, root: PathArg | None = None, settings_dir: PathArg | None = None
 ) -> list[ServiceInfo]:
     """The services found, with masked URLs."""
     project = load_project(root, env, settings_dir)
@@ -97,46 +103,59 @@ def showmigrations(
     services: Sequence[str] = (),
     *,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> list[ServiceStatus]:
-    """Every revision of the selected services, applied or not, in the order they run."""
+    """Every revision of the selected services, applied or not, in the order they run,
+    and those their databases have applied that no file holds (`missing`).
+
+    What a selected service needs from another service is not shown; a service this
+    environment leaves out that its pending revisions need is named in a warning."""
     project = load_project(root, env, settings_dir)
     selected = project.select(services)
     states = read_states(project, [s.name for s in selected])
-    out = []
     # One plan for every selected service (not one per service: with cross-service
     # `requires` each would walk most of the graph again), split per service.
     names = [svc.name for svc in selected]
-    order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, names)).steps
+    targets = upgrade_targets(project.graph, names)
+    order = plan_upgrade(project.graph, {}, targets)
+    pending = plan_upgrade(project.graph, {n: states[n].applied for n in names}, targets)
+    for why in left_out(project, pending).values():
+        log.warning("%s", why)
     by_service: dict[str, list[str]] = {name: [] for name in names}
-    for step in order:
-        by_service[step.service].append(step.revision)
-    for svc in selected:
-        state = states[svc.name]
-        revisions = project.revisions[svc.name]
-        statuses = tuple(
-            RevisionStatus(
-                revision=rev,
-                applied=rev in state.applied,
-                path=project.relative_path(revisions[rev].path),
-                doc=revisions[rev].doc,
-            )
-            for rev in by_service[svc.name]
+    for step in order.steps:
+        if step.service in by_service:
+            by_service[step.service].append(step.revision)
+    return [_status(project, svc, states[svc.name], by_service[svc.name]) for svc in selected]
+
+
+def _status(
+    project: Project, svc: ServiceConfig, state: ServiceState, order: list[str]
+) -> ServiceStatus:
+    revisions = project.revisions[svc.name]
+    # With a revision applied that no file holds, the version table's heads say nothing
+    # about the revisions before it: the ledger still says which of them were applied.
+    applied = state.applied | ({r for r, _ in state.checksums} if state.unknown else set())
+    statuses = tuple(
+        RevisionStatus(
+            revision=rev,
+            applied=rev in applied,
+            path=project.relative_path(revisions[rev].path),
+            doc=revisions[rev].doc,
         )
-        out.append(
-            ServiceStatus(
-                name=svc.name,
-                backend=svc.backend,
-                heads=project.graph.heads(svc.name),
-                current=state.heads,
-                pending=sum(1 for r in statuses if not r.applied),
-                dirty=state.dirty,
-                revisions=statuses,
-                conflicting_heads=project.graph.conflicting_heads(svc.name),
-            )
-        )
-    return out
+        for rev in order
+    ) + tuple(RevisionStatus(rev, applied=True, path="", missing=True) for rev in state.unknown)
+    return ServiceStatus(
+        name=svc.name,
+        backend=svc.backend,
+        heads=project.graph.heads(svc.name),
+        current=state.heads,
+        pending=sum(1 for r in statuses if not r.applied),
+        dirty=state.dirty,
+        revisions=statuses,
+        conflicting_heads=project.graph.conflicting_heads(svc.name),
+        unknown=state.unknown,
+    )
 
 
 def plan(
@@ -144,8 +163,8 @@ def plan(
     target: str | None = None,
     *,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
     cascade: bool = False,
 ) -> Plan:
     """The exact steps `migrate` would run, in order, without changing anything."""
@@ -158,8 +177,8 @@ def migrate(
     target: str | None = None,
     *,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
     fake: bool = False,
     jobs: int | None = None,
     cascade: bool = False,
@@ -178,22 +197,13 @@ def migrate(
     destructive revisions and `fake`; `confirm` then sees the plan before anything runs
     and may raise to refuse it.
     """
+    _refuse_inside_event_loop("migrate")
     project = load_project(root, env, settings_dir)
     steps, _states = plan_migrate(project, services, target, cascade)
     confirm_protected(project, steps, fake, questioner)
     if confirm is not None:
         confirm(steps)
     return run_plan(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
-
-
-async def amigrate(
-    services: Sequence[str] = (), target: str | None = None, **options: Any
-) -> MigrateResult:
-    """`migrate` without blocking the event loop (for FastAPI/Starlette lifespans): the
-    same work, the same results and errors, in a worker thread."""
-    import asyncio
-
-    return await asyncio.to_thread(functools.partial(migrate, services, target, **options))
 
 
 @dataclass(frozen=True)
@@ -208,8 +218,8 @@ def verify(
     services: Sequence[str] = (),
     *,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> list[VerifyResult]:
     """Re-run the `verify` functions of applied revisions, changing nothing."""
     project = load_project(root, env, settings_dir)
@@ -238,8 +248,8 @@ def rollback(
     steps: int | None = None,
     cascade: bool = False,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
     fake: bool = False,
     report: Reporter | None = None,
     confirm: Callable[[Plan], None] | None = None,
@@ -247,6 +257,7 @@ def rollback(
 ) -> MigrateResult:
     """Move `service` backwards to `target`, or by `steps` revisions (default 1); in a
     protected environment only once `questioner` (default: refuse) confirms it."""
+    _refuse_inside_event_loop("rollback")
     project = load_project(root, env, settings_dir)
     downgrade = plan_rollback(project, service, target, steps, cascade)
     confirm_protected(project, downgrade, fake, questioner)
@@ -262,8 +273,8 @@ def sqlmigrate(
     *,
     backwards: bool = False,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> str:
     """The SQL one revision runs, rendered without a database."""
     project = load_project(root, env, settings_dir)
@@ -292,8 +303,8 @@ def migrate_sql(
     target: str | None = None,
     *,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> SqlScript:
     """The SQL `migrate` would run against the databases' current state, without running it.
 
@@ -332,14 +343,14 @@ def history(
     *,
     limit: int | None = None,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> list[LedgerRow]:
     """The ledger rows of the selected services, oldest first (also of a service with a
     revision file that cannot be read: the ledger does not need it)."""
     from .validation import load_readable_project
 
-    project, unreadable = load_readable_project(root, env, settings_dir)
+    project, unreadable = load_readable_project(project_root(root), env, as_path(settings_dir))
     for name, why in unreadable.items():
         log.warning("service '%s' has a revision file that cannot be read: %s", name, why)
     rows: list[LedgerRow] = []
@@ -358,8 +369,8 @@ def wait(
     *,
     timeout: float | None = None,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> dict[str, float]:
     """Wait until every selected database accepts a real query (default budget:
     `connect.max_wait_s`); the seconds each took. `DatabaseUnreachable` (exit 4) otherwise."""
@@ -372,14 +383,14 @@ def doctor(
     services: Sequence[str] = (),
     *,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> list[health.Diagnosis]:
     """Connectivity, latency, server version, privileges, heads, pending and lock state; a
     service with a revision file that cannot be read is diagnosed too, with that as its error."""
     from .validation import load_readable_project
 
-    project, unreadable = load_readable_project(root, env, settings_dir)
+    project, unreadable = load_readable_project(project_root(root), env, as_path(settings_dir))
     return health.diagnose(project, project.select(services), unreadable)
 
 
@@ -388,14 +399,14 @@ def validate(
     *,
     strict: bool = False,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> Report:
     """Graph, files, version tables, applied checksums and lint, as findings (no exception
     for what it finds: `Report.exit_code` says 0, 1 or 2)."""
     from .validation import validate_settings
 
-    settings = load_settings(root or find_root(), env, settings_dir)
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
     return Report.of(validate_settings(settings, services), strict)
 
 
@@ -404,15 +415,15 @@ def lint(
     *,
     strict: bool = False,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> Report:
     """Dangerous operations in the selected services' `upgrade()`s (no database needed),
     and each revision file that cannot be read (exit 2, as in `validate`)."""
     from .linting import lint_service
     from .validation import read_inventory
 
-    settings = load_settings(root or find_root(), env, settings_dir)
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
     inventory = read_inventory(settings)
     # Every service, with a database in this environment or not: lint reads only files.
     selected = [settings.service(n) for n in services] if services else list(settings.services)
@@ -428,14 +439,14 @@ def check(
     *,
     strict: bool = False,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> Report:
     """For CI: validate every service, plus pending revisions, dirty marks and models.py
     changes that no revision holds yet (`makemigrations --check`)."""
     from .validation import models_findings, validate_settings
 
-    settings = load_settings(root or find_root(), env, settings_dir)
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
     findings = validate_settings(settings, (), pending=True)
     report = Report.of(findings, strict)
     if report.exit_code == 2:
@@ -448,13 +459,14 @@ def repair(
     *,
     questioner: Questioner | None = None,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> list[RepairAction]:
     """Clear `service`'s dirty mark and re-record edited revisions' checksums, in the ledger
     and the audit log."""
     from .repairs import repair_service
 
+    _refuse_inside_event_loop("repair")
     project = load_project(root, env, settings_dir)
     svc = project.select([service])[0]
     settings = project.settings
@@ -476,31 +488,34 @@ def repair(
 
 def backup(
     service: str,
-    out: Path | None = None,
+    out: PathArg | None = None,
     *,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> tuple[Path, Manifest]:
     """Back up one service's database into `out` (default `backup.dir/<env>/<svc>/<time>/`)."""
+    _refuse_inside_event_loop("backup")
     project = load_project(root, env, settings_dir)
     svc = project.select([service])[0]
     audit = AuditLog.open(project.settings.audit_log_path, project.root, "backup", project.settings.env)
-    return take_backup(project, svc, out, audit)
+    return take_backup(project, svc, as_path(out), audit)
 
 
 def restore(
     service: str,
-    folder: Path,
+    folder: PathArg,
     *,
     questioner: Questioner | None = None,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> Manifest:
     """Replace one service's database with a backup (confirmed first where protected)."""
     from .backups import read_manifest, restore_database
 
+    _refuse_inside_event_loop("restore")
+    folder = Path(folder)
     project = load_project(root, env, settings_dir)
     svc = project.select([service])[0]
     settings = project.settings
@@ -531,8 +546,8 @@ def makemigrations(
     dry_run: bool = False,
     merge: bool = False,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> Outcome:
     """New revision files from templates, autogenerated from models.py where a service has
     one (compared with a scratch database, never the service's own).
@@ -543,7 +558,7 @@ def makemigrations(
     from . import new_revisions as mm
 
     project = load_project(root, env, settings_dir)
-    templates_dir = settings_dir_of(project.root, settings_dir)
+    templates_dir = settings_dir_of(project.root, as_path(settings_dir))
     if check:
         mm.check_models(project, services)
         return mm.Outcome()
@@ -563,21 +578,64 @@ def startservice(
     backend: str | None = None,
     database_url: str | None = None,
     env: str | None = None,
-    root: Path | None = None,
-    settings_dir: Path | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
 ) -> NewService:
     """Scaffold `services/<name>/`: migrations/, models.py (SQL) and its settings.toml; what
     was created and which database URL (if any) the service now has."""
     from .scaffold import start_service
 
-    return start_service(root or find_root(), name, backend, database_url, env, settings_dir)
+    return start_service(project_root(root), name, backend, database_url, env, as_path(settings_dir))
 
 
-def init(directory: Path | None = None) -> list[Path]:
+def init(directory: PathArg | None = None) -> list[Path]:
     """Scaffold manage.py, settings/ and services/ into `directory` (default: here)."""
     from .scaffold import init_project
 
-    return init_project(directory or Path.cwd())
+    return init_project(as_path(directory) or Path.cwd())
+
+
+# -- async twins ---------------------------------------------------------------------
+# Each verb that changes a database has one, for asyncio applications (a FastAPI or
+# Starlette lifespan): the same work, results and errors, in a worker thread, so the event
+# loop keeps running. The sync verb, called while a loop runs in its thread, refuses and
+# names its twin (`_refuse_inside_event_loop`).
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _async_twin(verb: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    async def twin(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(verb, *args, **kwargs)
+
+    functools.update_wrapper(twin, verb)  # help() and inspect.signature show verb's arguments
+    twin.__name__ = twin.__qualname__ = f"a{verb.__name__}"
+    twin.__doc__ = (
+        f"`{verb.__name__}` without blocking the event loop: the same arguments, work, "
+        "results and errors, in a worker thread."
+    )
+    return twin
+
+
+amigrate = _async_twin(migrate)
+arollback = _async_twin(rollback)
+arepair = _async_twin(repair)
+abackup = _async_twin(backup)
+arestore = _async_twin(restore)
+
+
+def _refuse_inside_event_loop(verb: str) -> None:
+    """Refuse (exit 2) to run a verb that blocks for as long as a migration takes inside
+    a running event loop: its async twin does the same work without blocking it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise BadInput(
+        f"`ncm_migrate.{verb}()` was called inside a running event loop, which it would block "
+        f"until it finishes; use `await ncm_migrate.a{verb}(...)` there instead."
+    )
 
 
 # -- wiring ------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Nodes are `RevisionKey(service, revision)`. A node's parents are its `down_revision`s and
 Alembic `depends_on` inside its service, the `requires` it names in other services, and,
-for a service's base revisions, the heads of every service it `depends_on`.
+for a service's base revisions, every revision of each service it `depends_on`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class Graph:
     # really needs (its own history, its depends_on and its requires)
     required_parents: dict[RevisionKey, tuple[RevisionKey, ...]] = field(default_factory=dict)
     _children: dict[RevisionKey, list[RevisionKey]] | None = None
-    _required_children: dict[RevisionKey, list[RevisionKey]] | None = None
     _labels: dict[str, dict[str, list[str]]] | None = None
     _heads: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -72,15 +71,9 @@ class Graph:
             stack.extend(edges[key])
         return seen
 
-    def descendants(self, keys: Iterable[RevisionKey], required_only: bool = False) -> set[RevisionKey]:
-        """`keys` and everything that comes after them; with `required_only`, only what
-        really needs them (not what a service-level depends_on merely orders after them)."""
-        if required_only and self._required_children is None:
-            kids: dict[RevisionKey, list[RevisionKey]] = {k: [] for k in self.nodes}
-            for node, parents in (self.required_parents or self.parents).items():
-                for parent in parents:
-                    kids[parent].append(node)
-            self._required_children = kids
+    def descendants(self, keys: Iterable[RevisionKey]) -> set[RevisionKey]:
+        """`keys` and everything that comes after them, in any service (through history,
+        depends_on, requires and a service-level depends_on)."""
         seen: set[RevisionKey] = set()
         stack = list(keys)
         while stack:
@@ -88,11 +81,7 @@ class Graph:
             if key in seen:
                 continue
             seen.add(key)
-            if required_only:
-                assert self._required_children is not None
-                stack.extend(self._required_children[key])
-            else:
-                stack.extend(self.children(key))
+            stack.extend(self.children(key))
         return seen
 
     def heads_of(self, service: str, applied: frozenset[str]) -> tuple[str, ...]:
@@ -226,10 +215,13 @@ def build_graph(
     for svc, deps in depends.items():
         if not deps:
             continue
+        # After every revision of each service it depends on (not only their heads): a
+        # downgrade then reverts this service before any of theirs, even below a head
+        # that is not applied yet.
         bases = [k for k in nodes if k.service == svc and not nodes[k].down_revisions]
-        dep_heads = [RevisionKey(d, h) for d in deps for h in graph.heads(d)]
+        before = {RevisionKey(d, r) for d in deps for r in by_service.get(d, [])}
         for base in bases:
-            graph.parents[base] = tuple(sorted(set(graph.parents[base]) | set(dep_heads)))
+            graph.parents[base] = tuple(sorted(set(graph.parents[base]) | before))
     cycle = find_cycle(graph)
     if cycle:
         raise GraphError(
@@ -354,10 +346,11 @@ def removal_set(
 def dependents_outside(
     graph: Graph, applied: Mapping[str, frozenset[str]], removing: set[RevisionKey]
 ) -> set[RevisionKey]:
-    """Applied revisions not in `removing` that need something in it (through their
-    history, depends_on or requires; a service-level depends_on only orders first runs)."""
+    """Applied revisions not in `removing` that need something in it: through their
+    history, depends_on or requires, or, for a service that `depends_on` another, any of
+    that service's revisions (its base revisions come after the other's heads)."""
     out: set[RevisionKey] = set()
-    for key in graph.descendants(removing, required_only=True) - removing:
+    for key in graph.descendants(removing) - removing:
         if key.revision in applied.get(key.service, frozenset()):
             out.add(key)
     return out

@@ -23,7 +23,7 @@ from .graph import (
 )
 from .model import Plan, Revision, RevisionKey, ServiceConfig, ServiceState
 from .project import Project
-from .rules import check_state
+from .rules import check_known, check_state
 from .settings import ConnectSettings
 
 
@@ -79,23 +79,21 @@ def plan_migrate(
     applied = {name: st.applied for name, st in states.items()}
     if target is not None and target not in HEAD:
         svc = selected[0]
+        check_known(svc, states[svc.name], project.revisions[svc.name], project.root)
         keep = keep_for_target(project.graph, svc.name, target)
         remove = removal_set(project.graph, applied, svc.name, keep)
         if target in ZERO or remove:
-            return downgrade_plan(project, applied, remove, cascade), states
+            return downgrade_plan(project, states, remove, cascade), states
         rev = project.graph.resolve(svc.name, target)
         targets = [RevisionKey(svc.name, rev)]
     else:
         targets = upgrade_targets(project.graph, [s.name for s in selected])
     steps = plan_upgrade(project.graph, applied, targets)
-    for step in steps.steps:
-        if step.service not in applied:
-            config = project.service(step.service)
-            raise ServiceNotConfigured(
-                f"{step.service}:{step.revision} must be applied first (something in the plan "
-                f"requires it), but service '{step.service}' cannot be used in environment "
-                f"'{project.settings.env}': {config.skip_reason}."
-            )
+    missing = left_out(project, steps)
+    if missing:
+        raise ServiceNotConfigured(next(iter(missing.values())))
+    for name in steps.services():
+        check_known(project.service(name), states[name], project.revisions[name], project.root)
     busy = set(steps.services())
     for svc in selected:
         # With nothing to do a service is still refused when dirty or drifted: its database
@@ -110,31 +108,78 @@ def plan_migrate(
 def plan_rollback(
     project: Project, service: str, target: str | None, steps: int | None, cascade: bool
 ) -> Plan:
-    """The steps that move `service` back to `target`, or by `steps` revisions (default 1)."""
+    """The steps that move `service` back to `target`, or by `steps` revisions (default 1).
+
+    Refused (exit 2) while its database has a revision applied that no file holds."""
     svc = project.select([service])[0]
     if target is not None and steps is not None:
         raise BadInput("Give rollback either a TARGET or --steps, not both.")
     states = states_for(project, [svc.name])
+    check_known(svc, states[svc.name], project.revisions[svc.name], project.root)
     applied = {name: st.applied for name, st in states.items()}
     if target is None:
         remove = last_applied(project.graph, applied, svc.name, steps or 1)
     else:
         keep = keep_for_target(project.graph, svc.name, target)
         remove = removal_set(project.graph, applied, svc.name, keep)
-    return downgrade_plan(project, applied, remove, cascade)
+    return downgrade_plan(project, states, remove, cascade)
 
 
 def downgrade_plan(
     project: Project,
-    applied: dict[str, frozenset[str]],
+    states: Mapping[str, ServiceState],
     remove: set[RevisionKey],
     cascade: bool,
 ) -> Plan:
+    """Steps that revert `remove`; refused (exit 1) while applied revisions of other
+    services need it (by `requires`, or because their service `depends_on` this one),
+    unless `cascade` reverts those first."""
+    applied = {name: st.applied for name, st in states.items()}
     blockers = dependents_outside(project.graph, applied, remove)
     if blockers and not cascade:
         raise RollbackRefused(
-            "Refusing to roll back: applied revisions of other services still require it: "
+            "Refusing to roll back: applied revisions of other services still need it: "
             + ", ".join(str(b) for b in sorted(blockers))
+            + _depends_note(project, blockers, remove)
             + "; roll those back first, or use --cascade."
         )
+    for name in {k.service for k in blockers}:
+        check_known(project.service(name), states[name], project.revisions[name], project.root)
     return plan_downgrade(project.graph, remove | blockers, first=blockers)
+
+
+def _depends_note(project: Project, blockers: set[RevisionKey], remove: set[RevisionKey]) -> str:
+    """Which blocking services depend (service-level `depends_on`) on a service being
+    rolled back, as ` (billing depends_on users)`, or ''."""
+    removing = {k.service for k in remove}
+    pairs = sorted(
+        f"{name} depends_on {dep}"
+        for name in {k.service for k in blockers}
+        for dep in project.graph.service_depends.get(name, ())
+        if dep in removing
+    )
+    return f" ({'; '.join(pairs)})" if pairs else ""
+
+
+def left_out(project: Project, plan: Plan) -> dict[str, str]:
+    """Each service with steps in `plan` that this environment leaves out (no database),
+    with one sentence naming what needs it and why it is left out."""
+    graph, env = project.graph, project.settings.env
+    inactive = {s.name: s for s in project.settings.services if not s.active}
+    out: dict[str, str] = {}
+    for step in plan.steps:
+        config = inactive.get(step.service)
+        if config is None or step.service in out:
+            continue
+        mine = [s.key for s in plan.steps if s.service == step.service]
+        need = next(
+            ((other.key, key) for other in plan.steps if other.service != step.service
+             for key in mine if key in graph.parents[other.key]),
+            None,
+        )
+        what = f"{need[0]} needs {need[1]}" if need else f"{step.key} must be applied first"
+        out[step.service] = (
+            f"{what}, but service '{step.service}' cannot be used in environment '{env}': "
+            f"{config.skip_reason}."
+        )
+    return out

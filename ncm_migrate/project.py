@@ -18,6 +18,8 @@ from .model import Revision, ServiceConfig
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+# A path as Python callers give it: text or any path-like object.
+PathArg = str | os.PathLike[str]
 # Parsed revision headers, keyed on each file's content hash (see `discovery.HeaderCache`).
 HEADER_CACHE = Path("var", "cache", "ncm-headers.json")
 
@@ -78,25 +80,34 @@ def select_services(settings: Settings, names: Sequence[str] = ()) -> list[Servi
     return active
 
 
-def find_root(start: Path | None = None) -> Path:
+def find_root(start: PathArg | None = None) -> Path:
     """`NCM_ROOT`, else the nearest folder upwards holding `manage.py` or
     `settings/settings.toml`, else the current folder."""
     explicit = os.environ.get("NCM_ROOT")
     if explicit:
         return Path(explicit).resolve()
-    here = (start or Path.cwd()).resolve()
+    here = (Path(start) if start is not None else Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "manage.py").is_file() or (folder / "settings" / "settings.toml").is_file():
             return folder
     return here
 
 
+def as_path(value: PathArg | None) -> Path | None:
+    """`value` as a `Path` (None stays None)."""
+    return None if value is None else Path(value)
+
+
+def project_root(root: PathArg | None) -> Path:
+    """The project's root: `root` if given, else `find_root()`."""
+    return Path(root) if root is not None else find_root()
+
+
 def load_project(
-    root: Path | None = None, env: str | None = None, settings_dir: Path | None = None
+    root: PathArg | None = None, env: str | None = None, settings_dir: PathArg | None = None
 ) -> Project:
     """Settings for `env`, every service's revision headers, and the checked graph."""
-    root = root or find_root()
-    settings = load_settings(root, env, settings_dir)
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
     cache = HeaderCache(settings.root / HEADER_CACHE)
     revisions = {
         svc.name: {r.revision: r for r in read_revisions(svc.name, svc.migrations_dir, cache)}

@@ -29,11 +29,11 @@ _ERRORS: Mapping[str, type[NcmError]] = {
 
 
 def raise_first(findings: Iterable[Finding]) -> None:
-    """Raise the first error-level finding as its rule's error, its message one sentence."""
+    """Raise the first error-level finding as its rule's error, its message one sentence
+    (each rule's messages start as a sentence does)."""
     for finding in findings:
         if finding.severity == "error":
-            message = finding.message[0].upper() + finding.message[1:]
-            raise _ERRORS.get(finding.rule, NcmError)(message.rstrip(".") + ".")
+            raise _ERRORS.get(finding.rule, NcmError)(finding.message.rstrip(".") + ".")
 
 
 def state_findings(
@@ -56,7 +56,7 @@ def state_findings(
     if state.dirty:
         findings.append(Finding(
             name, state.dirty, "dirty", "error",
-            f"service '{name}' is dirty: revision {state.dirty} failed part way on a database "
+            f"Service '{name}' is dirty: revision {state.dirty} failed part way on a database "
             f"that cannot roll DDL back; fix the database by hand, then run "
             f"`manage.py repair {name}`",
             migrations,
@@ -66,8 +66,8 @@ def state_findings(
         if rev_id not in revisions:
             findings.append(Finding(
                 name, rev_id, "missing-file", "error",
-                f"{name}:{rev_id} was applied{when.get(rev_id, '')} but its file is gone from "
-                f"{migrations}; restore the file, or check out the branch that has it",
+                f"Revision {name}:{rev_id} was applied{when.get(rev_id, '')} but its file is gone "
+                f"from {migrations}; check out the branch that has them (or restore the file)",
                 migrations,
             ))
     if not allow_drift:
@@ -76,7 +76,7 @@ def state_findings(
             if rev is not None and checksum and checksum != rev.checksum:
                 findings.append(Finding(
                     name, rev_id, "checksum-drift", "error",
-                    f"revision {name}:{rev_id} ({_rel(rev.path, root)}) was edited after it was "
+                    f"Revision {name}:{rev_id} ({_rel(rev.path, root)}) was edited after it was "
                     f"applied{when.get(rev_id, '')}; revert the edit, or run `manage.py repair "
                     f"{name}` if it was deliberate (`manage.py validate {name}` shows it)",
                     _rel(rev.path, root),
@@ -95,6 +95,14 @@ def check_state(
     raise_first(state_findings(config, state, revisions, root, allow_drift=allow_drift))
 
 
+def check_known(config: ServiceConfig, state: ServiceState, revisions: Mapping[str, Revision],
+                root: Path | None = None) -> None:
+    """Refuse a service whose database has revisions applied that no file on disk holds
+    (a branch switch): nothing can be planned from a state that is not known."""
+    raise_first(f for f in state_findings(config, state, revisions, root, allow_drift=True)
+                if f.rule == "missing-file")
+
+
 def version_table_findings(services: Sequence[ServiceConfig], root: Path) -> list[Finding]:
     """SQL services that reach one database (however their URLs are spelled: driver,
     `localhost` or `127.0.0.1`, default port) and share a version table, and version tables
@@ -108,8 +116,8 @@ def version_table_findings(services: Sequence[ServiceConfig], root: Path) -> lis
         if svc.version_table == LEDGER_TABLE:
             findings.append(Finding(
                 svc.name, "", "version-table-clash", "error",
-                f"services.{svc.name}.version_table '{LEDGER_TABLE}' is the ledger's table; "
-                "choose another",
+                f"Setting services.{svc.name}.version_table is '{LEDGER_TABLE}', the ledger's "
+                "table; choose another",
                 where,
             ))
         identity = database_identity(svc.database_url)
@@ -117,7 +125,7 @@ def version_table_findings(services: Sequence[ServiceConfig], root: Path) -> lis
         if other is not None:
             findings.append(Finding(
                 svc.name, "", "version-table-clash", "error",
-                f"services '{seen[other]}' and '{svc.name}' share one database and the version "
+                f"Services '{seen[other]}' and '{svc.name}' share one database and the version "
                 f"table '{svc.version_table}'; give one of them its own: "
                 f"services.{svc.name}.version_table = \"alembic_version_{svc.name}\"",
                 where,

@@ -318,8 +318,7 @@ def _check_version_tables(services: tuple[ServiceConfig, ...], root: Path, sourc
     """Two services on one database must not share a version table (`rules`' rule)."""
     for finding in version_table_findings(services, root):
         raise SettingsError(
-            f"{finding.message[0].upper()}{finding.message[1:]} "
-            f"({sources.of(('services', finding.service))})."
+            f"{finding.message} ({sources.of(('services', finding.service))})."
         )
 
 

@@ -276,3 +276,35 @@ def test_last_applied_is_a_suffix_of_the_order() -> None:
     assert last_applied(g, applied, "users", 2) == keys("users:0002", "users:0003")
     assert last_applied(g, applied, "users", 9) == keys("users:0001", "users:0002", "users:0003")
     assert last_applied(g, applied, "users", 0) == set()
+
+
+def test_a_service_that_depends_on_another_blocks_its_rollback() -> None:
+    """
+    users:   0001 -> 0002 -> 0003        (0003 not applied yet)
+                                |  service level: billing depends_on users
+    billing: 0001 -> 0002  <----+        catalog depends_on billing
+    catalog: 0001  <--- billing's heads
+    """
+    g = graph(
+        rev("users:0001"), rev("users:0002", "0001"), rev("users:0003", "0002"),
+        rev("billing:0001"), rev("billing:0002", "0001"), rev("catalog:0001"),
+        depends={"billing": ["users"], "catalog": ["billing"]},
+    )
+    applied = {
+        "users": frozenset({"0001", "0002"}),
+        "billing": frozenset({"0001", "0002"}),
+        "catalog": frozenset({"0001"}),
+    }
+    # Any applied revision of users, even one below its head: all of billing needs users,
+    # and catalog needs billing.
+    assert dependents_outside(g, applied, keys("users:0002")) == keys(
+        "billing:0001", "billing:0002", "catalog:0001"
+    )
+    remove = keys("users:0002") | dependents_outside(g, applied, keys("users:0002"))
+    steps = [str(s.key) for s in plan_downgrade(g, remove).steps]
+    assert steps.index("catalog:0001") < steps.index("billing:0001") < steps.index("users:0002")
+    assert steps.index("billing:0002") < steps.index("billing:0001")
+    # A dependent service with nothing applied blocks nothing.
+    assert dependents_outside(g, {"users": applied["users"]}, keys("users:0001", "users:0002")) == set()
+    # Rolling back billing's head leaves users alone, and catalog still blocks it.
+    assert dependents_outside(g, applied, keys("billing:0002")) == keys("catalog:0001")

@@ -1,12 +1,17 @@
 """rollback: by steps or to a target, refused while other services still require what it
-would remove (exit 1, naming them), and --cascade, on SQLite, PostgreSQL and MariaDB."""
+would remove or depend on its service (exit 1, naming them), and --cascade; refused while
+the database has a revision applied that no file holds (exit 2); on SQLite, PostgreSQL and
+MariaDB."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import pytest
 from monorepo import Monorepo, ledger, tables, version_heads
+
+import ncm_migrate
+from ncm_migrate.errors import RollbackRefused
 
 
 def users_and_billing(repo: Monorepo, url: str) -> None:
@@ -96,30 +101,82 @@ def test_rollback_json(repo: Monorepo, sqlite_url: str) -> None:
     ]
 
 
-def test_service_level_depends_on_orders_first_runs_but_does_not_block_rollback(
-    repo: Monorepo, tmp_path: Path
-) -> None:
+def billing_depends_on_users(repo: Monorepo, url: str) -> None:
     """
-        users:   0001 -> 0002            billing depends_on users (service level)
-        billing: 0001 (requires users:0001)
-
-    users:0002 came after billing was applied; nothing requires it, so it rolls back alone.
+    users:   0001 -> 0002
+                       ^  (service level: billing depends_on users, no requires)
+    billing: 0001 -----+
     """
     repo.table("users", "0001_a", "u1")
-    repo.table("billing", "0001_a", "b1", requires=["users:0001"])
+    repo.table("users", "0002_b", "u2", down="0001_a")
+    repo.table("billing", "0001_a", "b1")
     repo.settings(f"""
         [default.services.billing]
         depends_on = ["users"]
-        [development.services.users]
-        database_url = "sqlite:///{tmp_path / 'u.db'}"
-        [development.services.billing]
-        database_url = "sqlite:///{tmp_path / 'b.db'}"
+        [development]
+        database_url = "{url}"
     """)
+
+
+def test_rollback_refused_while_a_service_that_depends_on_it_is_applied(
+    repo: Monorepo, db_url: str
+) -> None:
+    billing_depends_on_users(repo, db_url)
     assert repo.cli("migrate").code == 0
-    repo.table("users", "0002_b", "u2", down="0001_a")
-    assert repo.cli("migrate").code == 0
-    result = repo.cli("rollback", "users")
+    for args in (("rollback", "users"), ("rollback", "users", "0001_a"), ("migrate", "users", "zero"),
+                 ("rollback", "users", "--steps", "2")):
+        refused = repo.cli(*args)
+        assert refused.code == 1, (args, refused.output)
+        assert "billing:0001_a" in refused.stderr and "billing depends_on users" in refused.stderr
+        assert "--cascade" in refused.stderr and "Traceback" not in refused.output
+    with pytest.raises(RollbackRefused, match="billing depends_on users"):
+        ncm_migrate.rollback("users", "zero", root=repo.root)
+    assert version_heads(db_url, "alembic_version_users") == {"0002_b"}
+    assert {"u1", "u2", "b1"} <= tables(db_url)
+
+    cascade = repo.cli("migrate", "users", "zero", "--cascade")
+    assert cascade.code == 0, cascade.output
+    assert version_heads(db_url, "alembic_version_users") == set()
+    assert version_heads(db_url, "alembic_version_billing") == set()
+    assert not {"u1", "u2", "b1"} & tables(db_url)
+    reverted = [(r["service"], r["revision"]) for r in ledger(db_url) if r["status"] == "reverted"]
+    assert reverted == [("billing", "0001_a"), ("users", "0002_b"), ("users", "0001_a")]
+
+
+def test_rollback_of_a_service_whose_dependent_is_not_applied(repo: Monorepo, sqlite_url: str) -> None:
+    billing_depends_on_users(repo, sqlite_url)
+    assert repo.cli("migrate", "users").code == 0
+    result = repo.cli("rollback", "users", "--cascade")
     assert result.code == 0, result.output
-    assert "users down 0002_b reverted" in " ".join(result.stdout.split())
-    refused = repo.cli("rollback", "users")
-    assert refused.code == 1 and "billing:0001_a" in refused.stderr
+    assert "billing" not in result.stdout
+    assert repo.cli("rollback", "users").code == 0
+    assert version_heads(sqlite_url, "alembic_version_users") == set()
+
+
+def test_applied_revision_whose_file_is_gone(repo: Monorepo, db_url: str) -> None:
+    """A branch switch: the database is at users:0003_c, which no file on disk holds."""
+    users_and_billing(repo, db_url)
+    assert repo.cli("migrate", "users").code == 0
+    (repo.root / "services" / "users" / "migrations" / "0003_c.py").unlink()
+
+    shown = repo.cli("showmigrations", "users")
+    assert shown.code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert " [X] 0001_a  0001_a" in lines and " [X] 0002_b  0002_b" in lines
+    assert " [?] 0003_c  (applied, no file)" in lines
+    assert "pending" not in shown.stdout
+    body = json.loads(repo.cli("showmigrations", "users", "--json").stdout)["services"][0]
+    assert body["unknown"] == ["0003_c"] and body["current"] == ["0003_c"]
+    assert body["revisions"][-1] == {"revision": "0003_c", "applied": True, "path": "",
+                                     "doc": "", "missing": True}
+    assert body["pending"] == 0
+
+    for args in (("rollback", "users"), ("rollback", "users", "0001_a"), ("migrate", "users", "0001_a"),
+                 ("migrate", "users", "zero"), ("migrate", "users"), ("migrate", "--plan", "users"),
+                 ("rollback", "users", "--steps", "2", "--cascade")):
+        refused = repo.cli(*args)
+        assert refused.code == 2, (args, refused.output)
+        assert "0003_c" in refused.stderr and "check out the branch that has them" in refused.stderr
+        assert "Nothing to do" not in refused.stdout and "Traceback" not in refused.output
+    assert version_heads(db_url, "alembic_version_users") == {"0003_c"}
+    assert {"users_a", "users_b", "users_c"} <= tables(db_url)
