@@ -79,7 +79,8 @@ def section_warnings(own_keys: Mapping[str, set[str]], chosen: str) -> list[str]
             if one_edit_apart(a, b):
                 warnings.append(
                     f"Environments '{a}' and '{b}' differ by one letter: if one is a misspelt "
-                    "section name, its settings (protected, say) apply to neither; rename it."
+                    "section name, the settings under it (protected, say) are missing from the "
+                    "other; rename it."
                 )
     if chosen != DEFAULT_ENV and own_keys.get(chosen, set()) <= {"services"}:
         warnings.append(

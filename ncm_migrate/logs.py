@@ -31,6 +31,11 @@ class RedactingFormatter(logging.Formatter):
         return redact_known(super().format(record))
 
 
+def redacted_traceback(exc: BaseException) -> str:
+    """The traceback Python would print for `exc`, with every known password hidden."""
+    return redact_known("".join(traceback.format_exception(exc)))
+
+
 def _redacted_excepthook(
     kind: type[BaseException], exc: BaseException | None, tb: TracebackType | None
 ) -> None:
@@ -46,8 +51,9 @@ def _redacted_thread_excepthook(args: threading.ExceptHookArgs) -> None:
 
 
 def redact_tracebacks() -> None:
-    """Print the traceback of a bug (an exception nothing handled, in any thread) with every
-    known password hidden, as the log does."""
+    """Print the traceback of a bug that nothing handled, in any thread, with every known
+    password hidden, as the log does. (Typer installs its own hook around a command, which
+    hands over to the one it found at import: `cli.main` prints a command's bug itself.)"""
     sys.excepthook = _redacted_excepthook
     threading.excepthook = _redacted_thread_excepthook
 
