@@ -89,6 +89,11 @@ def configure_logging(levels: dict[str, int]) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+    # Another library's warnings, with no handler of their own, reach Python's last resort.
+    last_resort = _StderrHandler()
+    last_resort.setLevel(logging.WARNING)
+    last_resort.setFormatter(RedactingFormatter("%(message)s"))
+    logging.lastResort = last_resort
 
 
 def current_levels() -> dict[str, int]:

@@ -192,3 +192,23 @@ def test_the_traceback_of_a_bug_hides_the_password(repo: Monorepo, secret: Secre
         assert "Traceback" in result.stderr and "RuntimeError: a bug near" in result.stderr
         assert "***" in result.stderr
         assert_clean(result, secret)
+
+
+def test_other_libraries_warnings_hide_the_password(secret: Secret) -> None:
+    """A warning from a library ncm-migrate does not configure reaches Python's last-resort
+    handler; in a command's process that one hides passwords too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from ncm_migrate.logs import configure_logging, verbosity_levels\n"
+        "from ncm_migrate.urls import remember_secret\n"
+        f"url = 'postgresql://u:{secret.quoted}@db/x'\n"
+        "remember_secret(url)\n"
+        "configure_logging(verbosity_levels(0))\n"
+        "logging.getLogger('some.driver').warning('pool trouble at %s', url)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "pool trouble at postgresql://u:***@db/x" in proc.stderr
+    assert secret.raw not in proc.stderr and secret.quoted not in proc.stderr
