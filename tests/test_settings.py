@@ -395,6 +395,25 @@ def test_a_misspelt_environment_section_is_warned_about(repo: Monorepo, tmp_path
     assert not load(repo, "production").protected  # a warning, not an error
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "near"),
+    [
+        ("prodution", "production", True),  # a letter dropped
+        ("porduction", "production", True),  # two neighbours swapped
+        ("productiom", "production", True),  # a letter changed
+        ("stagingg", "staging", True),  # a letter added
+        ("eu1", "eu2", False),  # numbered siblings, not typos
+        ("staging", "staging2", False),
+        ("prod", "production", False),
+        ("production", "production", False),
+    ],
+)
+def test_environments_one_edit_apart(a: str, b: str, near: bool) -> None:
+    from ncm_migrate.environments import one_edit_apart
+
+    assert one_edit_apart(a, b) is near and one_edit_apart(b, a) is near
+
+
 def test_a_correct_settings_file_gives_no_warning(repo: Monorepo, tmp_path: Path) -> None:
     repo.table("users", "0001_initial", "users_t")
     repo.settings("[production]\nprotected = true\n")
