@@ -33,7 +33,7 @@ from . import commands
 from .errors import BadInput, NcmError, ProblemsFound
 from .executor import Event, RunReport
 from .findings import Report
-from .logs import configure_logging, verbosity_levels
+from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
 from .model import Plan, StepResult
 from .project import find_root
 from .questioner import Questioner, questioner_for
@@ -916,8 +916,13 @@ def main(root: Path | None = None, argv: list[str] | None = None) -> None:
     # default (a pass every 700 allocations) spends a quarter of a listing walking them.
     # Command processes are short; cyclic garbage is still collected, less often.
     gc.set_threshold(10_000, 10, 10)
+    redact_tracebacks()
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
-    app_for(root, args)(args=args, prog_name="manage.py" if root else "ncm-migrate")
+    try:
+        app_for(root, args)(args=args, prog_name="manage.py" if root else "ncm-migrate")
+    except Exception as exc:  # a bug: it keeps its traceback, with passwords hidden
+        sys.stderr.write(redacted_traceback(exc))
+        sys.exit(1)
 
 
 __all__ = ["StepResult", "app", "main"]

@@ -53,11 +53,13 @@ class SettingsError(BadInput):
 
 
 class UnknownEnvironment(SettingsError):
-    def __init__(self, env: str, known: list[str]) -> None:
+    def __init__(self, env: str, known: list[str], suggestion: str | None = None) -> None:
         self.env = env
         self.known = known
+        hint = f" Did you mean '{suggestion}'?" if suggestion else ""
         super().__init__(
             f"Unknown environment '{env}'; known environments: {', '.join(known) or '(none)'}."
+            + hint
         )
 
 

@@ -21,6 +21,10 @@ COLUMNS = (
     "finished_at", "duration_ms", "actor", "host", "environment", "tool_version",
 )
 STATUSES = ("running", "applied", "reverted", "faked", "failed")
+# The longest `actor` and `environment` a row holds (the SQL columns' sizes): the settings
+# refuse longer ones before any database is touched.
+ACTOR_LENGTH = 128
+ENVIRONMENT_LENGTH = 64
 
 
 class StateRow(NamedTuple):
@@ -43,12 +47,13 @@ def tool_version() -> str:
 
 
 def actor() -> str:
-    """`NCM_ACTOR`, else the operating-system user."""
+    """`NCM_ACTOR` (its length checked with the settings), else the operating-system user,
+    cut to the column (it comes from `LOGNAME` or `USER`, which nobody checks)."""
     explicit = os.environ.get("NCM_ACTOR")
     if explicit:
         return explicit
     try:
-        return getpass.getuser()
+        return getpass.getuser()[:ACTOR_LENGTH]
     except (KeyError, OSError):
         return "unknown"
 

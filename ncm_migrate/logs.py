@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import traceback
+from types import TracebackType
 
 from .urls import redact_known
 
@@ -18,6 +21,41 @@ class RedactingFilter(logging.Filter):
         record.msg = redact_known(record.getMessage())
         record.args = None
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Hides every known password in the whole record as written, the traceback of
+    `exc_info` (logged at -vv) included, which a filter on the message cannot reach."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_known(super().format(record))
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """The traceback Python would print for `exc`, with every known password hidden."""
+    return redact_known("".join(traceback.format_exception(exc)))
+
+
+def _redacted_excepthook(
+    kind: type[BaseException], exc: BaseException | None, tb: TracebackType | None
+) -> None:
+    sys.stderr.write(redact_known("".join(traceback.format_exception(kind, exc, tb))))
+
+
+def _redacted_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if issubclass(args.exc_type, SystemExit):
+        return  # as Python's own hook: a thread that exits says nothing
+    name = args.thread.name if args.thread else "?"
+    sys.stderr.write(f"Exception in thread {name}:\n")
+    _redacted_excepthook(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def redact_tracebacks() -> None:
+    """Print the traceback of a bug that nothing handled, in any thread, with every known
+    password hidden, as the log does. (Typer installs its own hook around a command, which
+    hands over to the one it found at import: `cli.main` prints a command's bug itself.)"""
+    sys.excepthook = _redacted_excepthook
+    threading.excepthook = _redacted_thread_excepthook
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -44,13 +82,18 @@ def verbosity_levels(verbosity: int) -> dict[str, int]:
 def configure_logging(levels: dict[str, int]) -> None:
     """One stderr handler, redacting, for each named logger."""
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(RedactingFormatter("%(message)s"))
     handler.addFilter(RedactingFilter())
     for name, level in levels.items():
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+    # Another library's warnings, with no handler of their own, reach Python's last resort.
+    last_resort = _StderrHandler()
+    last_resort.setLevel(logging.WARNING)
+    last_resort.setFormatter(RedactingFormatter("%(message)s"))
+    logging.lastResort = last_resort
 
 
 def current_levels() -> dict[str, int]:

@@ -9,10 +9,11 @@ Command-line flags are applied by the caller on top.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -21,13 +22,34 @@ from dynaconf import Dynaconf
 from dynaconf.utils.inspect import get_history
 
 from .discovery import find_service_dirs
+from .environments import (
+    DEFAULT_ENV,
+    check_environment_name,
+    closest_environment,
+    section_warnings,
+)
 from .errors import SettingsError, UnknownEnvironment
+from .ledger import ACTOR_LENGTH
 from .model import ServiceConfig
 from .rules import version_table_findings
-from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve_sqlite_path
+from .urls import (
+    backend_of,
+    check_url,
+    mask_userinfo,
+    password_of,
+    remember_secret,
+    resolve_sqlite_path,
+)
 
-DEFAULT_ENV = "development"
+log = logging.getLogger(__name__)
 PROJECT_FILES = ("settings.toml", ".secrets.toml", "settings.local.toml")
+# The settings files that are committed (settings/settings.toml, services/<svc>/settings.toml;
+# .secrets.toml and settings.local.toml are git-ignored): none may hold a secret.
+COMMITTED_FILE = "settings.toml"
+SECRET_KEYS = {("backup", "encryption_key"), ("notify", "webhook_url")}
+# Dynaconf's template expressions, which read a value (a password, say) at load time.
+_TEMPLATE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{[^{}]*\}")
+_warned: set[tuple[Path, str]] = set()
 _DEFAULTS = Path(__file__).with_name("defaults.toml")
 # NCM_* variables that are not settings: the environment, the actor, the project root, and
 # the Docker entrypoint's app folder.
@@ -105,17 +127,129 @@ def settings_dir_of(root: Path, settings_dir: Path | None = None) -> Path:
     return (settings_dir or root / "settings").resolve()
 
 
-def known_environments(settings_dir: Path, service_dirs: list[Path] | None = None) -> list[str]:
-    """The environment sections named in any settings file, plus `development`."""
-    names = {DEFAULT_ENV}
-    files = [settings_dir / name for name in PROJECT_FILES]
-    files += [d / "settings.toml" for d in service_dirs or []]
-    for path in files:
+def read_settings_files(
+    settings_dir: Path, service_dirs: Iterable[Path] = ()
+) -> dict[Path, dict[str, Any]]:
+    """Every settings file present, as TOML, each checked: no setting outside an environment
+    section, and no secret in a committed file."""
+    found = {}
+    paths = [settings_dir / name for name in PROJECT_FILES]
+    paths += [d / COMMITTED_FILE for d in service_dirs]
+    for path in paths:
         if path.is_file():
             sections = _read_toml(path)
-            _check_sections(path, sections, service_file=path.parent != settings_dir)
-            names.update(k.lower() for k in sections if k.lower() not in _NOT_ENVIRONMENTS)
+            service = None if path.parent == settings_dir else path.parent.name
+            _check_sections(path, sections, service_file=service is not None)
+            if path.name == COMMITTED_FILE:
+                _check_no_secrets(path, sections, service, settings_dir)
+            found[path] = sections
+    return found
+
+
+def known_environments(files: Mapping[Path, Mapping[str, Any]]) -> list[str]:
+    """The environment sections named in any of `files`, plus `development`."""
+    names = {DEFAULT_ENV}
+    for sections in files.values():
+        names.update(k.lower() for k in sections if k.lower() not in _NOT_ENVIRONMENTS)
     return sorted(names)
+
+
+def chosen_environment(env: str | None, environ: Mapping[str, str]) -> str:
+    """`env` (the `--env` flag), else `NCM_ENV`, else `development`; an empty, overlong or
+    unsafe name is `SettingsError` naming where it came from."""
+    if env is None and "NCM_ENV" not in environ:
+        return DEFAULT_ENV
+    name, source = (env, "--env") if env is not None else (environ["NCM_ENV"], "NCM_ENV")
+    check_environment_name(name, source)
+    return name.lower()
+
+
+def _check_actor(environ: Mapping[str, str]) -> None:
+    actor = environ.get("NCM_ACTOR") or ""
+    if len(actor) > ACTOR_LENGTH:
+        raise SettingsError(
+            f"NCM_ACTOR is {len(actor)} characters long; the ledger records at most "
+            f"{ACTOR_LENGTH}: set a shorter name."
+        )
+
+
+def _check_no_secrets(
+    path: Path, sections: Mapping[str, Any], service: str | None, settings_dir: Path
+) -> None:
+    """A committed file holding a secret is `SettingsError` naming the key and the file, and
+    where to put it instead; the secret itself is never shown."""
+    prefix = ("services", service) if service else ()
+    for section, table in sections.items():
+        for key, value in _leaves(table):
+            full = (*prefix, *key)
+            what = _secret_kind(full, value)
+            if what is None:
+                continue
+            where = ".".join((section, *full[:-1]))
+            raise SettingsError(
+                f"Setting '{'.'.join(full)}' in {path} [{section}] {what}, and committed "
+                f"settings files must not hold secrets: move it to "
+                f"{settings_dir.name}/.secrets.toml (git-ignored) under [{where}], or set "
+                f"NCM_{'__'.join(k.upper() for k in full)}."
+            )
+
+
+def _leaves(value: Any, key: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, Mapping):
+        for sub, item in value.items():
+            yield from _leaves(item, (*key, str(sub).lower()))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _leaves(item, key)
+    else:
+        yield key, value
+
+
+def _secret_kind(key: tuple[str, ...], value: Any) -> str | None:
+    """`is a secret` (a key that always holds one), `holds a password` (a URL's), or None."""
+    if not isinstance(value, str):
+        return None
+    text = _literal_text(value)
+    if key[-2:] in SECRET_KEYS and text.strip():
+        return "is a secret"
+    return "holds a password" if password_of(text) else None
+
+
+def _literal_text(value: str) -> str:
+    """A value as written in its file, without Dynaconf's `@jinja`/`@format` expressions
+    (which read a secret from elsewhere, at load time) or another `@` token."""
+    token, _, rest = value.partition(" ")
+    if token in ("@jinja", "@format"):
+        return _TEMPLATE.sub("", rest)
+    return rest if token.startswith("@") and rest else value
+
+
+def _own_keys(
+    files: Mapping[Path, Mapping[str, Any]], settings_dir: Path, env: str,
+    env_layer: Mapping[str, Any],
+) -> dict[str, set[str]]:
+    """For each environment, the settings its sections hold (a service's own file counts as
+    `services`); the `NCM_` variables count for the chosen one."""
+    own: dict[str, set[str]] = {DEFAULT_ENV: set()}
+    for path, sections in files.items():
+        for name, table in sections.items():
+            if name.lower() in _NOT_ENVIRONMENTS:
+                continue
+            keys = own.setdefault(name.lower(), set())
+            if path.parent == settings_dir:
+                keys.update(str(k).lower() for k in table)
+            else:
+                keys.add("services")
+    own.setdefault(env, set()).update(env_layer)
+    return own
+
+
+def _warn_once(root: Path, messages: list[str]) -> None:
+    """Log each warning once per process and project (settings load several times a run)."""
+    for message in messages:
+        if (root, message) not in _warned:
+            _warned.add((root, message))
+            log.warning("%s", message)
 
 
 def _check_sections(path: Path, sections: Mapping[str, Any], service_file: bool) -> None:
@@ -148,7 +282,8 @@ def load_settings(
     sdir = settings_dir_of(root, settings_dir)
     if settings_dir is not None and not sdir.is_dir():
         raise SettingsError(f"The settings folder {sdir} (--settings) does not exist.")
-    env = (env or environ.get("NCM_ENV") or DEFAULT_ENV).lower()
+    env = chosen_environment(env, environ)
+    _check_actor(environ)
     files = [str(_DEFAULTS)] + [str(sdir / n) for n in PROJECT_FILES if (sdir / n).is_file()]
     for name in files[1:]:
         _read_toml(Path(name))  # a clear error naming the file and line, before Dynaconf's own
@@ -160,9 +295,11 @@ def load_settings(
     services_dir = _str(merged, "services_dir", sources)
     services_glob = _str(merged, "services_glob", sources)
     service_dirs = find_service_dirs(root, services_dir, services_glob)
-    known = known_environments(sdir, service_dirs)
+    read = read_settings_files(sdir, service_dirs)
+    known = known_environments(read)
     if env not in known:
-        raise UnknownEnvironment(env, known)
+        raise UnknownEnvironment(env, known, closest_environment(env, known))
+    _warn_once(root, section_warnings(_own_keys(read, sdir, env, env_layer), env))
 
     svc_layers: dict[str, dict[str, Any]] = {}
     for folder in service_dirs:

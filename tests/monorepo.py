@@ -13,6 +13,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from ncm_migrate import cli
+from ncm_migrate.urls import password_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,10 +122,15 @@ class Monorepo:
         return self.write("settings/settings.toml", textwrap.dedent(text))
 
     def urls(self, urls: Mapping[str, str], env: str = "development", extra: str = "") -> Path:
-        """settings.toml giving each service its URL in `env`."""
+        """settings.toml giving each service its URL in `env`; a URL with a password goes to
+        settings/.secrets.toml instead, as a committed settings file must not hold one."""
         parts = [f"[{env}]\n{textwrap.dedent(extra)}"]
+        secret = []
         for svc, url in urls.items():
-            parts.append(f'[{env}.services.{svc}]\ndatabase_url = "{url}"\n')
+            section = f'[{env}.services.{svc}]\ndatabase_url = "{url}"\n'
+            (secret if password_of(url) else parts).append(section)
+        if secret or (self.root / "settings/.secrets.toml").exists():
+            self.write("settings/.secrets.toml", "\n".join(secret))
         return self.settings("\n".join(parts))
 
     def cli(self, *args: str, env: Mapping[str, str] | None = None) -> CliResult:

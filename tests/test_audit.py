@@ -101,7 +101,8 @@ def test_passwords_never_reach_outputs_or_the_audit_log(repo: Monorepo, password
     repo.revision("users", "0002_leak", down="0001_initial",
                   upgrade="url = op.get_bind().engine.url\n"
                           "raise RuntimeError(url.render_as_string(hide_password=False))")
-    repo.settings(f'[production]\nprotected = true\ndatabase_url = "{password_url}"\n')
+    repo.settings('[production]\nprotected = true\n')
+    repo.write("settings/.secrets.toml", f'[production]\ndatabase_url = "{password_url}"\n')
     folder = tmp_path / "bk"
     runs = [repo.run("migrate", "--env", "production", "-v")]  # a real process, logging and all
     runs += [repo.cli(*args, "--env", "production") for args in (

@@ -132,7 +132,11 @@ def test_settings_errors_hide_passwords(
     repo: Monorepo, settings: str, variable: str, secret: Secret
 ) -> None:
     repo.table("users", "0001_initial", "users_t")
-    repo.settings(f"[development]\n{settings.format(pw=secret.quoted, raw=secret.raw)}\n")
+    # In the secrets layer, where a password belongs: a committed settings file holding one is
+    # refused before its value is even checked.
+    repo.settings("[development]\n")
+    repo.write("settings/.secrets.toml",
+               f"[development]\n{settings.format(pw=secret.quoted, raw=secret.raw)}\n")
     environ = {"NCM_DATABASE_URL": variable.format(pw=secret.quoted)} if variable else {}
     for args in (("services",), ("-vv", "migrate")):
         result = repo.cli(*args, env=environ)
@@ -149,3 +153,62 @@ def test_an_unquoted_at_sign_in_a_password_is_refused_without_showing_it(repo: M
         assert result.code == 2
         assert "URL-encoded" in result.stderr
         assert "Secr3t" not in result.output and "ss#" not in result.output
+
+
+def test_vv_traceback_of_a_failed_revision_hides_the_password(
+    repo: Monorepo, sqlite_url: str, pg_url: str, secret: Secret
+) -> None:
+    """-vv logs the traceback of a revision that raised; the password in its message is
+    hidden there as in the one-line error."""
+    repo.revision("billing", "0001_leaky", upgrade=(
+        "raise RuntimeError('cannot reach ' + str(op.get_bind().engine.url.password))"
+    ))
+    services_beside_sqlite(repo, sqlite_url, billing=with_password(pg_url, secret))
+    result = repo.cli("-vv", "migrate", "billing")
+    assert result.code == 1, result.output
+    assert "Traceback" in result.stderr and "RuntimeError: cannot reach ***" in result.stderr
+    assert_clean(result, secret)
+
+
+def test_the_traceback_of_a_bug_hides_the_password(repo: Monorepo, secret: Secret) -> None:
+    """A bug keeps its traceback, in a real process, at -vv as at any verbosity, with every
+    known password hidden (here a bug that puts the whole URL in its message)."""
+    repo.table("billing", "0001_initial", "billing_t")
+    repo.urls({"billing": f"postgresql+psycopg://admin:{secret.quoted}@127.0.0.1:1/billing"})
+    repo.write("manage.py", (
+        "from pathlib import Path\n"
+        "from ncm_migrate import cli, commands\n"
+        "from ncm_migrate.settings import load_settings\n"
+        "ROOT = Path(__file__).resolve().parent\n\n"
+        "def broken(**where):\n"
+        "    url = load_settings(ROOT).service('billing').database_url\n"
+        "    raise RuntimeError('a bug near ' + url)\n\n"
+        "commands.services = broken\n"
+        "cli.main(root=ROOT)\n"
+    ))
+    for args in (("-vv", "services"), ("services",)):
+        result = repo.run(*args)
+        assert result.code == 1, result.output
+        assert "Traceback" in result.stderr and "RuntimeError: a bug near" in result.stderr
+        assert "***" in result.stderr
+        assert_clean(result, secret)
+
+
+def test_other_libraries_warnings_hide_the_password(secret: Secret) -> None:
+    """A warning from a library ncm-migrate does not configure reaches Python's last-resort
+    handler; in a command's process that one hides passwords too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from ncm_migrate.logs import configure_logging, verbosity_levels\n"
+        "from ncm_migrate.urls import remember_secret\n"
+        f"url = 'postgresql://u:{secret.quoted}@db/x'\n"
+        "remember_secret(url)\n"
+        "configure_logging(verbosity_levels(0))\n"
+        "logging.getLogger('some.driver').warning('pool trouble at %s', url)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "pool trouble at postgresql://u:***@db/x" in proc.stderr
+    assert secret.raw not in proc.stderr and secret.quoted not in proc.stderr

@@ -368,3 +368,228 @@ def test_a_setting_outside_an_environment_section_is_an_error(repo: Monorepo, te
     repo.write("settings/settings.local.toml", text)
     with pytest.raises(SettingsError, match="outside an environment section"):
         load_settings(repo.root)
+
+
+# -- environment names -----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_misspelt_environment_section_is_warned_about(repo: Monorepo, tmp_path: Path) -> None:
+    """`[prodution]` holds production's `protected`, so production itself is unprotected:
+    both the near name and production's lack of settings of its own are one line each."""
+    repo.table("users", "0001_initial", "users_t")
+    repo.settings("[prodution]\nprotected = true\njobs = 4\n")
+    repo.write("settings/.secrets.toml",
+               f'[production.services.users]\ndatabase_url = "sqlite:///{tmp_path / "p.db"}"\n')
+    result = repo.cli("--env", "production", "services")
+    assert result.code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert "Environments 'production' and 'prodution' differ by one letter" in lines[0]
+    assert "'production' has no settings of its own besides services" in lines[1]
+    # Whichever environment is chosen, the near names are worth a line (once a process:
+    # the settings are read several times in one command).
+    other = repo.run("--env", "prodution", "services")
+    assert other.code == 0 and other.stderr.count("differ by one letter") == 1, other.output
+    assert not load(repo, "production").protected  # a warning, not an error
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "near"),
+    [
+        ("prodution", "production", True),  # a letter dropped
+        ("porduction", "production", True),  # two neighbours swapped
+        ("productiom", "production", True),  # a letter changed
+        ("stagingg", "staging", True),  # a letter added
+        ("eu1", "eu2", False),  # numbered siblings, not typos
+        ("staging", "staging2", False),
+        ("prod", "production", False),
+        ("production", "production", False),
+    ],
+)
+def test_environments_one_edit_apart(a: str, b: str, near: bool) -> None:
+    from ncm_migrate.environments import one_edit_apart
+
+    assert one_edit_apart(a, b) is near and one_edit_apart(b, a) is near
+
+
+def test_a_correct_settings_file_gives_no_warning(repo: Monorepo, tmp_path: Path) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.settings("[production]\nprotected = true\n")
+    repo.write("settings/.secrets.toml",
+               f'[production.services.users]\ndatabase_url = "sqlite:///{tmp_path / "p.db"}"\n')
+    result = repo.cli("--env", "production", "services")
+    assert result.code == 0 and result.stderr == "", result.output
+
+
+@pytest.mark.parametrize("env", ["development", "test", "staging", "production", "docker"])
+def test_the_projects_own_settings_give_no_warning(repo: Monorepo, env: str) -> None:
+    for name in ("users", "billing", "catalog", "notifications"):
+        repo.service(name)
+    repo.settings((REPO / "settings" / "settings.toml").read_text())
+    result = repo.cli("--env", env, "services")
+    assert result.code == 0, result.output
+    assert "differ by one letter" not in result.stderr
+    assert "settings of its own" not in result.stderr
+
+
+def test_an_empty_environment_name_is_an_error(repo: Monorepo, tmp_path: Path) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.settings(f'[development]\ndatabase_url = "sqlite:///{tmp_path / "dev.db"}"\n')
+    flag = repo.cli("--env", "", "migrate")
+    assert flag.code == 2 and "--env" in flag.stderr and "empty" in flag.stderr, flag.output
+    variable = repo.cli("migrate", env={"NCM_ENV": ""})
+    assert variable.code == 2 and "NCM_ENV" in variable.stderr, variable.output
+    assert not (tmp_path / "dev.db").exists()
+    with pytest.raises(SettingsError, match="empty"):
+        load(repo, "")
+
+
+def test_a_near_miss_environment_is_suggested(repo: Monorepo) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.settings("[production]\nprotected = true\n[staging]\njobs = 2\n")
+    result = repo.cli("--env", "prodution", "services")
+    assert result.code == 2
+    assert "Unknown environment 'prodution'" in result.stderr
+    assert "Did you mean 'production'?" in result.stderr
+    assert "Did you mean" not in repo.cli("--env", "qa", "services").stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        pytest.param("e" * 65, "65 characters long", id="too-long"),
+        pytest.param("a/b", "not a valid name", id="slash"),
+        pytest.param("..", "not a valid name", id="dot-dot"),
+        pytest.param("../escape", "not a valid name", id="climbs-out"),
+        pytest.param("with space", "not a valid name", id="space"),
+    ],
+)
+@pytest.mark.parametrize("how", ["--env", "NCM_ENV"])
+def test_an_unsafe_or_overlong_environment_name_is_refused(
+    repo: Monorepo, tmp_path: Path, name: str, what: str, how: str
+) -> None:
+    """Even when a settings section of that name exists: the name becomes part of folders
+    (backup.dir/<env>/) and of the ledger's 64-character environment column."""
+    repo.table("users", "0001_initial", "users_t")
+    db = tmp_path / "never.db"
+    repo.settings(f'["{name}"]\ndatabase_url = "sqlite:///{db}"\n')
+    if how == "--env":
+        result = repo.cli("--env", name, "migrate")
+    else:
+        result = repo.cli("migrate", env={"NCM_ENV": name})
+    assert result.code == 2, result.output
+    assert how in result.stderr and what in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert not db.exists()  # refused before any database
+
+
+def test_the_longest_environment_name_is_accepted(repo: Monorepo, tmp_path: Path) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    name = "e" * 64
+    repo.settings(f'[{name}]\njobs = 1\ndatabase_url = "sqlite:///{tmp_path / "ok.db"}"\n')
+    assert repo.cli("--env", name.upper(), "migrate").code == 0
+
+
+def test_an_overlong_actor_is_refused_before_any_database(repo: Monorepo, tmp_path: Path) -> None:
+    from monorepo import ledger
+
+    repo.table("users", "0001_initial", "users_t")
+    db = tmp_path / "actor.db"
+    repo.settings(f'[development]\ndatabase_url = "sqlite:///{db}"\n')
+    result = repo.cli("migrate", env={"NCM_ACTOR": "a" * 129})
+    assert result.code == 2, result.output
+    assert "NCM_ACTOR" in result.stderr and "128" in result.stderr
+    assert not db.exists()
+    with pytest.raises(SettingsError, match="NCM_ACTOR"):
+        load(repo, NCM_ACTOR="a" * 129)
+    longest = "a" * 128
+    assert repo.cli("migrate", env={"NCM_ACTOR": longest}).code == 0
+    assert [row["actor"] for row in ledger(f"sqlite:///{db}")] == [longest]
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+SECRET = "Zq9-not-for-git-4471"
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "key", "variable"),
+    [
+        pytest.param(SETTINGS_TOML, f'[production.backup]\nencryption_key = "{SECRET}"\n',
+                     "backup.encryption_key", "NCM_BACKUP__ENCRYPTION_KEY", id="encryption-key"),
+        pytest.param(SETTINGS_TOML,
+                     f'[default.notify]\nwebhook_url = "https://hooks.example.com/T0/{SECRET}"\n',
+                     "notify.webhook_url", "NCM_NOTIFY__WEBHOOK_URL", id="webhook-url"),
+        pytest.param(SETTINGS_TOML,
+                     f'[production.services.users]\n'
+                     f'database_url = "postgresql+psycopg://app:{SECRET}@db/users"\n',
+                     "services.users.database_url", "NCM_SERVICES__USERS__DATABASE_URL",
+                     id="service-url"),
+        pytest.param(SETTINGS_TOML, f'[staging]\ndatabase_url = "mongodb://app:{SECRET}@db/app"\n',
+                     "database_url", "NCM_DATABASE_URL", id="shared-url"),
+        pytest.param(SETTINGS_TOML,
+                     f'[staging]\ndatabase_url = "@jinja mysql+pymysql://app:{SECRET}@'
+                     '{{ env.get(\'DB_HOST\', \'db\') }}/app"\n',
+                     "database_url", "NCM_DATABASE_URL", id="template-with-a-written-password"),
+        pytest.param("services/users/settings.toml",
+                     f'[production]\ndatabase_url = "mysql+pymysql://app:{SECRET}@db/users"\n',
+                     "services.users.database_url", "NCM_SERVICES__USERS__DATABASE_URL",
+                     id="service-file-url"),
+        pytest.param("services/users/settings.toml",
+                     f'[default]\nbackend = "redis://:{SECRET}@cache:6379/0"\n',
+                     "services.users.backend", "NCM_SERVICES__USERS__BACKEND",
+                     id="service-file-url-in-another-key"),
+    ],
+)
+def test_a_secret_in_a_committed_settings_file_is_refused(
+    repo: Monorepo, tmp_path: Path, where: str, text: str, key: str, variable: str
+) -> None:
+    """Whichever environment is chosen (the file is committed either way), with the key,
+    the file and where the secret belongs instead, and never the secret."""
+    repo.table("users", "0001_initial", "users_t")
+    db = tmp_path / "dev.db"
+    base = f'[development]\ndatabase_url = "sqlite:///{db}"\n'
+    repo.write(SETTINGS_TOML, base + text if where == SETTINGS_TOML else base)
+    if where != SETTINGS_TOML:
+        repo.write(where, text)
+    for args in (("services",), ("-vv", "migrate")):
+        result = repo.cli(*args)
+        assert result.code == 2, result.output
+        message = result.stderr
+        assert f"'{key}'" in message and str(repo.root / where) in message, message
+        assert "settings/.secrets.toml" in message and variable in message
+        assert SECRET not in result.output and "Traceback" not in result.output
+        assert len(message.strip().splitlines()) == 1
+    assert not db.exists()
+
+
+def test_secrets_are_taken_from_the_secrets_layer_and_variables(repo: Monorepo) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.settings(
+        "[production]\nprotected = true\n"
+        # The project's own way: a template that reads the password at load time.
+        "[staging.services.users]\ndatabase_url = \"@jinja postgresql+psycopg://app:"
+        "{{ env.get('NCM_TEST_UNSET_PW', '') }}@db/users\"\n"
+    )
+    url = f"postgresql+psycopg://app:{SECRET}@db/users"
+    repo.write(
+        "settings/.secrets.toml",
+        f'[production.backup]\nencryption_key = "{SECRET}"\n'
+        f'[production.services.users]\ndatabase_url = "{url}"\n',
+    )
+    s = load(repo, "production")
+    assert s.backup.encryption_key == SECRET and s.service("users").database_url == url
+    assert load(repo, "staging").service("users").database_url == "postgresql+psycopg://app:@db/users"
+
+    repo.write("settings/.secrets.toml", "")
+    repo.write("settings/settings.local.toml", f'[production.backup]\nencryption_key = "{SECRET}"\n')
+    assert load(repo, "production").backup.encryption_key == SECRET
+
+    repo.write("settings/settings.local.toml", "")
+    s = load(repo, "production", NCM_BACKUP__ENCRYPTION_KEY=SECRET,
+             NCM_SERVICES__USERS__DATABASE_URL=url)
+    assert s.backup.encryption_key == SECRET and s.service("users").database_url == url
+    result = repo.cli("--env", "production", "services", env={"NCM_SERVICES__USERS__DATABASE_URL": url})
+    assert result.code == 0 and SECRET not in result.output

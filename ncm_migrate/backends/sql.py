@@ -65,9 +65,9 @@ LEDGER = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("duration_ms", sa.Float),
-    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("actor", sa.String(ledger_rules.ACTOR_LENGTH), nullable=False),
     sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("environment", sa.String(64), nullable=False),
+    sa.Column("environment", sa.String(ledger_rules.ENVIRONMENT_LENGTH), nullable=False),
     sa.Column("tool_version", sa.String(32), nullable=False),
     sa.Index("ix_ncm_migrations_service", "service", "id"),
 )
