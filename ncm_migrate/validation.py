@@ -1,9 +1,9 @@
 """Everything that can be wrong with a monorepo's migrations, as findings rather than errors.
 
 Files and graph (malformed files, duplicate ids, missing revisions, cycles, forked heads,
-missing upgrade/downgrade), settings (version-table clashes), each database (applied
-revisions whose file changed or disappeared, or whose requirement in another service is not
-applied there, dirty marks, pending revisions) and lint.
+missing upgrade/downgrade, modules that cannot be imported), settings (version-table
+clashes), each database (applied revisions whose file changed or disappeared, or whose
+requirement in another service is not applied there, dirty marks, pending revisions) and lint.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .linting import lint_service
 from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
 from .project import Project, find_root, load_project
+from .pyfiles import load_revision_module, one_line
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,32 @@ def graph_findings(
     return findings, graph
 
 
+def import_findings(settings: Settings, revisions: Mapping[str, Revision]) -> list[Finding]:
+    """Revisions whose module cannot be imported, with the line that raised. Importing runs
+    a module's top-level code only: no migration runs."""
+    findings: list[Finding] = []
+    for rev in revisions.values():
+        try:
+            load_revision_module(rev)
+        except RevisionFileError as exc:
+            cause = exc.__cause__ or exc
+            findings.append(Finding(
+                rev.service, rev.revision, "import-error", "error",
+                f"the revision cannot be imported: {one_line(cause)}",
+                _rel(rev.path, settings.root), _line_in(cause, rev.path),
+            ))
+    return findings
+
+
+def _line_in(exc: BaseException, path: Path) -> int | None:
+    """The line of `path` that raised `exc` (the innermost one, when it raised through
+    calls), or None."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(path):
+        return exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return frames[-1].lineno if frames else None
+
+
 def version_table_findings(settings: Settings) -> list[Finding]:
     """Services whose URLs differ in spelling but reach one database and version table,
     and version tables named like the ledger."""
@@ -355,6 +383,8 @@ def validate_settings(
     graph_found, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
     findings = [f for f in inventory.findings + graph_found if f.service in chosen or f.rule == "cycle"]
     findings += [f for f in version_table_findings(settings) if f.service in chosen]
+    for svc in selected:
+        findings += import_findings(settings, inventory.revisions[svc.name])
     if lint_rules:
         for svc in selected:
             findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
