@@ -79,6 +79,7 @@ def services(
 ) -> list[ServiceInfo]:
     """The services found, with masked URLs."""
     project = load_project(root, env, settings_dir)
+    project.require_readable()
     return [
         ServiceInfo(
             name=s.name,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
+from .errors import BadInput, MultipleHeads, RevisionFileError, RollbackRefused, ServiceNotConfigured
 from .executor import check_state, open_backend
 from .graph import (
     HEAD,
@@ -129,6 +129,12 @@ def downgrade_plan(
     remove: set[RevisionKey],
     cascade: bool,
 ) -> Plan:
+    if project.unreadable:
+        name, exc = min(project.unreadable.items())
+        raise RevisionFileError(
+            f"Refusing to move back while service '{name}' cannot be read (whether it requires "
+            f"what would be removed is unknown): {exc}"
+        ) from exc
     blockers = dependents_outside(project.graph, applied, remove)
     if blockers and not cascade:
         raise RollbackRefused(

@@ -23,9 +23,9 @@ from .graph import Graph, find_cycle
 from .linting import lint_service
 from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
-from .project import Project, find_root, load_project
+from .project import Project, load_project
 from .pyfiles import load_revision_module, one_line
-from .settings import Settings, load_settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 # `revision = "..."` in a file that cannot be parsed: which applied revision it holds.
@@ -103,12 +103,11 @@ def load_readable_project(
     """For read-only reports (`doctor`, `history`): the project as `load_project` loads it
     or, when some revision files cannot be read, one of every file that can, with why per
     service whose files cannot all be read. Commands that change a database never use this:
-    they refuse such a project (`load_project` raises `RevisionFileError`, exit 2)."""
-    try:
-        return load_project(root, env, settings_dir), {}
-    except RevisionFileError:
-        pass
-    settings = load_settings(root or find_root(), env, settings_dir)
+    they refuse such a service (`Project.select` raises `RevisionFileError`, exit 2)."""
+    project = load_project(root, env, settings_dir)
+    if not project.unreadable:
+        return project, {}
+    settings = project.settings
     inventory = read_inventory(settings)
     unreadable: dict[str, str] = {}
     for f in inventory.findings:

@@ -321,6 +321,7 @@ def test_a_computed_header_that_exits_is_one_error_naming_the_file(repo: Monorep
     text = revision_file("0002_exits", down="0001_initial", extra="import sys\nsys.exit(0)\n")
     text = text.replace("depends_on = None", "depends_on = ('0001' + '_initial',)")
     path = repo.write("services/users/migrations/0002_exits.py", text)
+    repo.urls({"users": "sqlite:///var/db.sqlite"})
     message = bad_input(repo, "showmigrations")
     assert str(path) in message and "SystemExit: 0" in message
 
@@ -333,3 +334,68 @@ def test_an_empty_depends_on_means_none(repo: Monorepo, sqlite_url: str) -> None
     result = repo.cli("migrate")
     assert result.code == 0, result.output
     assert {"users_t", "more"} <= tables(sqlite_url)
+
+
+# -- one unreadable service --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "revision = '0002_broken'\ndown_revision = '0001_initial'\ndef upgrade(:\n",
+        "revision = \"0002'; --\"\ndown_revision = '0001_initial'\n",
+        "import sys\nrevision = '0002_broken'\ndown_revision = '0001_' + sys.argv[99]\n",
+    ],
+    ids=["syntax-error", "bad-id", "computed-header-raises"],
+)
+def test_an_unreadable_revision_stops_only_the_services_that_need_it(
+    repo: Monorepo, tmp_path: Path, broken: str
+) -> None:
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("users", "billing", "orders")}
+    repo.table("users", "0001_initial", "users_t")
+    path = repo.write("services/users/migrations/0002_broken.py", broken)
+    repo.table("billing", "0001_initial", "invoices")
+    repo.table("billing", "0002_more", "more", down="0001_initial")
+    repo.table("orders", "0001_initial", "orders_t", requires=["users:0001"])
+    repo.urls(urls)
+
+    # Commands about billing, which needs nothing of users, go on.
+    status = repo.cli("showmigrations", "billing", "--json")
+    assert status.code == 0, status.output
+    assert [r["revision"] for r in json.loads(status.stdout)["services"][0]["revisions"]] == [
+        "0001_initial", "0002_more",
+    ]
+    assert repo.cli("migrate", "billing", "--plan").code == 0
+    assert repo.cli("sqlmigrate", "billing", "0002").code == 0
+    migrated = repo.cli("migrate", "billing")
+    assert migrated.code == 0, migrated.output
+    assert {"invoices", "more"} <= tables(urls["billing"])
+    assert repo.cli("history", "billing").code == 0
+    assert repo.cli("migrate", "billing", "0001").code == 2  # moving back: see below
+
+    # Commands about users, or about orders (which requires users), or about every
+    # service, exit 2 naming the file; no database of theirs is touched.
+    for args in (("showmigrations", "users"), ("migrate", "users"), ("migrate",),
+                 ("showmigrations",), ("services",)):
+        assert str(path) in bad_input(repo, *args)
+    message = bad_input(repo, "migrate", "orders")
+    assert "'orders' needs service 'users'" in message and str(path) in message
+    # Moving any service back needs every service's requirements: refused, saying why.
+    message = bad_input(repo, "rollback", "billing")
+    assert "whether it requires what would be removed is unknown" in message
+    assert str(path) in message
+    assert not (tmp_path / "users.db").exists() and not (tmp_path / "orders.db").exists()
+    assert {"invoices", "more"} <= tables(urls["billing"])
+
+
+def test_the_python_api_reads_other_services_past_an_unreadable_one(repo: Monorepo) -> None:
+    from ncm_migrate import commands
+    from ncm_migrate.errors import RevisionFileError
+
+    repo.write("services/users/migrations/0001_broken.py", "revision = 'head'\n")
+    repo.table("billing", "0001_initial", "invoices")
+    repo.urls({"users": "sqlite:///var/users.db", "billing": "sqlite:///var/billing.db"})
+    plan = commands.plan(["billing"], root=repo.root)
+    assert [s.revision for s in plan.steps] == ["0001_initial"]
+    with pytest.raises(RevisionFileError, match="reserved word"):
+        commands.plan(["users"], root=repo.root)
