@@ -24,7 +24,9 @@ from .errors import Interrupted, RevisionFileError
 from .model import MIGRATION_TYPES, Revision
 from .pyfiles import import_file, one_line
 
-SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# At most 47 characters: `alembic_version_<svc>` (the version table of services sharing a
+# database) fits PostgreSQL's and MySQL's 63 characters, and the ledger's service column.
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,46}$")
 # A revision id (and a branch label, and what a header names): it reaches SQL text (Alembic
 # writes version rows as literals) and Alembic's version_num column holds 32 characters.
 REVISION_ID = re.compile(r"[A-Za-z0-9_]{1,32}")
@@ -60,7 +62,7 @@ def find_service_dirs(root: Path, services_dir: str, services_glob: str) -> list
         if not SERVICE_NAME.match(name):
             raise RevisionFileError(
                 f"Service folder {candidate} has an invalid name '{name}': service names "
-                "must match [a-z][a-z0-9_]* (rename the folder)."
+                "must match [a-z][a-z0-9_]*, at most 47 characters (rename the folder)."
             )
         if name in found:
             raise RevisionFileError(

@@ -69,7 +69,7 @@ def test_same_name_twice_in_a_nested_layout(repo: Monorepo) -> None:
     assert "'users'" in message and "services/a/users" in message and "services/b/users" in message
 
 
-@pytest.mark.parametrize("name", ["Billing", "user-service", "2fa", "_private"])
+@pytest.mark.parametrize("name", ["Billing", "user-service", "2fa", "_private", "s" * 48])
 def test_invalid_service_folder_name(repo: Monorepo, name: str) -> None:
     one_service(repo)
     repo.write(f"services/{name}/migrations/0001.py", "revision = '0001'\n")
