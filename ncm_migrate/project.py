@@ -54,13 +54,12 @@ class Project:
             if name in self.unreadable:
                 raise self.unreadable[name]
 
-    def select(self, names: Sequence[str] = (), readable: bool = True) -> list[ServiceConfig]:
+    def select(self, names: Sequence[str] = ()) -> list[ServiceConfig]:
         """The services a command works on: those named (each must be configured), or every
-        active one, logging one line for each service left out and why; with `readable`,
-        each of them must have every revision file readable (`require_readable`)."""
+        active one, logging one line for each service left out and why; each of them with
+        every revision file readable (`require_readable`)."""
         chosen = self._select(names)
-        if readable:
-            self.require_readable(s.name for s in chosen)
+        self.require_readable(s.name for s in chosen)
         return chosen
 
     def _select(self, names: Sequence[str]) -> list[ServiceConfig]:
@@ -142,6 +141,8 @@ def _needing(
     """`unreadable`, and every service that needs one of them (through its settings'
     `depends_on`, or a revision's `requires` or `depends_on` naming that service), with the
     error of the service it needs."""
+    if not unreadable:
+        return {}
     needs = {svc.name: set(svc.depends_on) for svc in settings.services}
     for name, revs in revisions.items():
         for rev in revs.values():
