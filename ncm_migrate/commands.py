@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from . import health
 from .audit import AuditLog
 from .backups import Manifest
-from .errors import BadInput, NcmError
+from .errors import BadInput, NcmError, RevisionFileError
 from .executor import (
     Reporter,
     open_backend,
@@ -85,6 +85,7 @@ def services(
 ) -> list[ServiceInfo]:
     """The services found, with masked URLs."""
     project = load_project(root, env, settings_dir)
+    project.require_readable()
     return [
         ServiceInfo(
             name=s.name,
@@ -327,6 +328,8 @@ def migrate_sql(
             start = project.graph.heads_of(svc.name, frozenset(applied[svc.name]))
             try:
                 chunks.append(backend.offline_sql([step], project.revisions[svc.name], start))
+            except RevisionFileError:
+                raise  # the file cannot be imported: bad input, as for `migrate`
             except NcmError as exc:
                 unrendered.append(f"{step.service}:{step.revision}")
                 chunks.append(f"-- {step.service}:{step.revision} is not rendered: {exc}\n")

@@ -1,8 +1,9 @@
 """Finding services on disk and reading revision headers without importing them.
 
-Disk only: no settings, no database. Headers are read with `ast`, so a revision whose
-imports are broken still lists and plans; only applying or rendering imports it. A
-`HeaderCache` keeps parsed headers keyed on each file's content hash, so a file is parsed
+No settings, no database. Headers are read with `ast`, so a revision whose imports are
+broken still lists and plans; only a header value that is not a literal (computed at
+import, as Alembic allows) makes that one file be imported to read it. A `HeaderCache`
+keeps parsed headers keyed on each file's content hash, so a file is parsed (or imported)
 again only when its bytes change.
 """
 
@@ -15,14 +16,23 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .errors import RevisionFileError
+from .errors import Interrupted, RevisionFileError
 from .model import MIGRATION_TYPES, Revision
+from .pyfiles import import_file, one_line
 
-SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# At most 47 characters: `alembic_version_<svc>` (the version table of services sharing a
+# database) fits PostgreSQL's and MySQL's 63 characters, and the ledger's service column.
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,46}$")
+# A revision id (and a branch label, and what a header names): it reaches SQL text (Alembic
+# writes version rows as literals) and Alembic's version_num column holds 32 characters.
+REVISION_ID = re.compile(r"[A-Za-z0-9_]{1,32}")
+MAX_REVISION_LENGTH = 32
+# Words that name a position, not a revision, in a target (`migrate SVC head`).
+RESERVED_IDS = frozenset({"head", "heads", "base", "current"})
 _HEADER_KEYS = (
     "revision",
     "down_revision",
@@ -52,7 +62,7 @@ def find_service_dirs(root: Path, services_dir: str, services_glob: str) -> list
         if not SERVICE_NAME.match(name):
             raise RevisionFileError(
                 f"Service folder {candidate} has an invalid name '{name}': service names "
-                "must match [a-z][a-z0-9_]* (rename the folder)."
+                "must match [a-z][a-z0-9_]*, at most 47 characters (rename the folder)."
             )
         if name in found:
             raise RevisionFileError(
@@ -158,7 +168,12 @@ def _decode(data: bytes, path: Path, service: str) -> str:
 
 
 def parse_revision(service: str, path: Path, text: str) -> Revision:
-    """One revision header from the file's text (`path` names it in errors and in the result)."""
+    """One revision header from the file's text (`path` names it in errors and in the result).
+
+    A header value that is not a literal is read by importing the file (see
+    `_imported_header`). Every revision id the header gives or names is checked with
+    `check_name`: nothing else reaches a database.
+    """
     try:
         tree = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
@@ -167,6 +182,7 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
         ) from None
     values: dict[str, object] = {}
     lines: dict[str, int] = {}
+    computed: list[str] = []
     defines: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -177,12 +193,13 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
         if target in _HEADER_KEYS and value is not None:
             try:
                 values[target] = ast.literal_eval(value)
-            except ValueError:
-                raise RevisionFileError(
-                    f"{path}:{node.lineno}: '{target}' must be a literal "
-                    f"(a string, None, or a tuple of strings) in service '{service}'."
-                ) from None
+                if target in computed:
+                    computed.remove(target)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                computed.append(target)
             lines[target] = node.lineno
+    if computed:
+        values.update(_imported_header(service, path, computed))
     revision = values.get("revision")
     if not isinstance(revision, str) or not revision:
         raise RevisionFileError(
@@ -195,20 +212,69 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
             f"{path}:{lines.get('migration_type', 1)}: migration_type must be one of "
             f"{', '.join(MIGRATION_TYPES)}, not {migration_type!r}."
         )
+    header = {key: _strings(values.get(key), key, path) for key in _NAME_KEYS}
+    where = f"{path}:{lines.get('revision', 1)}"
+    check_name(revision, f"{where}: the revision id of this file of service '{service}'")
+    for key, names in header.items():
+        for name in names:
+            svc, colon, ident = name.rpartition(":")
+            if key in ("depends_on", "requires") and colon:
+                name = ident
+            if key == "requires" and not (colon and svc and ident):
+                continue  # the graph says how to write it: service:revision
+            check_name(name, f"{path}:{lines.get(key, 1)}: {key} in service '{service}'")
     return Revision(
         service=service,
         revision=revision,
-        down_revisions=_strings(values.get("down_revision"), "down_revision", path),
+        down_revisions=header["down_revision"],
         path=path,
         checksum=checksum_text(text),
-        branch_labels=_strings(values.get("branch_labels"), "branch_labels", path),
-        depends_on=_strings(values.get("depends_on"), "depends_on", path),
-        requires=_strings(values.get("requires"), "requires", path),
+        branch_labels=header["branch_labels"],
+        depends_on=header["depends_on"],
+        requires=header["requires"],
         migration_type=str(migration_type),
         doc=_first_line(ast.get_docstring(tree)),
         defines=frozenset(defines),
         line_of=tuple(sorted(lines.items())),
     )
+
+
+_NAME_KEYS = ("down_revision", "branch_labels", "depends_on", "requires")
+
+
+def check_name(name: str, what: str) -> None:
+    """Raise `RevisionFileError` (exit 2) unless `name` can be a revision id or branch label
+    (or a reference to one): `[A-Za-z0-9_]{1,32}` and not a reserved word. `what` says
+    where it is, for the message."""
+    if REVISION_ID.fullmatch(name) and name not in RESERVED_IDS:
+        return
+    why = (
+        f"'{name}' is a reserved word (head, heads, base, current)"
+        if REVISION_ID.fullmatch(name)
+        else f"{name!r} is not 1 to {MAX_REVISION_LENGTH} of the characters A-Z a-z 0-9 _"
+    )
+    raise RevisionFileError(f"{what}: {why}; rename it.")
+
+
+def _imported_header(service: str, path: Path, keys: Sequence[str]) -> dict[str, object]:
+    """The header values `keys` (not literals) as the module has them once imported, as
+    Alembic reads every header. Only this file's top-level code runs; whatever it raises,
+    `SystemExit` included, is a `RevisionFileError` naming the file."""
+    said = f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} not a literal"
+    log.info("reading %s's header by importing it: %s", path, said)
+    name = f"ncm_header_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    try:
+        module = import_file(path, name)
+    except Interrupted:
+        raise
+    except BaseException as exc:  # user code: SystemExit and KeyboardInterrupt too
+        raise RevisionFileError(
+            f"{path}: the header of this revision of service '{service}' is read by importing "
+            f"it ({said}), and importing it failed: {one_line(exc)}."
+        ) from None
+    finally:
+        sys.modules.pop(name, None)
+    return {key: getattr(module, key, None) for key in keys}
 
 
 def _first_line(docstring: str | None) -> str:
@@ -229,7 +295,7 @@ def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
 
 
 def _strings(value: object, key: str, path: Path) -> tuple[str, ...]:
-    if value is None:
+    if value is None or value == "":  # "" means none, as in Alembic
         return ()
     if isinstance(value, str):
         return (value,)

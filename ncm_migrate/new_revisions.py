@@ -18,14 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .autogen import Changes, detect_changes
-from .discovery import read_revision, versions_dir
+from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
 from .errors import BadInput, ModelsChanged, MultipleHeads, RevisionFileError
 from .model import MIGRATION_TYPES, ServiceConfig
 from .project import Project
 from .templates import RevisionText, render_revision
 
 log = logging.getLogger(__name__)
-MAX_REVISION_LENGTH = 32
 _NUMBERED = re.compile(r"^(\d+)_")
 _SLUG_CHARS = re.compile(r"[^a-z0-9]+")
 _DOC_WIDTH = 100

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .errors import BadInput, MultipleHeads, RollbackRefused, ServiceNotConfigured
+from .errors import BadInput, MultipleHeads, RevisionFileError, RollbackRefused, ServiceNotConfigured
 from .executor import open_backend
 from .graph import (
     HEAD,
@@ -134,6 +134,12 @@ def downgrade_plan(
     """Steps that revert `remove`; refused (exit 1) while applied revisions of other
     services need it (by `requires`, or because their service `depends_on` this one),
     unless `cascade` reverts those first."""
+    if project.unreadable:
+        name, exc = min(project.unreadable.items())
+        raise RevisionFileError(
+            f"Refusing to move back while service '{name}' cannot be read (whether it requires "
+            f"what would be removed is unknown): {exc}"
+        ) from exc
     applied = {name: st.applied for name, st in states.items()}
     blockers = dependents_outside(project.graph, applied, remove)
     if blockers and not cascade:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from .errors import RevisionFileError
+from .errors import Interrupted, RevisionFileError
 from .model import Revision
 
 
@@ -34,8 +34,16 @@ def load_revision_module(rev: Revision) -> ModuleType:
     digest = hashlib.sha256(str(rev.path).encode()).hexdigest()[:12]
     try:
         return import_file(rev.path, f"ncm_revision_{digest}")
-    except Exception as exc:
+    except Interrupted:
+        raise
+    except BaseException as exc:  # user code: SystemExit and KeyboardInterrupt too
         raise RevisionFileError(
             f"{rev.path}: revision {rev.service}:{rev.revision} cannot be imported: "
-            f"{type(exc).__name__}: {exc}."
+            f"{one_line(exc)}."
         ) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """What an exception raised by user code says, on one line: its type and first line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].rstrip('.')}" if lines else type(exc).__name__

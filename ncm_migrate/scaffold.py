@@ -89,7 +89,7 @@ def start_service(
     """
     if not SERVICE_NAME.match(name):
         raise BadInput(f"Service name '{name}' is invalid: use lower-case letters, digits and _ "
-                       "([a-z][a-z0-9_]*), starting with a letter.")
+                       "([a-z][a-z0-9_]*), starting with a letter, at most 47 characters.")
     if backend not in (None, "sql", "mongo"):
         raise BadInput(f"Unknown backend '{backend}'; use sql or mongo.")
     if database_url is not None:

@@ -1,9 +1,9 @@
 """Everything that can be wrong with a monorepo's migrations, as findings rather than errors.
 
 Files and graph (malformed files, duplicate ids, missing revisions, cycles, forked heads,
-missing upgrade/downgrade), settings (version-table clashes), each database (applied
-revisions whose file changed or disappeared, or whose requirement in another service is not
-applied there, dirty marks, pending revisions) and lint.
+missing upgrade/downgrade, modules that cannot be imported), settings (version-table
+clashes), each database (applied revisions whose file changed or disappeared, or whose
+requirement in another service is not applied there, dirty marks, pending revisions) and lint.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from .graph import Graph, find_cycle
 from .linting import lint_service
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
-from .project import Project, find_root, load_project, select_services
+from .project import Project, load_project, select_services
+from .pyfiles import load_revision_module, one_line
 from .rules import state_findings
-from .settings import Settings, load_settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 # `revision = "..."` in a file that cannot be parsed: which applied revision it holds.
@@ -85,12 +87,11 @@ def load_readable_project(
     """For read-only reports (`doctor`, `history`): the project as `load_project` loads it
     or, when some revision files cannot be read, one of every file that can, with why per
     service whose files cannot all be read. Commands that change a database never use this:
-    they refuse such a project (`load_project` raises `RevisionFileError`, exit 2)."""
-    try:
-        return load_project(root, env, settings_dir), {}
-    except RevisionFileError:
-        pass
-    settings = load_settings(root or find_root(), env, settings_dir)
+    they refuse such a service (`Project.select` raises `RevisionFileError`, exit 2)."""
+    project = load_project(root, env, settings_dir)
+    if not project.unreadable:
+        return project, {}
+    settings = project.settings
     inventory = read_inventory(settings)
     unreadable: dict[str, str] = {}
     for f in inventory.findings:
@@ -193,6 +194,32 @@ def graph_findings(
     return findings, graph
 
 
+def import_findings(settings: Settings, revisions: Mapping[str, Revision]) -> list[Finding]:
+    """Revisions whose module cannot be imported, with the line that raised. Importing runs
+    a module's top-level code only: no migration runs."""
+    findings: list[Finding] = []
+    for rev in revisions.values():
+        try:
+            load_revision_module(rev)
+        except RevisionFileError as exc:
+            cause = exc.__cause__ or exc
+            findings.append(Finding(
+                rev.service, rev.revision, "import-error", "error",
+                f"the revision cannot be imported: {one_line(cause)}",
+                _rel(rev.path, settings.root), _line_in(cause, rev.path),
+            ))
+    return findings
+
+
+def _line_in(exc: BaseException, path: Path) -> int | None:
+    """The line of `path` that raised `exc` (the innermost one, when it raised through
+    calls), or None."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(path):
+        return exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return frames[-1].lineno if frames else None
+
+
 def database_findings(
     settings: Settings,
     config: ServiceConfig,
@@ -267,6 +294,8 @@ def validate_settings(
     inventory = read_inventory(settings)
     graph_found, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
     findings = [f for f in inventory.findings + graph_found if f.service in chosen or f.rule == "cycle"]
+    for svc in selected:
+        findings += import_findings(settings, inventory.revisions[svc.name])
     if lint_rules:
         for svc in selected:
             findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from monorepo import Monorepo, ledger, tables
+from monorepo import Monorepo, ledger, revision_file, tables
 
 from ncm_migrate.discovery import find_service_dirs, read_revision
 
@@ -69,7 +69,7 @@ def test_same_name_twice_in_a_nested_layout(repo: Monorepo) -> None:
     assert "'users'" in message and "services/a/users" in message and "services/b/users" in message
 
 
-@pytest.mark.parametrize("name", ["Billing", "user-service", "2fa", "_private"])
+@pytest.mark.parametrize("name", ["Billing", "user-service", "2fa", "_private", "s" * 48])
 def test_invalid_service_folder_name(repo: Monorepo, name: str) -> None:
     one_service(repo)
     repo.write(f"services/{name}/migrations/0001.py", "revision = '0001'\n")
@@ -116,14 +116,15 @@ def test_missing_revision(repo: Monorepo) -> None:
     assert str(path) in message and "revision" in message
 
 
-def test_revision_header_must_be_a_literal(repo: Monorepo) -> None:
+def test_a_computed_header_that_cannot_be_imported_names_the_file(repo: Monorepo) -> None:
     one_service(repo)
     path = repo.write(
         "services/users/migrations/0002_computed.py",
         'import os\nrevision = os.environ["REV"]\ndown_revision = "0001_initial"\n',
     )
     message = bad_input(repo, "services")
-    assert f"{path}:2" in message and "'revision' must be a literal" in message
+    assert str(path) in message and "revision is not a literal" in message
+    assert "KeyError: 'REV'" in message
 
 
 def test_duplicate_revision_id(repo: Monorepo) -> None:
@@ -211,3 +212,190 @@ def test_broken_import_still_lists_and_plans(repo: Monorepo, sqlite_url: str, tm
     assert [(r["revision"], r["status"]) for r in ledger(sqlite_url)] == [("0001_initial", "applied")]
     applied = json.loads(repo.cli("showmigrations", "--json").stdout)["services"][0]["revisions"]
     assert [r["applied"] for r in applied] == [True, False]
+
+
+# -- revision ids ------------------------------------------------------------------------
+
+# Each case: a header line of 0002_bad.py (whose revision is 0002_bad unless the case gives it).
+BAD_NAMES = [
+    ("revision = \"0002_it's\"", "revision id"),
+    ("revision = \"x'||SLEEP(3)||'\"", "revision id"),
+    ("revision = \"x'); DROP TABLE users_t; --\"", "revision id"),
+    ('revision = "0002-more"', "revision id"),
+    ('revision = "0002@more"', "revision id"),
+    ('revision = "0002 more"', "revision id"),
+    ('revision = "0002_more\\n"', "revision id"),
+    (f'revision = "{"a" * 33}"', "revision id"),
+    ('revision = "head"', "reserved word"),
+    ('revision = "heads"', "reserved word"),
+    ('revision = "base"', "reserved word"),
+    ('revision = "current"', "reserved word"),
+    ('revision = ""', "no `revision"),
+    ("down_revision = \"0001_initial'\"", "down_revision"),
+    ('down_revision = ("0001_initial", "x SLEEP(3)")', "down_revision"),
+    ("depends_on = \"users:0001' OR '1\"", "depends_on"),
+    ("depends_on = \"0001'\"", "depends_on"),
+    ("requires = [\"users:0001_initial'\"]", "requires"),
+    ('branch_labels = ("head",)', "branch_labels"),
+    ('branch_labels = ("my-branch",)', "branch_labels"),
+]
+
+
+@pytest.mark.parametrize(("line", "says"), BAD_NAMES)
+def test_a_bad_revision_id_is_refused_before_any_database_is_touched(
+    repo: Monorepo, tmp_path: Path, line: str, says: str
+) -> None:
+    db = tmp_path / "never" / "db.sqlite"
+    one_service(repo, f"sqlite:///{db}")
+    key = line.split(" = ", 1)[0]
+    text = revision_file("0002_bad", down="0001_initial")
+    lines = [line if ln.startswith(f"{key} = ") else ln for ln in text.splitlines()]
+    path = repo.write("services/users/migrations/0002_bad.py", "\n".join(lines) + "\n")
+    for command in (("migrate",), ("showmigrations",), ("migrate", "--sql")):
+        message = bad_input(repo, *command)
+        assert str(path) in message and says in message, message
+    assert not db.exists() and not db.parent.exists()
+
+
+@pytest.mark.parametrize("url_fixture", ["pg_url", "mysql_url"])
+def test_an_id_made_to_inject_sql_touches_no_server_database(
+    repo: Monorepo, request: pytest.FixtureRequest, url_fixture: str
+) -> None:
+    url: str = request.getfixturevalue(url_fixture)
+    repo.table("users", "0001_initial", "users_t")
+    repo.write("services/users/migrations/0002_bad.py", revision_file(
+        "x'||SLEEP(3)||'", down="0001_initial", branch_labels=["x"],
+    ))
+    repo.urls({"users": url})
+    message = bad_input(repo, "migrate")
+    assert "0002_bad.py" in message and "SLEEP(3)" in message
+    assert tables(url) == set()
+
+
+# -- headers computed at import ------------------------------------------------------------
+
+
+def _computed(repo: Monorepo, marker: Path) -> Path:
+    """0003_computed, whose down_revision and depends_on are expressions; importing it
+    appends a line to `marker`."""
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("users", "0002_more", "more", down="0001_initial")
+    text = revision_file(
+        "0003_computed", down="0002_more",
+        upgrade="op.create_table('computed', sa.Column('id', sa.Integer, primary_key=True))",
+        extra=f"with open({str(marker)!r}, 'a') as fh:\n    fh.write('imported\\n')\n",
+    )
+    text = text.replace("down_revision = '0002_more'", "down_revision = '0002' + '_more'")
+    text = text.replace("depends_on = None", "depends_on = tuple(['0001_' + 'initial'])")
+    return repo.write("services/users/migrations/0003_computed.py", text)
+
+
+def test_a_computed_header_is_read_by_importing_that_file_once(
+    repo: Monorepo, sqlite_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "imports"
+    path = _computed(repo, marker)
+    repo.urls({"users": sqlite_url})
+
+    first = repo.cli("-v", "showmigrations", "--json")
+    assert first.code == 0, first.output
+    assert f"reading {path}'s header by importing it: down_revision, depends_on are not a literal" \
+        in first.stderr
+    revs = json.loads(first.stdout)["services"][0]["revisions"]
+    assert [r["revision"] for r in revs] == ["0001_initial", "0002_more", "0003_computed"]
+    assert marker.read_text() == "imported\n"
+    # Cached by the file's contents: the next command does not import it again.
+    again = repo.cli("-v", "showmigrations", "--json")
+    assert again.code == 0 and "by importing it" not in again.stderr
+    assert marker.read_text() == "imported\n"
+    assert repo.cli("migrate").code == 0
+    assert "computed" in tables(sqlite_url)
+    # An edit is read again.
+    path.write_text(path.read_text().replace("'0001_' + 'initial'", "'0001' + '_initial'"))
+    assert repo.cli("showmigrations").code == 0
+    assert marker.read_text().count("imported") == 3  # header, migrate, header again
+
+
+def test_a_computed_header_that_exits_is_one_error_naming_the_file(repo: Monorepo) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    text = revision_file("0002_exits", down="0001_initial", extra="import sys\nsys.exit(0)\n")
+    text = text.replace("depends_on = None", "depends_on = ('0001' + '_initial',)")
+    path = repo.write("services/users/migrations/0002_exits.py", text)
+    repo.urls({"users": "sqlite:///var/db.sqlite"})
+    message = bad_input(repo, "showmigrations")
+    assert str(path) in message and "SystemExit: 0" in message
+
+
+def test_an_empty_depends_on_means_none(repo: Monorepo, sqlite_url: str) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    path = repo.table("users", "0002_more", "more", down="0001_initial")
+    path.write_text(path.read_text().replace("depends_on = None", 'depends_on = ""'))
+    repo.urls({"users": sqlite_url})
+    result = repo.cli("migrate")
+    assert result.code == 0, result.output
+    assert {"users_t", "more"} <= tables(sqlite_url)
+
+
+# -- one unreadable service --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "revision = '0002_broken'\ndown_revision = '0001_initial'\ndef upgrade(:\n",
+        "revision = \"0002'; --\"\ndown_revision = '0001_initial'\n",
+        "import sys\nrevision = '0002_broken'\ndown_revision = '0001_' + sys.argv[99]\n",
+    ],
+    ids=["syntax-error", "bad-id", "computed-header-raises"],
+)
+def test_an_unreadable_revision_stops_only_the_services_that_need_it(
+    repo: Monorepo, tmp_path: Path, broken: str
+) -> None:
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("users", "billing", "orders")}
+    repo.table("users", "0001_initial", "users_t")
+    path = repo.write("services/users/migrations/0002_broken.py", broken)
+    repo.table("billing", "0001_initial", "invoices")
+    repo.table("billing", "0002_more", "more", down="0001_initial")
+    repo.table("orders", "0001_initial", "orders_t", requires=["users:0001"])
+    repo.urls(urls)
+
+    # Commands about billing, which needs nothing of users, go on.
+    status = repo.cli("showmigrations", "billing", "--json")
+    assert status.code == 0, status.output
+    assert [r["revision"] for r in json.loads(status.stdout)["services"][0]["revisions"]] == [
+        "0001_initial", "0002_more",
+    ]
+    assert repo.cli("migrate", "billing", "--plan").code == 0
+    assert repo.cli("sqlmigrate", "billing", "0002").code == 0
+    migrated = repo.cli("migrate", "billing")
+    assert migrated.code == 0, migrated.output
+    assert {"invoices", "more"} <= tables(urls["billing"])
+    assert repo.cli("history", "billing").code == 0
+    assert repo.cli("migrate", "billing", "0001").code == 2  # moving back: see below
+
+    # Commands about users, or about orders (which requires users), or about every
+    # service, exit 2 naming the file; no database of theirs is touched.
+    for args in (("showmigrations", "users"), ("migrate", "users"), ("migrate",),
+                 ("showmigrations",), ("services",)):
+        assert str(path) in bad_input(repo, *args)
+    message = bad_input(repo, "migrate", "orders")
+    assert "'orders' needs service 'users'" in message and str(path) in message
+    # Moving any service back needs every service's requirements: refused, saying why.
+    message = bad_input(repo, "rollback", "billing")
+    assert "whether it requires what would be removed is unknown" in message
+    assert str(path) in message
+    assert not (tmp_path / "users.db").exists() and not (tmp_path / "orders.db").exists()
+    assert {"invoices", "more"} <= tables(urls["billing"])
+
+
+def test_the_python_api_reads_other_services_past_an_unreadable_one(repo: Monorepo) -> None:
+    from ncm_migrate import commands
+    from ncm_migrate.errors import RevisionFileError
+
+    repo.write("services/users/migrations/0001_broken.py", "revision = 'head'\n")
+    repo.table("billing", "0001_initial", "invoices")
+    repo.urls({"users": "sqlite:///var/users.db", "billing": "sqlite:///var/billing.db"})
+    plan = commands.plan(["billing"], root=repo.root)
+    assert [s.revision for s in plan.steps] == ["0001_initial"]
+    with pytest.raises(RevisionFileError, match="reserved word"):
+        commands.plan(["users"], root=repo.root)

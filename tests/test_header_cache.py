@@ -64,7 +64,7 @@ def test_a_broken_edit_is_reported_even_though_the_cache_knew_the_file(
     load_project(repo.root)
     (folder / "0002_more.py").write_text("revision = '0002_more'\ndef upgrade(:\n")
     with pytest.raises(RevisionFileError, match="syntax error"):
-        load_project(repo.root)
+        load_project(repo.root).select(["users"])
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,23 @@ def test_a_large_file_is_read_whole(repo: Monorepo, tmp_path: Path) -> None:
     warm = load_project(repo.root).revisions
     assert cold == warm
     assert warm["users"]["0002_more"].checksum == discovery.checksum_text(path.read_text())
+
+
+def test_a_header_read_by_importing_is_cached_by_contents(
+    repo: Monorepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _two_revisions(repo, tmp_path)
+    path = folder / "0002_more.py"
+    path.write_text(path.read_text().replace("down_revision = '0001_initial'",
+                                             "down_revision = '0001' + '_initial'"))
+    cold = load_project(repo.root).revisions
+    assert cold["users"]["0002_more"].down_revisions == ("0001_initial",)
+
+    def refuse(path: Path, name: str) -> None:
+        raise AssertionError(f"{path} was imported although the cache holds its header")
+
+    monkeypatch.setattr(discovery, "import_file", refuse)
+    assert load_project(repo.root).revisions == cold
+    path.write_text(path.read_text() + "\n# edited\n")
+    with pytest.raises(RevisionFileError, match="was imported"):  # read again, by importing
+        load_project(repo.root).select(["users"])

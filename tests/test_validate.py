@@ -248,3 +248,38 @@ def test_report_exit_codes() -> None:
 def test_help(command: str) -> None:
     result = Monorepo(Path.cwd()).cli(command, "--help")
     assert result.code == 0 and "Example:" in result.stdout and "--json" in result.stdout
+
+
+# -- revisions that cannot be imported ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        ("import module_that_does_not_exist", "ModuleNotFoundError: No module named"),
+        ("raise SystemExit(0)", "SystemExit: 0"),
+        ("raise KeyboardInterrupt", "KeyboardInterrupt"),
+        ("1 / 0", "ZeroDivisionError: division by zero"),
+    ],
+)
+def test_a_revision_that_cannot_be_imported_is_a_finding(
+    repo: Monorepo, sqlite_url: str, code: str, says: str
+) -> None:
+    _two_revisions(repo, sqlite_url)
+    path = repo.table("users", "0003_broken", "broken", down="0002_more", extra=code)
+    line = path.read_text().splitlines().index(code) + 1
+    status, findings = _validate(repo)
+    assert status == 1
+    assert _rules(findings) == {("users", "0003_broken", "import-error")}
+    f = findings[0]
+    assert f["severity"] == "error" and says in f["message"], f
+    assert (f["file"], f["line"]) == ("services/users/migrations/0003_broken.py", line)
+    text = repo.cli("validate")
+    assert text.code == 1 and f"0003_broken.py:{line}" in text.stdout
+    # migrate --sql and sqlmigrate name the import error, not "reads data".
+    for command in (("migrate", "--sql"), ("sqlmigrate", "users", "0003")):
+        result = repo.cli(*command)
+        assert result.code == 2, result.output
+        assert "Traceback" not in result.output and "reads data" not in result.output
+        assert "0003_broken.py" in result.stderr and "cannot be imported" in result.stderr
+        assert says in result.stderr

@@ -913,6 +913,8 @@ class SqlBackend:
             )
             try:
                 env.run_migrations()
+            except RevisionFileError:
+                raise  # the file cannot be imported: it says so, naming the file
             except Exception as exc:
                 # The cause's first sentence only: Alembic's explanations run to a paragraph.
                 cause = _short(exc).split(". ", 1)[0].rstrip(".")
