@@ -1,0 +1,414 @@
+"""Dumps of SQL databases, their checks, and their restores that fail without harm.
+
+SQLite through its online backup API, PostgreSQL through pg_dump, pg_restore and psql,
+MySQL and MariaDB through mariadb-dump (or mysqldump) and the client. Each `check_*` reads a
+dump without touching the database; each `restore_*` leaves the database as it was when it
+fails. Passwords reach the programs through their environment or an option file, never
+their command line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import BackupFailed, BackupInvalid, NcmError, ToolMissing
+from .model import ServiceConfig
+from .urls import password_of, redact, redact_known, sqlite_file
+
+SQLITE_FILE = "db.sqlite"
+PG_FILE = "db.pgdump"
+MYSQL_FILE = "db.sql"
+MYSQL_TRAILER = b"-- Dump completed"
+CHECK_TIMEOUT_S = 600.0  # reading a dump's table of contents or its last bytes, never its data
+
+
+def program(*names: str) -> str:
+    """The first of `names` found on PATH; `ToolMissing` naming them all otherwise."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ToolMissing(
+        f"The program {' or '.join(repr(n) for n in names)} is needed for this backup or restore "
+        "but was not found on PATH; install the database's client tools."
+    )
+
+
+def _last_line(config: ServiceConfig, raw: bytes) -> str:
+    """The last line a program wrote, with every password hidden."""
+    text = redact(redact_known(raw.decode("utf-8", "replace").strip()), [password_of(config.database_url)])
+    return text.splitlines()[-1] if text else "no message"
+
+
+def _run(args: list[str], config: ServiceConfig, env: dict[str, str] | None = None,
+         stdin: Path | None = None, timeout_s: float | None = None) -> None:
+    """Run a database program; `BackupFailed` with its last line of output when it fails."""
+    full_env = {**os.environ, **(env or {})}
+    try:
+        if stdin is not None:
+            with stdin.open("rb") as fh:
+                proc = subprocess.run(args, stdin=fh, capture_output=True, env=full_env, check=False,
+                                      timeout=timeout_s)
+        else:
+            proc = subprocess.run(args, capture_output=True, env=full_env, check=False, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise BackupFailed(f"{Path(args[0]).name} did not finish within {timeout_s:g} s "
+                           f"for service '{config.name}'.") from None
+    except OSError as exc:
+        raise ToolMissing(f"Could not run {args[0]}: {exc.strerror}.") from None
+    if proc.returncode != 0:
+        raise BackupFailed(
+            f"{Path(args[0]).name} failed for service '{config.name}' (exit {proc.returncode}): "
+            f"{_last_line(config, proc.stderr or proc.stdout)}"
+        )
+
+
+def _url(config: ServiceConfig) -> Any:
+    from sqlalchemy.engine import make_url
+
+    assert config.database_url is not None
+    return make_url(config.database_url)
+
+
+def _engine(config: ServiceConfig) -> Any:
+    from .backends.sql import create_engine
+
+    assert config.database_url is not None
+    return create_engine(config.database_url, 10.0)
+
+
+# -- SQLite -------------------------------------------------------------------------------
+
+
+def _sqlite_path(config: ServiceConfig) -> Path:
+    assert config.database_url is not None
+    path = sqlite_file(config.database_url)
+    if path is None:
+        raise BackupInvalid(f"Service '{config.name}' uses an in-memory SQLite database: nothing to back up.")
+    return path
+
+
+def _open_dump(path: Path) -> sqlite3.Connection:
+    """A dump opened read-only and as immutable: reading it writes nothing next to it."""
+    return sqlite3.connect(path.resolve().as_uri() + "?immutable=1", uri=True)
+
+
+def dump_sqlite(config: ServiceConfig, out_dir: Path) -> list[str]:
+    source = sqlite3.connect(_sqlite_path(config))
+    target = sqlite3.connect(out_dir / SQLITE_FILE)
+    try:
+        source.backup(target)
+    except sqlite3.Error as exc:
+        raise BackupFailed(f"Backup of service '{config.name}' failed: {exc}.") from None
+    finally:
+        target.close()
+        source.close()
+    return [SQLITE_FILE]
+
+
+def check_sqlite(config: ServiceConfig, folder: Path) -> None:
+    """The dump is an SQLite database that passes `PRAGMA integrity_check`."""
+    path = folder / SQLITE_FILE
+    try:
+        conn = _open_dump(path)
+        try:
+            result = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupInvalid(
+            f"{path} is not a usable SQLite database ({exc}); nothing was restored."
+        ) from None
+    if result != ["ok"]:
+        raise BackupInvalid(f"{path} is damaged ({result[0]}); nothing was restored.")
+
+
+def restore_sqlite(config: ServiceConfig, folder: Path) -> None:
+    """Copy the dump into the database with SQLite's online backup API.
+
+    All pages are copied in one step, which is one write transaction on the database: a
+    failure rolls back through SQLite's own journal and leaves the database as it was. This
+    is the atomic replace for SQLite: renaming a file over the database instead would pair
+    the new file with the old one's -wal/-shm files and leave open connections on the old one.
+    """
+    path = _sqlite_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = _open_dump(folder / SQLITE_FILE)
+    target = sqlite3.connect(path, timeout=30.0)
+    try:
+        source.backup(target, pages=-1)
+    except sqlite3.Error as exc:
+        raise BackupFailed(
+            f"Restore of service '{config.name}' into {path} failed ({exc}); the database was left as it was."
+        ) from None
+    finally:
+        target.close()
+        source.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+
+def _pg_conninfo(config: ServiceConfig) -> tuple[str, dict[str, str]]:
+    """A libpq connection string without the password, and the environment carrying it."""
+    url = _url(config)
+    parts = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
+    parts.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+
+    def quote(value: object) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    conninfo = " ".join(f"{k}={quote(v)}" for k, v in parts.items() if v not in (None, ""))
+    env = {"PGPASSWORD": url.password} if url.password else {}
+    if "connect_timeout" not in parts and "PGCONNECT_TIMEOUT" not in os.environ:
+        env["PGCONNECT_TIMEOUT"] = "10"
+    return conninfo, env
+
+
+def dump_postgres(config: ServiceConfig, out_dir: Path) -> list[str]:
+    conninfo, env = _pg_conninfo(config)
+    _run([program("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
+          "--file", str(out_dir / PG_FILE), "--dbname", conninfo], config, env)
+    return [PG_FILE]
+
+
+def check_postgres(config: ServiceConfig, folder: Path) -> None:
+    """pg_restore reads the dump's table of contents (`pg_restore --list`)."""
+    path = folder / PG_FILE
+    try:
+        _run([program("pg_restore"), "--list", str(path)], config, timeout_s=CHECK_TIMEOUT_S)
+    except BackupFailed as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise BackupInvalid(
+            f"{path} is not a readable pg_dump archive ({reason}); nothing was restored."
+        ) from None
+
+
+# Every schema goes, so tables made after the backup go too; in the same transaction as
+# the restore, so nothing goes unless the restore is complete.
+_PG_WIPE = b"""\
+BEGIN;
+DO $ncm$ DECLARE s name; BEGIN
+  FOR s IN SELECT nspname FROM pg_namespace
+           WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP
+    EXECUTE format('DROP SCHEMA %I CASCADE', s);
+  END LOOP;
+END $ncm$;
+CREATE SCHEMA public;
+"""
+
+
+def restore_postgres(config: ServiceConfig, folder: Path) -> None:
+    """Replace the database in one transaction: wipe, then pg_restore's script, then COMMIT.
+
+    pg_restore turns the archive into SQL that is streamed into psql (ON_ERROR_STOP) after a
+    BEGIN and the wipe. COMMIT is sent only when pg_restore finished without error and psql
+    stopped at nothing; otherwise psql's session ends with the transaction open, and
+    PostgreSQL rolls all of it back (its DDL is transactional). No scratch database is
+    needed, so neither CREATEDB nor renaming a database other sessions use.
+    """
+    conninfo, env = _pg_conninfo(config)
+    full_env = {**os.environ, **env}
+    reader_args = [program("pg_restore"), "--no-owner", "--no-privileges", "--file=-", str(folder / PG_FILE)]
+    writer_args = [program("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--dbname", conninfo]
+    with tempfile.TemporaryFile() as reader_err, tempfile.TemporaryFile() as writer_err:
+        reader = subprocess.Popen(reader_args, stdout=subprocess.PIPE, stderr=reader_err, env=full_env)
+        writer = subprocess.Popen(writer_args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=writer_err, env=full_env)
+        try:
+            assert reader.stdout is not None and writer.stdin is not None
+            complete = _pump(reader.stdout, writer.stdin, reader)
+            if complete:
+                _write(writer.stdin, b"COMMIT;\n")
+            _close(writer.stdin)
+            writer.wait()
+        finally:
+            for proc in (reader, writer):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        if writer.returncode != 0:  # psql stopped at an error (and pg_restore was stopped)
+            writer_err.seek(0)
+            raise BackupFailed(
+                f"Restore of service '{config.name}' failed (psql exit {writer.returncode}): "
+                f"{_last_line(config, writer_err.read())}; the database was left as it was."
+            )
+        if reader.returncode != 0:
+            reader_err.seek(0)
+            raise BackupFailed(
+                f"pg_restore failed for service '{config.name}' (exit {reader.returncode}): "
+                f"{_last_line(config, reader_err.read())}; the database was left as it was."
+            )
+
+
+def _pump(source: IO[bytes], sink: IO[bytes], reader: subprocess.Popen[bytes]) -> bool:
+    """Stream the wipe and then `source` into `sink`; whether all of it went and the reader
+    finished without error (a sink that stopped reading is psql stopping at an error)."""
+    if not _write(sink, _PG_WIPE):
+        return False
+    while chunk := source.read(1 << 16):
+        if not _write(sink, chunk):
+            return False
+    return reader.wait() == 0
+
+
+def _write(sink: IO[bytes], data: bytes) -> bool:
+    try:
+        sink.write(data)
+        return True
+    except BrokenPipeError:
+        return False
+
+
+def _close(sink: IO[bytes]) -> None:
+    try:
+        sink.close()
+    except BrokenPipeError:
+        return
+
+
+# -- MySQL / MariaDB ----------------------------------------------------------------------
+
+
+@contextmanager
+def _mysql_options(config: ServiceConfig) -> Iterator[list[str]]:
+    """Client options in a private option file (so the password is on no command line)."""
+    url = _url(config)
+    lines = ["[client]"]
+    if url.host:
+        lines.append(f"host={url.host}")
+    if url.port:
+        lines.append(f"port={url.port}")
+    if url.username:
+        lines.append(f"user={url.username}")
+    if url.password:
+        escaped = str(url.password).replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'password="{escaped}"')
+    socket = url.query.get("unix_socket")
+    if isinstance(socket, str):
+        lines.append(f"socket={socket}")
+    else:
+        lines.append("protocol=TCP")
+    fd, name = tempfile.mkstemp(prefix="ncm-my-", suffix=".cnf")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.chmod(name, 0o600)
+        yield [f"--defaults-extra-file={name}"]
+    finally:
+        os.unlink(name)
+
+
+def _mysqldump(config: ServiceConfig, target: Path) -> None:
+    dump = program("mariadb-dump", "mysqldump")
+    with _mysql_options(config) as opts:
+        _run([dump, *opts, "--single-transaction", "--routines", "--triggers", "--hex-blob",
+              f"--result-file={target}", str(_url(config).database)], config)
+
+
+def dump_mysql(config: ServiceConfig, out_dir: Path) -> list[str]:
+    _mysqldump(config, out_dir / MYSQL_FILE)
+    return [MYSQL_FILE]
+
+
+def check_mysql(config: ServiceConfig, folder: Path) -> None:
+    """The dump ends with the trailer mysqldump and mariadb-dump write last."""
+    _check_trailer(folder / MYSQL_FILE)
+
+
+def _check_trailer(path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 4096))
+            tail = fh.read()
+    except OSError as exc:
+        raise BackupInvalid(f"Cannot read {path}: {exc.strerror}; nothing was restored.") from None
+    if MYSQL_TRAILER not in tail:
+        raise BackupInvalid(
+            f"{path} is not a complete mysqldump file (it does not end with "
+            f"'{MYSQL_TRAILER.decode()}'; truncated or not a dump); nothing was restored."
+        )
+
+
+def restore_mysql(config: ServiceConfig, folder: Path) -> None:
+    """Replace the database with the dump; put the database back when that fails.
+
+    MySQL's DDL commits on its own, so no transaction can hold a restore. A safety dump of
+    the database is taken first and loaded back automatically on any failure. This beats a
+    scratch database swapped in with RENAME TABLE: that cannot move views, tables with
+    triggers, routines or events across databases, and needs CREATE on the server, which
+    a service's account often lacks. If putting back fails too, the safety dump is kept and
+    the error names it.
+    """
+    client = program("mariadb", "mysql")
+    safety_dir = Path(tempfile.mkdtemp(prefix="ncm-before-restore-"))
+    safety = safety_dir / MYSQL_FILE
+    try:
+        _mysqldump(config, safety)
+        _check_trailer(safety)
+    except NcmError as exc:
+        shutil.rmtree(safety_dir, ignore_errors=True)
+        raise BackupFailed(f"Could not take a safety dump before the restore ({exc}); "
+                           "nothing was restored.") from None
+    except BaseException:
+        shutil.rmtree(safety_dir, ignore_errors=True)
+        raise
+    try:
+        _load_mysql(config, client, folder / MYSQL_FILE)
+    except BaseException as exc:
+        _put_back(config, client, safety, exc)
+        raise
+    shutil.rmtree(safety_dir, ignore_errors=True)
+
+
+def _put_back(config: ServiceConfig, client: str, safety: Path, failure: BaseException) -> None:
+    """Load the safety dump; raises the restore's failure, saying whether that worked."""
+    try:
+        _load_mysql(config, client, safety)
+    except BaseException as again:
+        raise BackupFailed(
+            f"Restore of service '{config.name}' failed ({failure}) and putting the database back "
+            f"failed too ({again}); the database as it was is saved in {safety}: load it with "
+            f"`mariadb {_url(config).database} < {safety}`."
+        ) from None
+    shutil.rmtree(safety.parent, ignore_errors=True)
+    if isinstance(failure, NcmError):
+        raise BackupFailed(f"{failure}; the database was put back as it was before the restore.") from None
+
+
+def _load_mysql(config: ServiceConfig, client: str, dump: Path) -> None:
+    _wipe_mysql(config)
+    with _mysql_options(config) as opts:
+        _run([client, *opts, str(_url(config).database)], config, stdin=dump)
+
+
+def _wipe_mysql(config: ServiceConfig) -> None:
+    """Drop every table and view, so tables made after the backup go too."""
+    import sqlalchemy as sa
+
+    engine = _engine(config)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT table_name, table_type FROM information_schema.tables "
+                "WHERE table_schema = DATABASE()"
+            )).all()
+            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+            for name, kind in rows:
+                what = "VIEW" if kind == "VIEW" else "TABLE"
+                conn.exec_driver_sql(f"DROP {what} IF EXISTS `{name}`")
+            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
+            conn.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        reason = _last_line(config, str(getattr(exc, "orig", None) or exc).encode())
+        raise BackupFailed(f"Emptying the database of service '{config.name}' failed: {reason}.") from None
+    finally:
+        engine.dispose()
