@@ -3,6 +3,7 @@ manifest, encryption (a wrong key is refused), missing programs, and backups bef
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ def test_backup_destructive_change_restore(repo: Monorepo, db_url: str, tmp_path
         "heads": ["0001_initial"], "encrypted": False,
     }
     assert manifest["time"] and all((folder / f).is_file() for f in manifest["files"])
+    assert manifest["format"] == 2 and set(manifest["sha256"]) == set(manifest["files"])
+    assert all(hashlib.sha256((folder / f).read_bytes()).hexdigest() == manifest["sha256"][f]
+               for f in manifest["files"])
 
     _wreck(db_url)
     assert "people" not in tables(db_url) and "junk" in tables(db_url)
@@ -130,6 +134,7 @@ def test_missing_program_is_named(repo: Monorepo, pg_url: str, tmp_path: Path,
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     result = repo.cli("backup", "users", "-o", str(tmp_path / "bk"))
     assert result.code == 1 and "'pg_dump'" in result.stderr and "not found on PATH" in result.stderr
+    assert not (tmp_path / "bk").exists()  # nothing is left behind
     with pytest.raises(ToolMissing, match="'mariadb-dump' or 'mysqldump'"):
         program("mariadb-dump", "mysqldump")
 
