@@ -58,7 +58,7 @@ class _Format:
 
     dump: Callable[[ServiceConfig, Path], list[str]]
     check: Callable[[ServiceConfig, Path, Sequence[str]], None]
-    restore: Callable[[ServiceConfig, Path, Sequence[str]], None]
+    restore: Callable[[ServiceConfig, Path, Sequence[str], float], None]
 
 
 def default_dir(base: Path, environment: str, service: str) -> Path:
@@ -222,11 +222,14 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
             )
 
 
-def restore_database(config: ServiceConfig, folder: Path, *, encryption_key: str | None) -> Manifest:
+def restore_database(
+    config: ServiceConfig, folder: Path, *, encryption_key: str | None, lock_timeout_s: float = 30.0
+) -> Manifest:
     """Replace `config`'s database with the backup in `folder`; returns its manifest.
 
     Every file is checked first (sha256, decryption, the dump itself); nothing is touched
-    unless all pass, and a restore that fails later leaves the database as it was.
+    unless all pass, and a restore that fails later leaves the database as it was. A table
+    that another session keeps locked for `lock_timeout_s` fails the restore (not a hang).
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -244,7 +247,7 @@ def restore_database(config: ServiceConfig, folder: Path, *, encryption_key: str
     names = [n.removesuffix(_ENC) if manifest.encrypted else n for n in manifest.files]
     with _plain_files(manifest, folder, encryption_key) as plain:
         fmt.check(config, plain, names)
-        fmt.restore(config, plain, names)
+        fmt.restore(config, plain, names, lock_timeout_s)
     log.info("restored service '%s' from %s", config.name, folder)
     return manifest
 
@@ -332,23 +335,36 @@ def _check_mongo(config: ServiceConfig, folder: Path, files: Sequence[str]) -> N
     check_mongo(config, folder, files)
 
 
-def _restore_mongo(config: ServiceConfig, folder: Path, files: Sequence[str]) -> None:
+def _restore_mongo(config: ServiceConfig, folder: Path, files: Sequence[str], _lock_timeout_s: float) -> None:
     from .mongo_backup import restore_mongo
 
     restore_mongo(config, folder, files=files)
 
 
 def _sql(
+    file: str,
     dump: Callable[[ServiceConfig, Path], list[str]],
     check: Callable[[ServiceConfig, Path], None],
-    restore: Callable[[ServiceConfig, Path], None],
+    restore: Callable[[ServiceConfig, Path, float], None],
 ) -> _Format:
-    return _Format(dump, lambda c, f, _names: check(c, f), lambda c, f, _names: restore(c, f))
+    """An SQL dialect's format: one dump file, which the manifest must list (and so verify)."""
+
+    def listed_and_checked(config: ServiceConfig, folder: Path, names: Sequence[str]) -> None:
+        if file not in names:
+            raise BackupInvalid(
+                f"Backup {folder} does not list {file} in its manifest; nothing was restored."
+            )
+        check(config, folder)
+
+    return _Format(dump, listed_and_checked, lambda c, f, _names, wait_s: restore(c, f, wait_s))
 
 
 _FORMATS = {
-    "sqlite": _sql(sql_backup.dump_sqlite, sql_backup.check_sqlite, sql_backup.restore_sqlite),
-    "postgresql": _sql(sql_backup.dump_postgres, sql_backup.check_postgres, sql_backup.restore_postgres),
-    "mysql": _sql(sql_backup.dump_mysql, sql_backup.check_mysql, sql_backup.restore_mysql),
+    "sqlite": _sql(sql_backup.SQLITE_FILE, sql_backup.dump_sqlite, sql_backup.check_sqlite,
+                   sql_backup.restore_sqlite),
+    "postgresql": _sql(sql_backup.PG_FILE, sql_backup.dump_postgres, sql_backup.check_postgres,
+                       sql_backup.restore_postgres),
+    "mysql": _sql(sql_backup.MYSQL_FILE, sql_backup.dump_mysql, sql_backup.check_mysql,
+                  sql_backup.restore_mysql),
     "mongodb": _Format(_dump_mongo, _check_mongo, _restore_mongo),
 }

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -131,7 +132,7 @@ def check_sqlite(config: ServiceConfig, folder: Path) -> None:
         raise BackupInvalid(f"{path} is damaged ({result[0]}); nothing was restored.")
 
 
-def restore_sqlite(config: ServiceConfig, folder: Path) -> None:
+def restore_sqlite(config: ServiceConfig, folder: Path, lock_timeout_s: float) -> None:
     """Copy the dump into the database with SQLite's online backup API.
 
     All pages are copied in one step, which is one write transaction on the database: a
@@ -142,9 +143,15 @@ def restore_sqlite(config: ServiceConfig, folder: Path) -> None:
     path = _sqlite_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     source = _open_dump(folder / SQLITE_FILE)
-    target = sqlite3.connect(path, timeout=30.0)
+    target = sqlite3.connect(path, timeout=lock_timeout_s)
+
+    def give_up_when_busy(status: int, _remaining: int, _total: int) -> None:
+        # Python retries a busy database forever; the busy timeout has already waited.
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise sqlite3.OperationalError(f"the database stayed locked for {lock_timeout_s:g} s")
+
     try:
-        source.backup(target, pages=-1)
+        source.backup(target, pages=-1, progress=give_up_when_busy)
     except sqlite3.Error as exc:
         raise BackupFailed(
             f"Restore of service '{config.name}' into {path} failed ({exc}); the database was left as it was."
@@ -161,13 +168,14 @@ def _pg_conninfo(config: ServiceConfig) -> tuple[str, dict[str, str]]:
     """A libpq connection string without the password, and the environment carrying it."""
     url = _url(config)
     parts = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
-    parts.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+    parts.update({k: v for k, v in url.query.items() if isinstance(v, str) and k != "password"})
 
     def quote(value: object) -> str:
         return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     conninfo = " ".join(f"{k}={quote(v)}" for k, v in parts.items() if v not in (None, ""))
-    env = {"PGPASSWORD": url.password} if url.password else {}
+    password = url.password or url.query.get("password")
+    env = {"PGPASSWORD": str(password)} if isinstance(password, str) and password else {}
     if "connect_timeout" not in parts and "PGCONNECT_TIMEOUT" not in os.environ:
         env["PGCONNECT_TIMEOUT"] = "10"
     return conninfo, env
@@ -206,7 +214,7 @@ CREATE SCHEMA public;
 """
 
 
-def restore_postgres(config: ServiceConfig, folder: Path) -> None:
+def restore_postgres(config: ServiceConfig, folder: Path, lock_timeout_s: float) -> None:
     """Replace the database in one transaction: wipe, then pg_restore's script, then COMMIT.
 
     pg_restore turns the archive into SQL that is streamed into psql (ON_ERROR_STOP) after a
@@ -216,7 +224,8 @@ def restore_postgres(config: ServiceConfig, folder: Path) -> None:
     needed, so neither CREATEDB nor renaming a database other sessions use.
     """
     conninfo, env = _pg_conninfo(config)
-    full_env = {**os.environ, **env}
+    options = f"{os.environ.get('PGOPTIONS', '')} -c lock_timeout={max(1, round(lock_timeout_s * 1000))}"
+    full_env = {**os.environ, **env, "PGOPTIONS": options.strip()}
     reader_args = [program("pg_restore"), "--no-owner", "--no-privileges", "--file=-", str(folder / PG_FILE)]
     writer_args = [program("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--dbname", conninfo]
     with tempfile.TemporaryFile() as reader_err, tempfile.TemporaryFile() as writer_err:
@@ -338,15 +347,15 @@ def _check_trailer(path: Path) -> None:
         )
 
 
-def restore_mysql(config: ServiceConfig, folder: Path) -> None:
+def restore_mysql(config: ServiceConfig, folder: Path, lock_timeout_s: float) -> None:
     """Replace the database with the dump; put the database back when that fails.
 
     MySQL's DDL commits on its own, so no transaction can hold a restore. A safety dump of
-    the database is taken first and loaded back automatically on any failure. This beats a
-    scratch database swapped in with RENAME TABLE: that cannot move views, tables with
-    triggers, routines or events across databases, and needs CREATE on the server, which
-    a service's account often lacks. If putting back fails too, the safety dump is kept and
-    the error names it.
+    the database is taken first and loaded back automatically on any failure after the
+    database was touched. This beats a scratch database swapped in with RENAME TABLE: that
+    cannot move views, tables with triggers, routines or events across databases, and needs
+    CREATE on the server, which a service's account often lacks. If putting back fails too,
+    the safety dump is kept and the error names it.
     """
     client = program("mariadb", "mysql")
     safety_dir = Path(tempfile.mkdtemp(prefix="ncm-before-restore-"))
@@ -361,18 +370,32 @@ def restore_mysql(config: ServiceConfig, folder: Path) -> None:
     except BaseException:
         shutil.rmtree(safety_dir, ignore_errors=True)
         raise
+    progress = _Touched()
     try:
-        _load_mysql(config, client, folder / MYSQL_FILE)
+        _load_mysql(config, client, folder / MYSQL_FILE, lock_timeout_s, progress)
     except BaseException as exc:
-        _put_back(config, client, safety, exc)
+        if progress.touched:
+            _put_back(config, client, safety, exc, lock_timeout_s)
+        shutil.rmtree(safety_dir, ignore_errors=True)
+        if isinstance(exc, NcmError):
+            raise BackupFailed(f"{exc}; nothing was restored.") from None
         raise
     shutil.rmtree(safety_dir, ignore_errors=True)
 
 
-def _put_back(config: ServiceConfig, client: str, safety: Path, failure: BaseException) -> None:
-    """Load the safety dump; raises the restore's failure, saying whether that worked."""
+@dataclass
+class _Touched:
+    """Whether a restore has changed the database yet (it had all its tables locked)."""
+
+    touched: bool = False
+
+
+def _put_back(config: ServiceConfig, client: str, safety: Path, failure: BaseException,
+              lock_timeout_s: float) -> None:
+    """Load the safety dump (waiting longer for locks than the restore did); raises the
+    restore's failure, saying whether that worked."""
     try:
-        _load_mysql(config, client, safety)
+        _load_mysql(config, client, safety, max(60.0, 10 * lock_timeout_s), _Touched())
     except BaseException as again:
         raise BackupFailed(
             f"Restore of service '{config.name}' failed ({failure}) and putting the database back "
@@ -384,14 +407,19 @@ def _put_back(config: ServiceConfig, client: str, safety: Path, failure: BaseExc
         raise BackupFailed(f"{failure}; the database was put back as it was before the restore.") from None
 
 
-def _load_mysql(config: ServiceConfig, client: str, dump: Path) -> None:
-    _wipe_mysql(config)
+def _load_mysql(config: ServiceConfig, client: str, dump: Path, lock_timeout_s: float,
+                progress: _Touched) -> None:
+    """Empty the database and load `dump`; a table that another session keeps locked for
+    `lock_timeout_s` fails it."""
+    wait = f"SET SESSION lock_wait_timeout = {max(1, round(lock_timeout_s))}"
+    _wipe_mysql(config, wait, progress)
     with _mysql_options(config) as opts:
-        _run([client, *opts, str(_url(config).database)], config, stdin=dump)
+        _run([client, *opts, f"--init-command={wait}", str(_url(config).database)], config, stdin=dump)
 
 
-def _wipe_mysql(config: ServiceConfig) -> None:
-    """Drop every table and view, so tables made after the backup go too."""
+def _wipe_mysql(config: ServiceConfig, wait: str, progress: _Touched) -> None:
+    """Drop every table and view, so tables made after the backup go too. All of them are
+    locked first: a table another session holds fails the restore before anything is dropped."""
     import sqlalchemy as sa
 
     engine = _engine(config)
@@ -401,14 +429,19 @@ def _wipe_mysql(config: ServiceConfig) -> None:
                 "SELECT table_name, table_type FROM information_schema.tables "
                 "WHERE table_schema = DATABASE()"
             )).all()
+            conn.exec_driver_sql(wait)
+            if rows:
+                conn.exec_driver_sql("LOCK TABLES " + ", ".join(f"`{name}` WRITE" for name, _ in rows))
+            progress.touched = True
             conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
             for name, kind in rows:
                 what = "VIEW" if kind == "VIEW" else "TABLE"
                 conn.exec_driver_sql(f"DROP {what} IF EXISTS `{name}`")
+            conn.exec_driver_sql("UNLOCK TABLES")
             conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
             conn.commit()
     except sa.exc.SQLAlchemyError as exc:
         reason = _last_line(config, str(getattr(exc, "orig", None) or exc).encode())
-        raise BackupFailed(f"Emptying the database of service '{config.name}' failed: {reason}.") from None
+        raise BackupFailed(f"Emptying the database of service '{config.name}' failed: {reason}") from None
     finally:
         engine.dispose()

@@ -191,3 +191,21 @@ def test_mongodb_backup_and_encrypted_restore(repo: Monorepo, mongo_url: str, tm
     assert repo.cli("restore", "orders", str(folder), env=keyed).code == 0
     assert sorted(d["name"] for d in db.people.find()) == ["ada", "b"]
     assert "stray" not in db.list_collection_names()
+
+
+def test_backup_made_before_checksums_still_restores(repo: Monorepo, sqlite_url: str, tmp_path: Path) -> None:
+    """A manifest of format 1 has no sha256: its files are checked as dumps only, with a warning."""
+    _repo(repo, sqlite_url)
+    assert repo.cli("migrate").code == 0
+    before = _snapshot(sqlite_url)
+    folder = tmp_path / "bk"
+    assert repo.cli("backup", "users", "-o", str(folder)).code == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["sha256"]
+    manifest["format"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _wreck(sqlite_url)
+    result = repo.cli("restore", "users", str(folder))
+    assert result.code == 0, result.output
+    assert "not verified" in result.stderr
+    assert _snapshot(sqlite_url) == before

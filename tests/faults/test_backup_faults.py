@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,17 @@ def _escaping_name(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(data))
 
 
+def _unlisted(folder: Path) -> None:
+    """The manifest lists (and hashes) another file than the dump."""
+    (folder / "notes.txt").write_text("not the dump")
+    data = _manifest(folder)
+    data["files"] = ["notes.txt"]
+    (folder / "manifest.json").write_text(json.dumps(data))
+    _rehash(folder)
+
+
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "dump not listed": (_unlisted, "does not list"),
     "truncated": (_truncate, "does not match the sha256"),
     "wrong sha256": (_wrong_sha, "does not match the sha256"),
     "no sha256": (_no_sha, "has no sha256"),
@@ -285,6 +296,41 @@ def test_restore_failing_in_sqlite_leaves_the_database_as_it_was(
     result = repo.cli("restore", "users", str(folder))
     assert result.code == 1 and "left as it was" in result.stderr, result.output
     assert snapshot(sqlite_url) == before
+
+
+def test_restore_does_not_wait_forever_for_a_locked_table(
+    repo: Monorepo, db_url: str, tmp_path: Path
+) -> None:
+    """Another session holds a table for longer than lock.timeout_s: the restore fails, and
+    the database is as it was."""
+    import sqlite3
+
+    folder = tmp_path / "bk"
+    before = _prepared(repo, db_url, folder)
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    sqlite_file = db_url.removeprefix("sqlite:///") if db_url.startswith("sqlite") else ":memory:"
+    raw = sqlite3.connect(sqlite_file, isolation_level=None, check_same_thread=False)
+    release = threading.Timer(30.0, raw.rollback)  # bounds the test if the restore waits regardless
+    try:
+        with engine.connect() as holder:
+            if db_url.startswith("sqlite"):
+                raw.execute("BEGIN IMMEDIATE")
+                release.start()
+            elif db_url.startswith("postgresql"):
+                holder.exec_driver_sql("SET idle_in_transaction_session_timeout = '30s'")
+                holder.exec_driver_sql("LOCK TABLE pets IN ACCESS SHARE MODE")
+            else:
+                holder.exec_driver_sql("SET SESSION wait_timeout = 30")
+                holder.exec_driver_sql("SELECT * FROM pets")  # its metadata lock lasts the transaction
+            result = repo.cli("restore", "users", str(folder), env={"NCM_LOCK__TIMEOUT_S": "1"})
+    finally:
+        release.cancel()
+        raw.close()
+        engine.dispose()
+    assert result.code == 1 and "Traceback" not in result.output, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "nothing was restored" in result.stderr or "left as it was" in result.stderr
+    assert snapshot(db_url) == before
 
 
 # -- MongoDB --------------------------------------------------------------------------------
