@@ -429,15 +429,18 @@ def _wipe_mysql(config: ServiceConfig, wait: str, progress: _Touched) -> None:
                 "SELECT table_name, table_type FROM information_schema.tables "
                 "WHERE table_schema = DATABASE()"
             )).all()
+            tables = [name for name, kind in rows if kind != "VIEW"]
+            views = [name for name, kind in rows if kind == "VIEW"]
             conn.exec_driver_sql(wait)
-            if rows:
-                conn.exec_driver_sql("LOCK TABLES " + ", ".join(f"`{name}` WRITE" for name, _ in rows))
-            progress.touched = True
             conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
-            for name, kind in rows:
-                what = "VIEW" if kind == "VIEW" else "TABLE"
-                conn.exec_driver_sql(f"DROP {what} IF EXISTS `{name}`")
+            if tables:  # views need no lock, and cannot be dropped under LOCK TABLES
+                conn.exec_driver_sql("LOCK TABLES " + ", ".join(f"`{name}` WRITE" for name in tables))
+            progress.touched = True
+            for name in tables:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{name}`")
             conn.exec_driver_sql("UNLOCK TABLES")
+            for name in views:
+                conn.exec_driver_sql(f"DROP VIEW IF EXISTS `{name}`")
             conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
             conn.commit()
     except sa.exc.SQLAlchemyError as exc:

@@ -36,6 +36,9 @@ def snapshot(url: str) -> dict[str, Any]:
                 columns = [(c["name"], str(c["type"])) for c in inspector.get_columns(name)]
                 table = sa.Table(name, sa.MetaData(), autoload_with=conn)
                 out[name] = (columns, sorted(repr(tuple(r)) for r in conn.execute(sa.select(table))))
+            for name in sorted(inspector.get_view_names()):
+                rows = conn.exec_driver_sql(f"SELECT * FROM {name}")
+                out[f"view {name}"] = sorted(repr(tuple(r)) for r in rows)
             return out
     finally:
         engine.dispose()
@@ -61,6 +64,7 @@ def _prepared(repo: Monorepo, url: str, folder: Path, env: dict[str, str] | None
     repo.table("users", "0002_pets", "pets", down="0001_initial")
     repo.settings(f'[development]\ndatabase_url = "{url}"\n')
     assert repo.cli("migrate", "users", "0001_initial").code == 0
+    _execute(url, "CREATE VIEW first_people AS SELECT id FROM people WHERE id < 3")
     made = repo.cli("backup", "users", "-o", str(folder), env=env)
     assert made.code == 0, made.output
     assert repo.cli("migrate").code == 0  # after the backup: another revision, table and ledger row
@@ -170,7 +174,9 @@ def test_damaged_backups_are_refused_before_anything_is_touched(
         assert snapshot(db_url) == before, case
     restored = repo.cli("restore", "users", str(pristine))
     assert restored.code == 0, restored.output
-    assert set(snapshot(db_url)) == {"people", "ncm_migrations", "alembic_version_users"}
+    restored_state = snapshot(db_url)
+    assert set(restored_state) == {"people", "ncm_migrations", "alembic_version_users", "view first_people"}
+    assert restored_state["view first_people"] == ["(1,)", "(2,)"]
 
 
 def test_truncated_dump_with_a_matching_sha256_is_refused_or_undone(
@@ -235,7 +241,10 @@ def test_restore_failing_half_way_leaves_mariadb_as_it_was(
     """A complete dump with a bad statement after its first tables: the client stops there,
     after dropping and creating tables, and the database is put back."""
     folder = tmp_path / "bk"
-    before = _prepared(repo, mysql_url, folder)
+    _prepared(repo, mysql_url, folder)
+    _execute(mysql_url, "CREATE VIEW people_names AS SELECT name FROM people")
+    before = snapshot(mysql_url)
+    assert "view people_names" in before
     path = folder / "db.sql"
     lines = path.read_text().splitlines(keepends=True)
     at = max(i for i, line in enumerate(lines) if line.startswith("INSERT INTO"))
@@ -256,7 +265,10 @@ def test_restore_failing_half_way_leaves_postgresql_as_it_was(
     pg_restore exiting with an error after writing its whole script (psql would commit at
     the end of its input): the database is as it was."""
     folder = tmp_path / "bk"
-    before = _prepared(repo, pg_url, folder)
+    _prepared(repo, pg_url, folder)
+    _execute(pg_url, "CREATE VIEW people_names AS SELECT name FROM people")
+    before = snapshot(pg_url)
+    assert "view people_names" in before
     real = shutil.which("pg_restore")
     exit_code = 1 if fault == "pg_restore fails" else 0
     bad = "" if exit_code else "SELECT ncm_no_such_function();\\n"
