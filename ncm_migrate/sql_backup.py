@@ -200,8 +200,8 @@ def check_postgres(config: ServiceConfig, folder: Path) -> None:
         ) from None
 
 
-# Every schema goes, so tables made after the backup go too; in the same transaction as
-# the restore, so nothing goes unless the restore is complete.
+# Every schema and large object goes, so what was made after the backup goes too; in the
+# same transaction as the restore, so nothing goes unless the restore is complete.
 _PG_WIPE = b"""\
 BEGIN;
 DO $ncm$ DECLARE s name; BEGIN
@@ -209,24 +209,27 @@ DO $ncm$ DECLARE s name; BEGIN
            WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP
     EXECUTE format('DROP SCHEMA %I CASCADE', s);
   END LOOP;
+  PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
 END $ncm$;
 CREATE SCHEMA public;
 """
 
 
 def restore_postgres(config: ServiceConfig, folder: Path, lock_timeout_s: float) -> None:
-    """Replace the database in one transaction: wipe, then pg_restore's script, then COMMIT.
+    """Replace the database in one transaction: the wipe, then pg_restore's script.
 
-    pg_restore turns the archive into SQL that is streamed into psql (ON_ERROR_STOP) after a
-    BEGIN and the wipe. COMMIT is sent only when pg_restore finished without error and psql
-    stopped at nothing; otherwise psql's session ends with the transaction open, and
-    PostgreSQL rolls all of it back (its DDL is transactional). No scratch database is
-    needed, so neither CREATEDB nor renaming a database other sessions use.
+    pg_restore turns the archive into one transaction's SQL (--single-transaction: without
+    it, the large objects' part commits on its own), streamed into psql (ON_ERROR_STOP)
+    after a BEGIN and the wipe. The script's last bytes, which hold its COMMIT, are held back
+    until pg_restore has exited without error; otherwise psql's input ends inside the
+    transaction and PostgreSQL rolls all of it back (its DDL is transactional). No scratch
+    database is needed, so neither CREATEDB nor renaming a database other sessions use.
     """
     conninfo, env = _pg_conninfo(config)
     options = f"{os.environ.get('PGOPTIONS', '')} -c lock_timeout={max(1, round(lock_timeout_s * 1000))}"
     full_env = {**os.environ, **env, "PGOPTIONS": options.strip()}
-    reader_args = [program("pg_restore"), "--no-owner", "--no-privileges", "--file=-", str(folder / PG_FILE)]
+    reader_args = [program("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
+                   "--file=-", str(folder / PG_FILE)]
     writer_args = [program("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--dbname", conninfo]
     with tempfile.TemporaryFile() as reader_err, tempfile.TemporaryFile() as writer_err:
         reader = subprocess.Popen(reader_args, stdout=subprocess.PIPE, stderr=reader_err, env=full_env)
@@ -234,9 +237,7 @@ def restore_postgres(config: ServiceConfig, folder: Path, lock_timeout_s: float)
                                   stderr=writer_err, env=full_env)
         try:
             assert reader.stdout is not None and writer.stdin is not None
-            complete = _pump(reader.stdout, writer.stdin, reader)
-            if complete:
-                _write(writer.stdin, b"COMMIT;\n")
+            _pump(reader.stdout, writer.stdin, reader)
             _close(writer.stdin)
             writer.wait()
         finally:
@@ -258,15 +259,23 @@ def restore_postgres(config: ServiceConfig, folder: Path, lock_timeout_s: float)
             )
 
 
-def _pump(source: IO[bytes], sink: IO[bytes], reader: subprocess.Popen[bytes]) -> bool:
-    """Stream the wipe and then `source` into `sink`; whether all of it went and the reader
-    finished without error (a sink that stopped reading is psql stopping at an error)."""
+_HELD_BACK = 1 << 16  # far more than what follows a pg_restore script's COMMIT
+
+
+def _pump(source: IO[bytes], sink: IO[bytes], reader: subprocess.Popen[bytes]) -> None:
+    """Stream the wipe and then `source` into `sink`, holding its last bytes back until the
+    reader exited without error; a sink that stops reading (psql at an error) stops it."""
     if not _write(sink, _PG_WIPE):
-        return False
-    while chunk := source.read(1 << 16):
-        if not _write(sink, chunk):
-            return False
-    return reader.wait() == 0
+        return
+    held = b""
+    while chunk := source.read(_HELD_BACK):
+        held += chunk
+        if len(held) > _HELD_BACK:
+            if not _write(sink, held[:-_HELD_BACK]):
+                return
+            held = held[-_HELD_BACK:]
+    if reader.wait() == 0:
+        _write(sink, held)
 
 
 def _write(sink: IO[bytes], data: bytes) -> bool:

@@ -52,7 +52,8 @@ def _execute(url: str, *statements: str) -> None:
     engine.dispose()
 
 
-def _prepared(repo: Monorepo, url: str, folder: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+def _prepared(repo: Monorepo, url: str, folder: Path, env: dict[str, str] | None = None,
+              before_backup: tuple[str, ...] = ()) -> dict[str, Any]:
     """A migrated service, its backup in `folder`, then changes made after the backup: the
     state that a failed restore must leave as it is (returned)."""
     repo.revision("users", "0001_initial", upgrade="""
@@ -64,7 +65,7 @@ def _prepared(repo: Monorepo, url: str, folder: Path, env: dict[str, str] | None
     repo.table("users", "0002_pets", "pets", down="0001_initial")
     repo.settings(f'[development]\ndatabase_url = "{url}"\n')
     assert repo.cli("migrate", "users", "0001_initial").code == 0
-    _execute(url, "CREATE VIEW first_people AS SELECT id FROM people WHERE id < 3")
+    _execute(url, "CREATE VIEW first_people AS SELECT id FROM people WHERE id < 3", *before_backup)
     made = repo.cli("backup", "users", "-o", str(folder), env=env)
     assert made.code == 0, made.output
     assert repo.cli("migrate").code == 0  # after the backup: another revision, table and ledger row
@@ -257,28 +258,39 @@ def test_restore_failing_half_way_leaves_mariadb_as_it_was(
     assert snapshot(mysql_url) == before
 
 
-@pytest.mark.parametrize("fault", ["bad statement", "pg_restore fails"])
+def _large_objects(url: str) -> list[Any]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        found = list(conn.exec_driver_sql(
+            "SELECT m.oid, pg_catalog.lo_get(m.oid) FROM pg_catalog.pg_largeobject_metadata m"))
+    engine.dispose()
+    return found
+
+
+@pytest.mark.parametrize("fault", ["bad statement", "bad statement after large objects", "pg_restore fails"])
 def test_restore_failing_half_way_leaves_postgresql_as_it_was(
     repo: Monorepo, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
-    """pg_restore's script with a bad statement after the tables were made (psql stops), or
-    pg_restore exiting with an error after writing its whole script (psql would commit at
-    the end of its input): the database is as it was."""
+    """pg_restore's script with a bad statement after the tables were made, or after the
+    large objects (whose part of a script commits on its own unless pg_restore writes one
+    transaction), or pg_restore exiting with an error after writing its whole script (psql
+    would commit at the end of its input): the database is as it was."""
     folder = tmp_path / "bk"
-    _prepared(repo, pg_url, folder)
+    _prepared(repo, pg_url, folder, before_backup=("SELECT pg_catalog.lo_from_bytea(0, 'hello')",))
     _execute(pg_url, "CREATE VIEW people_names AS SELECT name FROM people")
-    before = snapshot(pg_url)
-    assert "view people_names" in before
+    before = snapshot(pg_url), _large_objects(pg_url)
+    assert "view people_names" in before[0] and len(before[1]) == 1
     real = shutil.which("pg_restore")
     exit_code = 1 if fault == "pg_restore fails" else 0
     bad = "" if exit_code else "SELECT ncm_no_such_function();\\n"
+    mark = "\\nALTER TABLE ONLY " if "after large objects" in fault else "\\nCOPY "
     bin_dir = _wrapper(tmp_path, "pg_restore", f"""
         import subprocess, sys
         proc = subprocess.run([{real!r}, *sys.argv[1:]], capture_output=True, timeout=60)
         out = proc.stdout
         script = "--file=-" in sys.argv
         if script:
-            at = out.index(b"\\nCOPY ") + 1
+            at = out.index(b"{mark}") + 1
             out = out[:at] + b"{bad}" + out[at:]
         sys.stdout.buffer.write(out)
         if script and {exit_code}:
@@ -289,7 +301,11 @@ def test_restore_failing_half_way_leaves_postgresql_as_it_was(
     result = repo.cli("restore", "users", str(folder))
     assert result.code == 1 and "left as it was" in result.stderr, result.output
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
-    assert snapshot(pg_url) == before
+    assert (snapshot(pg_url), _large_objects(pg_url)) == before
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])  # the real pg_restore
+    restored = repo.cli("restore", "users", str(folder))
+    assert restored.code == 0, restored.output
+    assert [bytes(lo[1]) for lo in _large_objects(pg_url)] == [b"hello"]
 
 
 def test_restore_failing_in_sqlite_leaves_the_database_as_it_was(
