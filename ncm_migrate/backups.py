@@ -56,7 +56,7 @@ class Manifest:
 class _Format:
     """How one dialect dumps, checks a dump without touching the database, and restores."""
 
-    dump: Callable[[ServiceConfig, Path], list[str]]
+    dump: Callable[[ServiceConfig, Path, float], list[str]]
     check: Callable[[ServiceConfig, Path, Sequence[str]], None]
     restore: Callable[[ServiceConfig, Path, Sequence[str], float], None]
 
@@ -94,17 +94,19 @@ def backup_database(
     environment: str,
     heads: Sequence[str],
     encryption_key: str | None,
+    lock_timeout_s: float = 30.0,
 ) -> Manifest:
     """Dump `config`'s database into `out_dir` (new or empty) and write its manifest.
 
-    A backup that fails leaves nothing behind: the folders it made are removed.
+    A backup that fails leaves nothing behind: the folders it made are removed. A table that
+    another session keeps locked for `lock_timeout_s` fails the backup (not a hang).
     """
     out_dir = Path(out_dir)
     fernet = _fernet(encryption_key) if encryption_key else None
     dialect = dialect_of(config)
     made = _make_folder(out_dir)
     try:
-        files = _dump(config, dialect, out_dir)
+        files = _dump(config, dialect, out_dir, lock_timeout_s)
         if fernet is not None:
             files = [_encrypt(fernet, out_dir, name) for name in files]
         manifest = Manifest(
@@ -187,6 +189,9 @@ def read_manifest(folder: Path) -> Manifest:
         parts = PurePosixPath(name).parts
         if not parts or name.startswith("/") or ".." in parts or "\\" in name or name == MANIFEST:
             raise BackupInvalid(f"{path} is not a valid backup manifest: it lists the file {name!r}.")
+    if manifest.format > FORMAT:
+        raise BackupInvalid(f"{path} was written by a newer ncm-migrate (backup format {manifest.format}); "
+                            "restore it with that version.")
     if manifest.format >= 2 and not isinstance(manifest.sha256, dict):
         raise BackupInvalid(f"{path} is not a valid backup manifest: 'sha256' is not a table.")
     return manifest
@@ -317,13 +322,13 @@ def _plain_files(manifest: Manifest, folder: Path, key: str | None) -> Iterator[
 # -- dialects -----------------------------------------------------------------------------
 
 
-def _dump(config: ServiceConfig, dialect: str, out_dir: Path) -> list[str]:
+def _dump(config: ServiceConfig, dialect: str, out_dir: Path, lock_timeout_s: float) -> list[str]:
     if dialect not in _FORMATS:
         raise BackupInvalid(f"Service '{config.name}' is on {dialect}, which backup does not support.")
-    return _FORMATS[dialect].dump(config, out_dir)
+    return _FORMATS[dialect].dump(config, out_dir, lock_timeout_s)
 
 
-def _dump_mongo(config: ServiceConfig, out_dir: Path) -> list[str]:
+def _dump_mongo(config: ServiceConfig, out_dir: Path, _lock_timeout_s: float) -> list[str]:
     from .mongo_backup import backup_mongo
 
     return [p.relative_to(out_dir).as_posix() for p in backup_mongo(config, out_dir)]
@@ -343,7 +348,7 @@ def _restore_mongo(config: ServiceConfig, folder: Path, files: Sequence[str], _l
 
 def _sql(
     file: str,
-    dump: Callable[[ServiceConfig, Path], list[str]],
+    dump: Callable[[ServiceConfig, Path, float], list[str]],
     check: Callable[[ServiceConfig, Path], None],
     restore: Callable[[ServiceConfig, Path, float], None],
 ) -> _Format:

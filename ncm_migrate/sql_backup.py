@@ -14,7 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +102,22 @@ def _open_dump(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path.resolve().as_uri() + "?immutable=1", uri=True)
 
 
-def dump_sqlite(config: ServiceConfig, out_dir: Path) -> list[str]:
-    source = sqlite3.connect(_sqlite_path(config))
+def _give_up_when_busy(lock_timeout_s: float) -> Callable[[int, int, int], None]:
+    """A progress callback for `Connection.backup`: Python retries a busy database forever,
+    after the busy timeout (`lock_timeout_s`) has already waited once."""
+
+    def progress(status: int, _remaining: int, _total: int) -> None:
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise sqlite3.OperationalError(f"the database stayed locked for {lock_timeout_s:g} s")
+
+    return progress
+
+
+def dump_sqlite(config: ServiceConfig, out_dir: Path, lock_timeout_s: float) -> list[str]:
+    source = sqlite3.connect(_sqlite_path(config), timeout=lock_timeout_s)
     target = sqlite3.connect(out_dir / SQLITE_FILE)
     try:
-        source.backup(target)
+        source.backup(target, progress=_give_up_when_busy(lock_timeout_s))
     except sqlite3.Error as exc:
         raise BackupFailed(f"Backup of service '{config.name}' failed: {exc}.") from None
     finally:
@@ -144,14 +155,8 @@ def restore_sqlite(config: ServiceConfig, folder: Path, lock_timeout_s: float) -
     path.parent.mkdir(parents=True, exist_ok=True)
     source = _open_dump(folder / SQLITE_FILE)
     target = sqlite3.connect(path, timeout=lock_timeout_s)
-
-    def give_up_when_busy(status: int, _remaining: int, _total: int) -> None:
-        # Python retries a busy database forever; the busy timeout has already waited.
-        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            raise sqlite3.OperationalError(f"the database stayed locked for {lock_timeout_s:g} s")
-
     try:
-        source.backup(target, pages=-1, progress=give_up_when_busy)
+        source.backup(target, pages=-1, progress=_give_up_when_busy(lock_timeout_s))
     except sqlite3.Error as exc:
         raise BackupFailed(
             f"Restore of service '{config.name}' into {path} failed ({exc}); the database was left as it was."
@@ -181,9 +186,10 @@ def _pg_conninfo(config: ServiceConfig) -> tuple[str, dict[str, str]]:
     return conninfo, env
 
 
-def dump_postgres(config: ServiceConfig, out_dir: Path) -> list[str]:
+def dump_postgres(config: ServiceConfig, out_dir: Path, lock_timeout_s: float) -> list[str]:
     conninfo, env = _pg_conninfo(config)
     _run([program("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
+          f"--lock-wait-timeout={max(1, round(lock_timeout_s * 1000))}",
           "--file", str(out_dir / PG_FILE), "--dbname", conninfo], config, env)
     return [PG_FILE]
 
@@ -332,7 +338,7 @@ def _mysqldump(config: ServiceConfig, target: Path) -> None:
               f"--result-file={target}", str(_url(config).database)], config)
 
 
-def dump_mysql(config: ServiceConfig, out_dir: Path) -> list[str]:
+def dump_mysql(config: ServiceConfig, out_dir: Path, _lock_timeout_s: float) -> list[str]:
     _mysqldump(config, out_dir / MYSQL_FILE)
     return [MYSQL_FILE]
 

@@ -446,6 +446,26 @@ def test_failed_backup_leaves_no_folder(
     assert not (tmp_path / "half").exists()
 
 
+def test_backup_does_not_wait_forever_for_a_locked_table(repo: Monorepo, pg_url: str, tmp_path: Path) -> None:
+    """A table locked against readers for longer than lock.timeout_s fails the backup, which
+    leaves no folder. (SQLite's readers are never blocked in WAL mode.)"""
+    repo.table("users", "0001_initial", "people")
+    repo.settings(f'[development]\ndatabase_url = "{pg_url}"\n')
+    assert repo.cli("migrate").code == 0
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as holder:
+            holder.exec_driver_sql("SET idle_in_transaction_session_timeout = '30s'")  # bounds the test
+            holder.exec_driver_sql("LOCK TABLE people IN ACCESS EXCLUSIVE MODE")
+            result = repo.cli("backup", "users", "-o", str(tmp_path / "bk"),
+                              env={"NCM_LOCK__TIMEOUT_S": "1"})
+    finally:
+        engine.dispose()
+    assert result.code == 1 and "Traceback" not in result.output, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "bk").exists()
+
+
 def test_unwritable_backup_folder_is_one_sentence(repo: Monorepo, sqlite_url: str, tmp_path: Path) -> None:
     repo.table("users", "0001_initial", "people")
     repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
@@ -455,6 +475,16 @@ def test_unwritable_backup_folder_is_one_sentence(repo: Monorepo, sqlite_url: st
     _refused(under_file, 2, "Cannot create backup folder")
     is_file = repo.cli("backup", "users", "-o", str(tmp_path / "a_file"))
     _refused(is_file, 2, "is a file")
+
+
+def test_backup_of_a_newer_format_is_refused(repo: Monorepo, sqlite_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "bk"
+    before = _prepared(repo, sqlite_url, folder)
+    data = _manifest(folder)
+    data["format"] = 99
+    (folder / "manifest.json").write_text(json.dumps(data))
+    _refused(repo.cli("restore", "users", str(folder)), 2, "newer ncm-migrate")
+    assert snapshot(sqlite_url) == before
 
 
 @pytest.mark.parametrize("env", ["../../x", "..", "a/b", "/abs", ""])
