@@ -32,6 +32,7 @@ from .backends.mongo import Document, connect, database_name
 from .backends.mongo_lease import COLLECTION as LOCK_COLLECTION
 from .errors import BackupFailed, BackupInvalid
 from .model import ServiceConfig
+from .urls import redact_known
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def backup_mongo(config: ServiceConfig, out_dir: Path, connect_timeout_s: float 
             log.info("backed up %s.%s", db.name, name)
         return written
     except PyMongoError as exc:
-        raise BackupFailed(f"Backup of service '{config.name}' failed: {exc}.") from None
+        raise BackupFailed(f"Backup of service '{config.name}' failed: {redact_known(str(exc))}.") from None
     finally:
         client.close()
 
@@ -126,7 +127,8 @@ def restore_mongo(config: ServiceConfig, folder: Path, connect_timeout_s: float 
             log.info("restored %s.%s", db.name, meta["collectionName"])
     except PyMongoError as exc:
         raise BackupFailed(
-            f"Restore of service '{config.name}' failed: {exc}; the database was left as it was."
+            f"Restore of service '{config.name}' failed: {redact_known(str(exc))}; "
+            "the database was left as it was."
         ) from None
     finally:
         client.close()
