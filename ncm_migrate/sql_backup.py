@@ -44,9 +44,11 @@ def program(*names: str) -> str:
 
 
 def _last_line(config: ServiceConfig, raw: bytes) -> str:
-    """The last line a program wrote, with every password hidden."""
+    """The last error line a program wrote (else its last line), with every password hidden."""
     text = redact(redact_known(raw.decode("utf-8", "replace").strip()), [password_of(config.database_url)])
-    return text.splitlines()[-1] if text else "no message"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "error:" in line]
+    return (errors or lines or ["no message"])[-1]
 
 
 def _run(args: list[str], config: ServiceConfig, env: dict[str, str] | None = None,

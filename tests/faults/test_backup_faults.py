@@ -302,6 +302,7 @@ def test_restore_failing_half_way_leaves_postgresql_as_it_was(
     assert result.code == 1 and "left as it was" in result.stderr, result.output
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
     assert (snapshot(pg_url), _large_objects(pg_url)) == before
+    assert ("ncm_no_such_function" if bad else "stand-in failure") in result.stderr
     monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])  # the real pg_restore
     restored = repo.cli("restore", "users", str(folder))
     assert restored.code == 0, restored.output
