@@ -151,6 +151,9 @@ def _read_metadata(source: Path, listed: set[str] | None) -> list[dict[str, Any]
             meta = json_util.loads(path.read_text())
             if not isinstance(meta, dict) or not isinstance(meta.get("collectionName"), str):
                 raise ValueError("it names no collection")
+            data = (source / f"{meta['collectionName']}.bson").resolve()
+            if not meta["collectionName"] or not data.is_relative_to(source.resolve()):
+                raise ValueError(f"the collection name {meta['collectionName']!r} leads outside the backup")
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise BackupInvalid(f"{path} is not valid mongodump metadata: {exc}.") from None
         metas.append(meta)

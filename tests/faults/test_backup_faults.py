@@ -397,7 +397,13 @@ def test_mongodb_damaged_or_failing_restores_leave_it_as_it_was(
         path.write_bytes(path.read_bytes() + bson.encode({"_id": 1, "name": "again"}))
         _rehash(folder)
 
+    def escaping_name(folder: Path) -> None:
+        path = folder / bson_name.replace(".bson", ".metadata.json")
+        path.write_text(path.read_text().replace('"people"', '"../../people"'))
+        _rehash(folder)
+
     cases: dict[str, tuple[Callable[[Path], None], int, str]] = {
+        "collection outside the folder": (escaping_name, 2, "leads outside the backup"),
         "truncated": (_truncate, 2, "does not match the sha256"),
         "truncated, rehashed": (_truncate_and_rehash, 2, "truncated or not a BSON file"),
         "wrong sha256": (_wrong_sha, 2, "does not match the sha256"),
