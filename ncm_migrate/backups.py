@@ -136,16 +136,22 @@ def backup_database(
 
 def _make_folder(out_dir: Path) -> Path | None:
     """Create `out_dir` (or check that it is empty); the topmost folder created, if any."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
+    try:
+        exists = out_dir.exists()
+        is_file = exists and not out_dir.is_dir()
+        empty = not exists or is_file or not any(out_dir.iterdir())
+    except OSError as exc:
+        raise BackupInvalid(f"Cannot use backup folder {out_dir}: {exc.strerror}.") from None
+    if exists:
+        if is_file:
             raise BackupInvalid(f"Backup folder {out_dir} is a file; give a new folder with -o.")
-        if any(out_dir.iterdir()):
+        if not empty:
             raise BackupInvalid(f"Backup folder {out_dir} is not empty; give a new folder with -o.")
         return None
     top = out_dir
-    while not top.parent.exists() and top.parent != top:
-        top = top.parent
     try:
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
         out_dir.mkdir(parents=True)
     except OSError as exc:
         raise BackupInvalid(f"Cannot create backup folder {out_dir}: {exc.strerror}.") from None
