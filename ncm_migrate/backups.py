@@ -1,37 +1,38 @@
 """Backups of one service's database into a folder, and back.
 
-SQLite through its online backup API, PostgreSQL through pg_dump/pg_restore, MySQL and
-MariaDB through mariadb-dump (or mysqldump) and the client, MongoDB through
-`mongo_backup`. Each folder holds the dump files and a `manifest.json`; with
-`backup.encryption_key` the files are Fernet-encrypted. Passwords reach the programs
-through their environment or an option file, never their command line.
+Each folder holds the dump files and a `manifest.json` with a sha256 per file; with
+`backup.encryption_key` the files are Fernet-encrypted. `restore` checks every file (its
+sha256, its key, the dump itself) before it touches the database, and a restore that fails
+leaves the database as it was. The dumps themselves are `sql_backup`'s and `mongo_backup`'s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
+import re
 import shutil
-import sqlite3
-import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import sql_backup
 from .errors import BackupFailed, BackupInvalid, SettingsError, ToolMissing
 from .ledger import tool_version, utcnow
 from .model import ServiceConfig
-from .urls import password_of, redact, redact_known, sqlite_file
+from .sql_backup import program as program
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: `sha256` per file
 _ENC = ".enc"
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,32 @@ class Manifest:
     files: tuple[str, ...]
     tool_version: str
     format: int = FORMAT
+    sha256: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Format:
+    """How one dialect dumps, checks a dump without touching the database, and restores."""
+
+    dump: Callable[[ServiceConfig, Path, float], list[str]]
+    check: Callable[[ServiceConfig, Path, Sequence[str]], None]
+    restore: Callable[[ServiceConfig, Path, Sequence[str], float], None]
 
 
 def default_dir(base: Path, environment: str, service: str) -> Path:
-    """`backup.dir/<env>/<svc>/<timestamp>/`."""
+    """`backup.dir/<env>/<svc>/<timestamp>/`; an environment or service name that would
+    leave `base` (`../x`, `a/b`) is refused."""
+    for what, name in (("Environment", environment), ("Service", service)):
+        if not _FOLDER_NAME.fullmatch(name) or ".." in name:
+            raise BackupInvalid(
+                f"{what} name '{name}' cannot name a folder under backup.dir; use letters, "
+                "digits, '_', '-' and '.' only."
+            )
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
-    return base / environment / service / stamp
+    folder = Path(base) / environment / service / stamp
+    if not folder.resolve().is_relative_to(Path(base).resolve()):
+        raise BackupInvalid(f"The backup folder {folder} would lie outside backup.dir {base}.")
+    return folder
 
 
 def dialect_of(config: ServiceConfig) -> str:
@@ -73,62 +94,171 @@ def backup_database(
     environment: str,
     heads: Sequence[str],
     encryption_key: str | None,
+    lock_timeout_s: float = 30.0,
 ) -> Manifest:
-    """Dump `config`'s database into `out_dir` (new or empty) and write its manifest."""
+    """Dump `config`'s database into `out_dir` (new or empty) and write its manifest.
+
+    A backup that fails leaves nothing behind: the folders it made are removed. A table that
+    another session keeps locked for `lock_timeout_s` fails the backup (not a hang).
+    """
+    out_dir = Path(out_dir)
     fernet = _fernet(encryption_key) if encryption_key else None
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise BackupInvalid(f"Backup folder {out_dir} is not empty; give a new folder with -o.")
-    out_dir.mkdir(parents=True, exist_ok=True)
     dialect = dialect_of(config)
-    files = _DUMPERS[dialect](config, out_dir)
-    if fernet is not None:
-        files = [_encrypt(fernet, out_dir, name) for name in files]
-    manifest = Manifest(
-        service=config.name,
-        backend=config.backend,
-        dialect=dialect,
-        environment=environment,
-        heads=tuple(heads),
-        time=utcnow().isoformat(timespec="seconds"),
-        encrypted=fernet is not None,
-        files=tuple(files),
-        tool_version=tool_version(),
-    )
-    (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    made = _make_folder(out_dir)
+    try:
+        files = _dump(config, dialect, out_dir, lock_timeout_s)
+        if fernet is not None:
+            files = [_encrypt(fernet, out_dir, name) for name in files]
+        manifest = Manifest(
+            service=config.name,
+            backend=config.backend,
+            dialect=dialect,
+            environment=environment,
+            heads=tuple(heads),
+            time=utcnow().isoformat(timespec="seconds"),
+            encrypted=fernet is not None,
+            files=tuple(files),
+            tool_version=tool_version(),
+            sha256={name: _sha256(out_dir / name) for name in files},
+        )
+        (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    except OSError as exc:
+        _remove_partial(out_dir, made)
+        raise BackupFailed(
+            f"Backup of service '{config.name}' could not be written to {out_dir}: {exc.strerror}."
+        ) from None
+    except BaseException:
+        _remove_partial(out_dir, made)
+        raise
     log.info("backed up service '%s' to %s", config.name, out_dir)
     return manifest
 
 
+def _make_folder(out_dir: Path) -> Path | None:
+    """Create `out_dir` (or check that it is empty); the topmost folder created, if any."""
+    try:
+        exists = out_dir.exists()
+        is_file = exists and not out_dir.is_dir()
+        empty = not exists or is_file or not any(out_dir.iterdir())
+    except OSError as exc:
+        raise BackupInvalid(f"Cannot use backup folder {out_dir}: {exc.strerror}.") from None
+    if exists:
+        if is_file:
+            raise BackupInvalid(f"Backup folder {out_dir} is a file; give a new folder with -o.")
+        if not empty:
+            raise BackupInvalid(f"Backup folder {out_dir} is not empty; give a new folder with -o.")
+        return None
+    top = out_dir
+    try:
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        out_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise BackupInvalid(f"Cannot create backup folder {out_dir}: {exc.strerror}.") from None
+    return top
+
+
+def _remove_partial(out_dir: Path, made: Path | None) -> None:
+    """Remove what a failed backup wrote: the folders it made, or the files in `out_dir`."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    for child in out_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def read_manifest(folder: Path) -> Manifest:
-    path = folder / MANIFEST
+    """The manifest of a backup folder; `BackupInvalid` when it is missing or malformed."""
+    path = Path(folder) / MANIFEST
     try:
         data = json.loads(path.read_text())
         data["heads"] = tuple(data["heads"])
         data["files"] = tuple(data["files"])
-        return Manifest(**data)
+        manifest = Manifest(**data)
     except FileNotFoundError:
         raise BackupInvalid(f"{folder} is not a backup folder: it has no {MANIFEST}.") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except OSError as exc:
+        raise BackupInvalid(f"Cannot read {path}: {exc.strerror}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise BackupInvalid(f"{path} is not a valid backup manifest: {exc}.") from None
+    if not isinstance(manifest.format, int) or not all(isinstance(n, str) for n in manifest.files):
+        raise BackupInvalid(f"{path} is not a valid backup manifest: 'format' or 'files' is malformed.")
+    for name in manifest.files:
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or ".." in parts or "\\" in name or name == MANIFEST:
+            raise BackupInvalid(f"{path} is not a valid backup manifest: it lists the file {name!r}.")
+    if manifest.format > FORMAT:
+        raise BackupInvalid(f"{path} was written by a newer ncm-migrate (backup format {manifest.format}); "
+                            "restore it with that version.")
+    if manifest.format >= 2 and not isinstance(manifest.sha256, dict):
+        raise BackupInvalid(f"{path} is not a valid backup manifest: 'sha256' is not a table.")
+    return manifest
 
 
-def restore_database(config: ServiceConfig, folder: Path, *, encryption_key: str | None) -> Manifest:
-    """Replace `config`'s database with the backup in `folder`; returns its manifest."""
+def verify_files(manifest: Manifest, folder: Path) -> None:
+    """Every file the manifest lists is there and has its sha256 (manifests before format 2
+    have none: only their presence is checked)."""
+    missing = [name for name in manifest.files if not (folder / name).is_file()]
+    if missing:
+        raise BackupInvalid(
+            f"Backup {folder} is incomplete: {', '.join(missing)} missing; nothing was restored."
+        )
+    if manifest.format < 2:
+        log.warning("backup %s was made before backups recorded checksums: its files are not verified",
+                    folder)
+        return
+    for name in manifest.files:
+        expected = manifest.sha256.get(name)
+        if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
+            raise BackupInvalid(f"Backup {folder} is damaged: its manifest has no sha256 for {name}; "
+                                "nothing was restored.")
+        try:
+            actual = _sha256(folder / name)
+        except OSError as exc:
+            raise BackupInvalid(
+                f"Cannot read {folder / name}: {exc.strerror}; nothing was restored."
+            ) from None
+        if actual != expected:
+            raise BackupInvalid(
+                f"Backup {folder} is damaged: {name} does not match the sha256 in its manifest "
+                "(changed or truncated); nothing was restored."
+            )
+
+
+def restore_database(
+    config: ServiceConfig, folder: Path, *, encryption_key: str | None, lock_timeout_s: float = 30.0
+) -> Manifest:
+    """Replace `config`'s database with the backup in `folder`; returns its manifest.
+
+    Every file is checked first (sha256, decryption, the dump itself); nothing is touched
+    unless all pass, and a restore that fails later leaves the database as it was. A table
+    that another session keeps locked for `lock_timeout_s` fails the restore (not a hang).
+    """
+    folder = Path(folder)
     manifest = read_manifest(folder)
     dialect = dialect_of(config)
     if manifest.service != config.name:
         raise BackupInvalid(
             f"{folder} is a backup of service '{manifest.service}', not '{config.name}'."
         )
-    if manifest.dialect != dialect:
+    if manifest.dialect != dialect or dialect not in _FORMATS:
         raise BackupInvalid(
             f"{folder} is a {manifest.dialect} backup; service '{config.name}' is on {dialect} here."
         )
-    missing = [name for name in manifest.files if not (folder / name).is_file()]
-    if missing:
-        raise BackupInvalid(f"Backup {folder} is incomplete: {', '.join(missing)} missing.")
+    verify_files(manifest, folder)
+    fmt = _FORMATS[dialect]
+    names = [n.removesuffix(_ENC) if manifest.encrypted else n for n in manifest.files]
     with _plain_files(manifest, folder, encryption_key) as plain:
-        _RESTORERS[dialect](config, plain, [n.removesuffix(_ENC) for n in manifest.files])
+        fmt.check(config, plain, names)
+        fmt.restore(config, plain, names, lock_timeout_s)
     log.info("restored service '%s' from %s", config.name, folder)
     return manifest
 
@@ -186,236 +316,66 @@ def _plain_files(manifest: Manifest, folder: Path, key: str | None) -> Iterator[
                     "made with another key (or the file is damaged); nothing was restored."
                 ) from None
             target = Path(tmp) / name.removesuffix(_ENC)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(plain)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(plain)
+            except OSError as exc:
+                raise BackupFailed(f"Cannot decrypt backup {folder} into {tmp}: {exc.strerror}; "
+                                   "nothing was restored.") from None
         yield Path(tmp)
 
 
-# -- programs -----------------------------------------------------------------------------
+# -- dialects -----------------------------------------------------------------------------
 
 
-def program(*names: str) -> str:
-    """The first of `names` found on PATH; `ToolMissing` naming them all otherwise."""
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    raise ToolMissing(
-        f"The program {' or '.join(repr(n) for n in names)} is needed for this backup or restore "
-        "but was not found on PATH; install the database's client tools."
-    )
+def _dump(config: ServiceConfig, dialect: str, out_dir: Path, lock_timeout_s: float) -> list[str]:
+    if dialect not in _FORMATS:
+        raise BackupInvalid(f"Service '{config.name}' is on {dialect}, which backup does not support.")
+    return _FORMATS[dialect].dump(config, out_dir, lock_timeout_s)
 
 
-def _run(args: list[str], config: ServiceConfig, env: dict[str, str] | None = None,
-         stdin: Path | None = None) -> None:
-    full_env = {**os.environ, **(env or {})}
-    secret = password_of(config.database_url)
-    try:
-        if stdin is not None:
-            with stdin.open("rb") as fh:
-                proc = subprocess.run(args, stdin=fh, capture_output=True, env=full_env, check=False)
-        else:
-            proc = subprocess.run(args, capture_output=True, env=full_env, check=False)
-    except OSError as exc:
-        raise ToolMissing(f"Could not run {args[0]}: {exc}.") from None
-    if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace").strip() or proc.stdout.decode("utf-8", "replace")
-        text = redact(redact_known(text), [secret])
-        raise BackupFailed(
-            f"{Path(args[0]).name} failed for service '{config.name}' (exit {proc.returncode}): "
-            f"{text.splitlines()[-1] if text else 'no message'}"
-        )
-
-
-def _url(config: ServiceConfig) -> Any:
-    from sqlalchemy.engine import make_url
-
-    assert config.database_url is not None
-    return make_url(config.database_url)
-
-
-# -- SQLite -------------------------------------------------------------------------------
-
-
-def _sqlite_path(config: ServiceConfig) -> Path:
-    assert config.database_url is not None
-    path = sqlite_file(config.database_url)
-    if path is None:
-        raise BackupInvalid(f"Service '{config.name}' uses an in-memory SQLite database: nothing to back up.")
-    return path
-
-
-def _dump_sqlite(config: ServiceConfig, out_dir: Path) -> list[str]:
-    source = sqlite3.connect(_sqlite_path(config))
-    target = sqlite3.connect(out_dir / "db.sqlite")
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-    return ["db.sqlite"]
-
-
-def _restore_sqlite(config: ServiceConfig, folder: Path, files: list[str]) -> None:
-    path = _sqlite_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source = sqlite3.connect(folder / "db.sqlite")
-    target = sqlite3.connect(path)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-
-
-# -- PostgreSQL ---------------------------------------------------------------------------
-
-
-def _pg_conninfo(config: ServiceConfig) -> tuple[str, dict[str, str]]:
-    """A libpq connection string without the password, and the environment carrying it."""
-    url = _url(config)
-    parts = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
-    parts.update({k: v for k, v in url.query.items() if isinstance(v, str)})
-
-    def quote(value: object) -> str:
-        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    conninfo = " ".join(f"{k}={quote(v)}" for k, v in parts.items() if v not in (None, ""))
-    env = {"PGPASSWORD": url.password} if url.password else {}
-    return conninfo, env
-
-
-def _dump_postgres(config: ServiceConfig, out_dir: Path) -> list[str]:
-    conninfo, env = _pg_conninfo(config)
-    _run([program("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
-          "--file", str(out_dir / "db.pgdump"), "--dbname", conninfo], config, env)
-    return ["db.pgdump"]
-
-
-def _restore_postgres(config: ServiceConfig, folder: Path, files: list[str]) -> None:
-    pg_restore = program("pg_restore")
-    _wipe_postgres(config)
-    conninfo, env = _pg_conninfo(config)
-    _run([pg_restore, "--no-owner", "--no-privileges", "--clean", "--if-exists", "--exit-on-error",
-          "--single-transaction", "--dbname", conninfo, str(folder / "db.pgdump")], config, env)
-
-
-def _wipe_postgres(config: ServiceConfig) -> None:
-    """Drop every user schema, so tables made after the backup go too."""
-    import sqlalchemy as sa
-
-    from .backends.sql import create_engine
-
-    assert config.database_url is not None
-    engine = create_engine(config.database_url, 10.0)
-    try:
-        with engine.begin() as conn:
-            schemas = conn.execute(sa.text(
-                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-                "AND nspname <> 'information_schema'"
-            )).scalars().all()
-            for schema in schemas:
-                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-            conn.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        engine.dispose()
-
-
-# -- MySQL / MariaDB ----------------------------------------------------------------------
-
-
-@contextmanager
-def _mysql_options(config: ServiceConfig) -> Iterator[list[str]]:
-    """Client options in a private option file (so the password is on no command line)."""
-    url = _url(config)
-    lines = ["[client]"]
-    if url.host:
-        lines.append(f"host={url.host}")
-    if url.port:
-        lines.append(f"port={url.port}")
-    if url.username:
-        lines.append(f"user={url.username}")
-    if url.password:
-        escaped = str(url.password).replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'password="{escaped}"')
-    socket = url.query.get("unix_socket")
-    if isinstance(socket, str):
-        lines.append(f"socket={socket}")
-    else:
-        lines.append("protocol=TCP")
-    fd, name = tempfile.mkstemp(prefix="ncm-my-", suffix=".cnf")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        os.chmod(name, 0o600)
-        yield [f"--defaults-extra-file={name}"]
-    finally:
-        os.unlink(name)
-
-
-def _dump_mysql(config: ServiceConfig, out_dir: Path) -> list[str]:
-    dump = program("mariadb-dump", "mysqldump")
-    with _mysql_options(config) as opts:
-        _run([dump, *opts, "--single-transaction", "--routines", "--triggers", "--hex-blob",
-              f"--result-file={out_dir / 'db.sql'}", str(_url(config).database)], config)
-    return ["db.sql"]
-
-
-def _restore_mysql(config: ServiceConfig, folder: Path, files: list[str]) -> None:
-    client = program("mariadb", "mysql")
-    _wipe_mysql(config)
-    with _mysql_options(config) as opts:
-        _run([client, *opts, str(_url(config).database)], config, stdin=folder / "db.sql")
-
-
-def _wipe_mysql(config: ServiceConfig) -> None:
-    """Drop every table and view, so tables made after the backup go too."""
-    import sqlalchemy as sa
-
-    from .backends.sql import create_engine
-
-    assert config.database_url is not None
-    engine = create_engine(config.database_url, 10.0)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT table_name, table_type FROM information_schema.tables "
-                "WHERE table_schema = DATABASE()"
-            )).all()
-            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
-            for name, kind in rows:
-                what = "VIEW" if kind == "VIEW" else "TABLE"
-                conn.exec_driver_sql(f"DROP {what} IF EXISTS `{name}`")
-            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
-            conn.commit()
-    finally:
-        engine.dispose()
-
-
-# -- MongoDB ------------------------------------------------------------------------------
-
-
-def _dump_mongo(config: ServiceConfig, out_dir: Path) -> list[str]:
+def _dump_mongo(config: ServiceConfig, out_dir: Path, _lock_timeout_s: float) -> list[str]:
     from .mongo_backup import backup_mongo
 
-    return [str(p.relative_to(out_dir)) for p in backup_mongo(config, out_dir)]
+    return [p.relative_to(out_dir).as_posix() for p in backup_mongo(config, out_dir)]
 
 
-def _restore_mongo(config: ServiceConfig, folder: Path, files: list[str]) -> None:
+def _check_mongo(config: ServiceConfig, folder: Path, files: Sequence[str]) -> None:
+    from .mongo_backup import check_mongo
+
+    check_mongo(config, folder, files)
+
+
+def _restore_mongo(config: ServiceConfig, folder: Path, files: Sequence[str], _lock_timeout_s: float) -> None:
     from .mongo_backup import restore_mongo
 
-    restore_mongo(config, folder)
+    restore_mongo(config, folder, files=files)
 
 
-_DUMPERS = {
-    "sqlite": _dump_sqlite,
-    "postgresql": _dump_postgres,
-    "mysql": _dump_mysql,
-    "mongodb": _dump_mongo,
-}
-_RESTORERS = {
-    "sqlite": _restore_sqlite,
-    "postgresql": _restore_postgres,
-    "mysql": _restore_mysql,
-    "mongodb": _restore_mongo,
+def _sql(
+    file: str,
+    dump: Callable[[ServiceConfig, Path, float], list[str]],
+    check: Callable[[ServiceConfig, Path], None],
+    restore: Callable[[ServiceConfig, Path, float], None],
+) -> _Format:
+    """An SQL dialect's format: one dump file, which the manifest must list (and so verify)."""
+
+    def listed_and_checked(config: ServiceConfig, folder: Path, names: Sequence[str]) -> None:
+        if file not in names:
+            raise BackupInvalid(
+                f"Backup {folder} does not list {file} in its manifest; nothing was restored."
+            )
+        check(config, folder)
+
+    return _Format(dump, listed_and_checked, lambda c, f, _names, wait_s: restore(c, f, wait_s))
+
+
+_FORMATS = {
+    "sqlite": _sql(sql_backup.SQLITE_FILE, sql_backup.dump_sqlite, sql_backup.check_sqlite,
+                   sql_backup.restore_sqlite),
+    "postgresql": _sql(sql_backup.PG_FILE, sql_backup.dump_postgres, sql_backup.check_postgres,
+                       sql_backup.restore_postgres),
+    "mysql": _sql(sql_backup.MYSQL_FILE, sql_backup.dump_mysql, sql_backup.check_mysql,
+                  sql_backup.restore_mysql),
+    "mongodb": _Format(_dump_mongo, _check_mongo, _restore_mongo),
 }

@@ -531,7 +531,8 @@ def restore(
     backend = open_backend(svc, settings.connect)
     try:
         with backend.lock(settings.lock.timeout_s):
-            manifest = restore_database(svc, folder, encryption_key=settings.backup.encryption_key)
+            manifest = restore_database(svc, folder, encryption_key=settings.backup.encryption_key,
+                                        lock_timeout_s=settings.lock.timeout_s)
     finally:
         backend.close()
     audit.record(svc.name, "restored", detail=f"from {folder} (heads {', '.join(manifest.heads) or 'none'})")

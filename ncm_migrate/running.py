@@ -74,7 +74,8 @@ def take_backup(
         with backend.lock(settings.lock.timeout_s):
             heads = backend.read_state(project.revisions[svc.name]).heads
             manifest = backup_database(svc, folder, environment=settings.env, heads=heads,
-                                       encryption_key=settings.backup.encryption_key)
+                                       encryption_key=settings.backup.encryption_key,
+                                       lock_timeout_s=settings.lock.timeout_s)
     finally:
         backend.close()
     audit.record(svc.name, "backed-up", detail=f"to {folder}")

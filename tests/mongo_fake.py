@@ -218,6 +218,18 @@ class FakeCollection:
     def drop(self) -> None:
         self.database.drop_collection(self.name)
 
+    def rename(self, new_name: str, **_kw: Any) -> None:
+        """renameCollection: the collection's options go with it."""
+        server = self.database._server
+        with server.lock:
+            names = self.database.inner.list_collection_names()
+            if self.name not in names or new_name in names:
+                raise OperationFailure(f"cannot rename {self.name} to {new_name}", 26)
+            self.inner.rename(new_name)
+            options = server.options.pop((self.database.name, self.name), None)
+            if options is not None:
+                server.options[(self.database.name, new_name)] = options
+
     def create_indexes(self, models: Any, **_kw: Any) -> list[str]:
         """mongomock's own keeps pymongo 4's key documents as dict_items: create each."""
         names = []

@@ -3,6 +3,7 @@ manifest, encryption (a wrong key is refused), missing programs, and backups bef
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ def test_backup_destructive_change_restore(repo: Monorepo, db_url: str, tmp_path
         "heads": ["0001_initial"], "encrypted": False,
     }
     assert manifest["time"] and all((folder / f).is_file() for f in manifest["files"])
+    assert manifest["format"] == 2 and set(manifest["sha256"]) == set(manifest["files"])
+    assert all(hashlib.sha256((folder / f).read_bytes()).hexdigest() == manifest["sha256"][f]
+               for f in manifest["files"])
 
     _wreck(db_url)
     assert "people" not in tables(db_url) and "junk" in tables(db_url)
@@ -130,6 +134,7 @@ def test_missing_program_is_named(repo: Monorepo, pg_url: str, tmp_path: Path,
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     result = repo.cli("backup", "users", "-o", str(tmp_path / "bk"))
     assert result.code == 1 and "'pg_dump'" in result.stderr and "not found on PATH" in result.stderr
+    assert not (tmp_path / "bk").exists()  # nothing is left behind
     with pytest.raises(ToolMissing, match="'mariadb-dump' or 'mysqldump'"):
         program("mariadb-dump", "mysqldump")
 
@@ -186,3 +191,21 @@ def test_mongodb_backup_and_encrypted_restore(repo: Monorepo, mongo_url: str, tm
     assert repo.cli("restore", "orders", str(folder), env=keyed).code == 0
     assert sorted(d["name"] for d in db.people.find()) == ["ada", "b"]
     assert "stray" not in db.list_collection_names()
+
+
+def test_backup_made_before_checksums_still_restores(repo: Monorepo, sqlite_url: str, tmp_path: Path) -> None:
+    """A manifest of format 1 has no sha256: its files are checked as dumps only, with a warning."""
+    _repo(repo, sqlite_url)
+    assert repo.cli("migrate").code == 0
+    before = _snapshot(sqlite_url)
+    folder = tmp_path / "bk"
+    assert repo.cli("backup", "users", "-o", str(folder)).code == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["sha256"]
+    manifest["format"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _wreck(sqlite_url)
+    result = repo.cli("restore", "users", str(folder))
+    assert result.code == 0, result.output
+    assert "not verified" in result.stderr
+    assert _snapshot(sqlite_url) == before
