@@ -574,6 +574,9 @@ class SqlBackend:
         results: list[StepResult] = []
         current: dict[str, Any] = {}
         transactional = self.transactional
+        # The connection the steps run on, which their ledger rows share: ours, or the one
+        # a service's own env.py opened from `sqlalchemy.url` (as Alembic's stock one does).
+        steps_on: dict[str, Connection] = {"conn": conn}
 
         run_values = dict(actor=ctx.actor, host=ctx.host, environment=ctx.environment,
                           tool_version=ctx.tool_version)
@@ -587,10 +590,11 @@ class SqlBackend:
             """The step's ledger row; its id is fetched only for a `running` row, the one
             row that is updated later."""
             values = ledger_values(step, status=status, started_at=started, **extra)
+            on = steps_on["conn"]
             if status != "running":
-                conn.execute(_LEDGER_RECORD, values)
+                on.execute(_LEDGER_RECORD, values)
                 return None
-            return conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
+            return on.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
 
         # PostgreSQL and SQLite without the service's env.py: the steps run in `run_steps`.
         own_loop = transactional and not self.config.use_env_py
@@ -622,7 +626,7 @@ class SqlBackend:
             on_step(step, "start", None)
             if not transactional:
                 current["row_id"] = ledger_insert(step, "running", current["started"])
-                conn.commit()
+                steps_on["conn"].commit()
             alembic_rev = rmap.get_revision(step.revision)
             return _step_class()(rmap, alembic_rev, up, fn, rev.doc)  # type: ignore[arg-type]
 
@@ -640,7 +644,7 @@ class SqlBackend:
             if current["row_id"] is None:
                 ledger_insert(step, started=current["started"], **values)
             else:
-                conn.execute(_LEDGER_FINISH, dict(row_id=current["row_id"], **values))
+                steps_on["conn"].execute(_LEDGER_FINISH, dict(row_id=current["row_id"], **values))
 
         def finished(step: Step) -> None:
             result = StepResult(step.service, step.revision, step.direction,
@@ -651,6 +655,7 @@ class SqlBackend:
         def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[RevisionStep]:
             """The steps for Alembic's own loop, which writes the version table; the ledger
             row follows in `on_version_applied`, in the same transaction."""
+            steps_on["conn"] = mctx.connection if mctx.connection is not None else conn
             if on_version_applied not in mctx.on_version_apply_callbacks:
                 mctx.on_version_apply_callbacks = (
                     *mctx.on_version_apply_callbacks, on_version_applied
@@ -711,6 +716,7 @@ class SqlBackend:
         try:
             self._run_alembic(steps_fn, run_steps if own_loop else None)
         except RevisionFileError as exc:
+            steps_on["conn"] = conn
             self._abandon(current, ledger_insert, "failed")
             exc.results = results
             raise
@@ -718,6 +724,7 @@ class SqlBackend:
             step = current.get("step")
             if step is None:
                 raise
+            steps_on["conn"] = conn  # env.py's own connection is closed and rolled back
             self._abandon(current, ledger_insert, "failed")
             duration = (time.perf_counter() - current["t0"]) * 1000
             message = f"{type(exc).__name__}: {_short(exc)}"
@@ -812,13 +819,23 @@ class SqlBackend:
                     run_steps(mctx)
 
     def _run_env_py(self, config: Config, script: ScriptDirectory, steps_fn: Any) -> None:
-        """The service's own env.py, handed our connection as Alembic's cookbook describes."""
-        from alembic.runtime.environment import EnvironmentContext
-
+        """The service's own env.py, handed our connection as Alembic's cookbook describes,
+        and `sqlalchemy.url` for one that opens its own (as the env.py that `alembic init`
+        writes does); what it leaves out of `configure()` (the version table) comes from
+        the service's settings."""
+        assert self.config.database_url is not None
         if self.conn.in_transaction():
             self.conn.commit()
         config.attributes["connection"] = self.conn
-        with EnvironmentContext(config, script, fn=steps_fn):
+        # The real URL, which env.py needs to connect; Alembic's Config is never logged, and
+        # an error that quotes it is redacted before it is shown (`urls.redact_known`).
+        config.set_main_option("sqlalchemy.url", self.config.database_url.replace("%", "%%"))
+        from alembic.runtime.environment import EnvironmentContext
+
+        # Options given here are the defaults of env.py's `configure()` (Alembic documents
+        # them as passed on to it): a stock env.py names no version table, and a service
+        # sharing a database keeps its own `alembic_version_<svc>`.
+        with EnvironmentContext(config, script, fn=steps_fn, version_table=self.config.version_table):
             script.run_env()
 
     @_driver_call
