@@ -7,6 +7,7 @@ file's stem, at most 32 characters), or get Alembic's hash ids where the service
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import tempfile
@@ -256,7 +257,15 @@ def _render(
         raise BadInput(f"{path} already exists; remove it or choose another message (-m).")
     _check_header(svc, path.name, body, text.revision)
     if not dry_run:
-        path.write_text(body, encoding="utf-8")
+        try:
+            path.write_text(body, encoding="utf-8")
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # a half-written file is ours: it did not exist
+                path.unlink(missing_ok=True)
+            raise BadInput(
+                f"Cannot write {path}: {exc.strerror or exc}; make {path.parent} writable "
+                "(nothing was written for this service)."
+            ) from None
         log.info("%s: wrote %s", svc.name, path)
     return NewRevision(svc.name, text.revision, path, body, text.migration_type, changes)
 

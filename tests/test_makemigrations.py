@@ -440,3 +440,18 @@ def test_help(repo: Monorepo, command: str) -> None:
     assert result.code == 0
     for word in ("Example:", "--check", "--dry-run", "--merge", "--empty", "--type", "--requires"):
         assert word in result.stdout
+
+
+def test_unwritable_migrations_folder_is_one_sentence(repo: Monorepo, sqlite_url: str) -> None:
+    """makemigrations into a folder that cannot be written: exit 2, one sentence, no file."""
+    from monorepo import read_only
+
+    repo.service("users")
+    repo.urls({"users": sqlite_url})
+    folder = repo.root / "services/users/migrations"
+    with read_only(folder):
+        result = repo.cli("makemigrations", "users", "--empty", "-m", "first")
+    assert result.code == 2, result.output
+    assert "Cannot write" in result.stderr and "0001_first.py" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert list(folder.glob("*.py")) == []

@@ -146,3 +146,26 @@ def test_startservice_in_a_one_database_project_writes_no_url(repo: Monorepo, tm
 def test_help(repo: Monorepo, command: str) -> None:
     result = repo.cli(command, "--help")
     assert result.code == 0 and "Example:" in result.stdout
+
+
+def test_unwritable_folders_are_one_sentence(repo: Monorepo, tmp_path: Path) -> None:
+    """startservice and init into a folder that cannot be written: exit 2, one sentence,
+    nothing left behind."""
+    from monorepo import read_only
+
+    repo.settings("[development]\n")
+    (repo.root / "services").mkdir()
+    with read_only(repo.root / "services"):
+        result = repo.cli("startservice", "orders")
+    assert result.code == 2, result.output
+    assert "Cannot create service 'orders'" in result.stderr and "writable" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert not (repo.root / "services/orders").exists()
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        made = repo.cli("init", str(locked / "repo"))
+    assert made.code == 2, made.output
+    assert "Cannot write into" in made.stderr and "Traceback" not in made.output
+    assert not (locked / "repo").exists()
