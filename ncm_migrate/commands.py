@@ -515,7 +515,7 @@ def restore(
     settings_dir: PathArg | None = None,
 ) -> Manifest:
     """Replace one service's database with a backup (confirmed first where protected)."""
-    from .backups import read_manifest, restore_database
+    from .backups import check_manifest, read_manifest, restore_database
 
     _refuse_inside_event_loop("restore")
     folder = Path(folder)
@@ -523,6 +523,7 @@ def restore(
     svc = project.select([service])[0]
     settings = project.settings
     manifest = read_manifest(folder)
+    check_manifest(svc, folder, manifest)  # before the lock: a wrong folder touches nothing
     if settings.protected:
         (questioner or NonInteractiveQuestioner()).confirm(
             settings.env, svc.name, [f"replaces its whole database with the backup in {folder}"]
