@@ -5,7 +5,7 @@ Pure values: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,3 +70,11 @@ class Report:
     def summary(self) -> str:
         e, w = len(self.errors), len(self.warnings)
         return f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}"
+
+
+def first_few(items: Sequence[str], shown: int = 5) -> str:
+    """`a, b, c` or, past `shown` items, `a, b, c, d, e and 7 more`: a message stays one
+    line however many there are."""
+    if len(items) <= shown:
+        return ", ".join(items)
+    return f"{', '.join(items[:shown])} and {len(items) - shown} more"

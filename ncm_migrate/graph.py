@@ -374,10 +374,15 @@ def last_applied(
 ) -> set[RevisionKey]:
     """The `steps` most recently applied revisions of `service` (a suffix of its order)."""
     mine = applied.get(service, frozenset())
-    keys = [RevisionKey(service, h) for h in graph.heads(service)]
-    everything = plan_upgrade(_intra_only(graph), {}, keys).steps
-    order = [s.key for s in everything if s.revision in mine]
+    order = [RevisionKey(service, r) for r in run_order(graph, service) if r in mine]
     return set(order[len(order) - steps :]) if steps > 0 else set()
+
+
+def run_order(graph: Graph, service: str) -> list[str]:
+    """`service`'s revisions in the order they are applied (deterministic, whatever their
+    ids: hash ids sort in no useful order)."""
+    keys = [RevisionKey(service, h) for h in graph.heads(service)]
+    return [s.revision for s in plan_upgrade(_intra_only(graph), {}, keys).steps]
 
 
 def _intra_only(graph: Graph) -> Graph:

@@ -21,6 +21,7 @@ from pathlib import Path
 from .autogen import Changes, detect_changes
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
 from .errors import BadInput, ModelsChanged, MultipleHeads, RevisionFileError
+from .findings import first_few
 from .model import MIGRATION_TYPES, ServiceConfig
 from .project import Project
 from .templates import RevisionText, render_revision
@@ -145,7 +146,7 @@ def check_models(project: Project, names: Sequence[str] = ()) -> None:
     that no revision holds yet."""
     found = changed_services(project, names)
     if found:
-        detail = "; ".join(f"{svc} ({', '.join(changes)})" for svc, changes in sorted(found.items()))
+        detail = "; ".join(f"{svc} ({first_few(changes)})" for svc, changes in sorted(found.items()))
         raise ModelsChanged(
             f"Models have changes that no migration holds yet: {detail}; run "
             f"`manage.py makemigrations {' '.join(sorted(found))}`.",
