@@ -751,6 +751,8 @@ def makemigrations_cmd(
             note = " (dry run: nothing written)" if dry_run else ""
             out.print(f"Migrations for '{new.service}'{note}:", markup=False)
             out.print(f"  {_shown(new.path)}", markup=False)
+            if new.how:
+                out.print(f"    {new.how[0].upper()}{new.how[1:]}.", markup=False)
             for change in new.changes:
                 out.print(f"    - {change}", markup=False)
             if dry_run:
