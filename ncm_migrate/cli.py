@@ -655,9 +655,14 @@ def repair_cmd(
     with _errors():
         actions = commands.repair(service, questioner=_questioner(yes), **_g(ctx).where)
         if not actions:
-            out.print(f"Nothing to repair in service '{service}'.", markup=False)
+            out.print(f"Nothing to repair in service '{service}': no dirty mark, and every applied "
+                      "revision's file is as it was applied.", markup=False)
+            return
+        out.print(f"Repaired service '{service}' (only its ledger changed; no migration code ran "
+                  "and no table was touched):", markup=False)
         for a in actions:
-            out.print(f"{service}:{a.revision} {a.direction} {a.status}: {a.reason}", markup=False)
+            out.print(f"  {service}:{a.revision}: {a.reason} (ledger row appended: {a.direction} "
+                      f"{a.status}).", markup=False)
 
 
 @app.command("backup")
