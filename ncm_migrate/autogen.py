@@ -70,8 +70,8 @@ class Changes:
 
 def detect_changes(project: Project, service: str, index_concurrently: bool = False) -> Changes | None:
     """The difference between `service`'s models.py and its migrations' head, or None when
-    the service has no models.py. `index_concurrently` marks index operations to be built
-    CONCURRENTLY on PostgreSQL.
+    the service has no models.py, or one that declares no tables. `index_concurrently`
+    marks index operations to be built CONCURRENTLY on PostgreSQL.
 
     Raises `DatabaseUnreachable` when the service's server does not answer, and
     `MigrationFailed` when its migrations fail on the scratch database.
@@ -79,6 +79,11 @@ def detect_changes(project: Project, service: str, index_concurrently: bool = Fa
     config = project.service(service)
     metadata = load_models_metadata(config)
     if metadata is None:
+        return None
+    if not metadata.tables:
+        # A models.py that declares no tables (as `startservice` writes it) does not model
+        # the service yet: comparing it would call for dropping every hand-written table.
+        log.info("service '%s': its models.py declares no tables, so it is not compared", service)
         return None
     if config.database_url and is_async(config.database_url):
         # Comparing is synchronous Alembic work on a scratch database: use the driver's

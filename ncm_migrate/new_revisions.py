@@ -23,6 +23,7 @@ from .autogen import Changes, detect_changes
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
 from .errors import BadInput, ModelsChanged, MultipleHeads, RevisionFileError
 from .findings import first_few
+from .metadata import has_models
 from .model import MIGRATION_TYPES, ServiceConfig
 from .project import Project
 from .templates import RevisionText, render_revision
@@ -100,7 +101,8 @@ def make_migrations(
                 unchanged.append(svc.name)
                 continue
         if changes is None and not explicit:
-            reason = "no models.py" if svc.backend == "sql" else "a MongoDB service has no models"
+            reason = ("a MongoDB service has no models" if svc.backend != "sql" else
+                      "its models.py declares no tables" if has_models(svc) else "no models.py")
             skipped.append((svc.name, f"{reason}: use --empty or --type to write a revision by hand"))
             continue
         down = _base_of(project, svc)

@@ -169,3 +169,30 @@ def test_unwritable_folders_are_one_sentence(repo: Monorepo, tmp_path: Path) -> 
     assert made.code == 2, made.output
     assert "Cannot write into" in made.stderr and "Traceback" not in made.output
     assert not (locked / "repo").exists()
+
+
+def test_scaffolded_models_py_leaves_hand_written_tables_alone(repo: Monorepo) -> None:
+    """startservice's models.py declares no tables: a service whose revisions are written by
+    hand passes `check`, and makemigrations does not write a revision dropping its tables
+    (it used to demand `drop table` for every one)."""
+    repo.settings("[development]\n")
+    assert repo.cli("startservice", "shop").code == 0
+    written = repo.cli("makemigrations", "shop", "--empty", "-m", "products")
+    assert written.code == 0, written.output
+    path = repo.root / "services/shop/migrations/0001_products.py"
+    text = path.read_text()
+    path.write_text(text.replace(
+        "def upgrade() -> None:\n",
+        "def upgrade() -> None:\n"
+        "    op.create_table('products', sa.Column('id', sa.Integer, primary_key=True))\n",
+        1,
+    ))
+    assert "op.create_table('products'" in path.read_text()
+    assert repo.cli("migrate").code == 0
+    check = repo.cli("check")
+    assert check.code == 0, check.output
+    assert "models-changed" not in check.stdout
+    again = repo.cli("makemigrations", "shop")
+    assert again.code == 0, again.output
+    assert "Skipped shop: its models.py declares no tables" in again.stdout
+    assert sorted(p.name for p in path.parent.glob("*.py")) == ["0001_products.py"]
