@@ -160,6 +160,21 @@ class Graph:
         return seen
 
 
+def _check_labels(revs: Sequence[Revision]) -> None:
+    """A branch label names one revision of its service, and is no revision's id (as
+    Alembic's revision map requires; it would fail only once a migration runs)."""
+    owner = {r.revision: r for r in revs}
+    for rev in revs:
+        for label in rev.branch_labels:
+            other = owner.setdefault(label, rev)
+            if other is not rev:
+                what = "the id of revision" if other.revision == label else "also a branch label of"
+                raise GraphError(
+                    f"Revision {rev.key} ({rev.path}) has branch label '{label}', which is {what} "
+                    f"{other.key} ({other.path}); give it a label of its own."
+                )
+
+
 def build_graph(
     revisions: Mapping[str, Sequence[Revision]],
     service_depends: Mapping[str, Sequence[str]] | None = None,
@@ -172,6 +187,8 @@ def build_graph(
     depends = {k: tuple(v) for k, v in (service_depends or {}).items()}
     nodes = {rev.key: rev for revs in revisions.values() for rev in revs}
     by_service = {svc: sorted(r.revision for r in revs) for svc, revs in revisions.items()}
+    for revs in revisions.values():
+        _check_labels(revs)
     graph = Graph(nodes, {}, {}, by_service, depends)
     for key, rev in nodes.items():
         intra: list[RevisionKey] = []

@@ -166,6 +166,11 @@ def chosen_environment(env: str | None, environ: Mapping[str, str]) -> str:
 
 def _check_actor(environ: Mapping[str, str]) -> None:
     actor = environ.get("NCM_ACTOR") or ""
+    if not actor.isprintable():
+        raise SettingsError(
+            "NCM_ACTOR holds a control character (a line break, a tab...); the ledger and the "
+            "audit log record it as the actor: set a plain name."
+        )
     if len(actor) > ACTOR_LENGTH:
         raise SettingsError(
             f"NCM_ACTOR is {len(actor)} characters long; the ledger records at most "
