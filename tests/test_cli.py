@@ -227,3 +227,16 @@ def test_real_manage_py_bare_and_version(repo: Monorepo) -> None:
     bare = repo.run()
     assert bare.code == 0 and "Usage: manage.py" in bare.stdout, bare.output
     assert repo.run("--version").stdout.startswith("ncm-migrate ")
+
+
+def test_help_of_a_service_command(repo: Monorepo, sqlite_url: str) -> None:
+    one_service(repo, sqlite_url)
+    repo.write("services/users/commands/seed.py", (
+        '"""Seed the users table."""\nimport typer\napp = typer.Typer()\n\n\n'
+        "@app.command()\ndef main(count: int = 3) -> None:\n"
+        '    """Seed COUNT users."""\n    print(count)\n'
+    ))
+    listed = repo.run("help")
+    assert listed.code == 0 and "users:seed" in listed.stdout, listed.output
+    one = repo.run("help", "users:seed")
+    assert one.code == 0 and "Seed COUNT users." in one.stdout and "--count" in one.stdout, one.output
