@@ -314,6 +314,8 @@ def migrate_sql(
     with a comment in its place and named in `unrendered`; the rest is still rendered.
     """
     project = load_project(root, env, settings_dir)
+    for named in project.select(services) if services else ():
+        _require_sql(named, "migrate --sql")  # before any database is reached
     steps, states = plan_migrate(project, services, target, cascade=False)
     from .backends.sql import SqlBackend
 
