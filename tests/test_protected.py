@@ -162,6 +162,9 @@ def test_ctrl_c_at_the_prompt_exits_2(repo: Monorepo, sqlite_url: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(repo.root / "manage.py"), "rollback", "users", "--env", "production"],
         cwd=repo.root, env=env, stdin=secondary, stdout=secondary, stderr=secondary,
+        # A terminal's process gets SIGINT; one started from a background job inherits it
+        # ignored, and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(secondary)
     seen = b""
