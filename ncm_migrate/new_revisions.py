@@ -20,7 +20,7 @@ from pathlib import Path
 from .autogen import Changes, detect_changes
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
 from .errors import BadInput, ModelsChanged, MultipleHeads, RevisionFileError
-from .model import MIGRATION_TYPES, ServiceConfig
+from .model import MIGRATION_TYPES, ServiceConfig, split_reference
 from .project import Project
 from .templates import RevisionText, render_revision
 
@@ -197,8 +197,8 @@ def next_revision_id(config: ServiceConfig, existing: Iterable[str], slug: str) 
 
 def resolve_requires(project: Project, spec: str, services: Sequence[str]) -> str:
     """`SVC:REV` (a unique prefix of the id is enough) as `SVC:<full id>`."""
-    svc, sep, ident = spec.partition(":")
-    if not sep or not svc or not ident:
+    svc, ident = split_reference(spec)
+    if not svc or not ident:
         raise BadInput(f"--requires '{spec}' must be written as SERVICE:REVISION, e.g. users:0002.")
     project.service(svc)
     if svc in services:

@@ -17,7 +17,8 @@ from pathlib import Path
 from .discovery import HeaderCache, read_revisions
 from .errors import BadInput, RevisionFileError, ServiceNotConfigured
 from .graph import Graph, build_graph
-from .model import Revision, ServiceConfig
+from .model import Revision, ServiceConfig, split_reference
+from .rules import raise_first
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,12 @@ def load_project(
     cache.save(svc.migrations_dir for svc in settings.services if svc.name in revisions)
     unreadable = _needing(settings, revisions, unreadable)
     readable = {name: revs for name, revs in revisions.items() if name not in unreadable}
-    graph = build_graph(
+    graph, problems = build_graph(
         {name: list(revs.values()) for name, revs in readable.items()},
         {svc.name: svc.depends_on for svc in settings.services if svc.name in readable},
+        root=settings.root,
     )
+    raise_first(problems)
     return Project(settings, readable, graph, unreadable)
 
 
@@ -158,8 +161,7 @@ def _needing(
     needs = {svc.name: set(svc.depends_on) for svc in settings.services}
     for name, revs in revisions.items():
         for rev in revs.values():
-            needs[name].update(r.partition(":")[0] for r in rev.requires)
-            needs[name].update(d.split(":", 1)[0] for d in rev.depends_on if ":" in d)
+            needs[name].update(split_reference(r)[0] for r in (*rev.requires, *rev.depends_on))
     out = dict(unreadable)
     grew = True
     while grew:

@@ -25,6 +25,8 @@ _ERRORS: Mapping[str, type[NcmError]] = {
     "missing-file": GraphError,
     "checksum-drift": ChecksumMismatch,
     "version-table-clash": SettingsError,
+    "missing-revision": GraphError,
+    "cycle": GraphError,
 }
 
 

@@ -16,16 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .discovery import read_revision, revision_files
-from .errors import GraphError, NcmError, RevisionFileError
+from .errors import NcmError, RevisionFileError
 from .executor import open_backend
 from .findings import Finding
-from .graph import Graph, find_cycle
+from .graph import Graph, build_graph
 from .linting import lint_service
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
 from .project import Project, load_project, select_services
 from .pyfiles import load_revision_module, one_line
-from .rules import state_findings
+from .rules import raise_first, state_findings
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,7 @@ def load_readable_project(
         why = f.message if f.rule == "malformed-revision" else f"{f.file}: {f.message}"
         unreadable.setdefault(f.service, why)
     findings, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
-    for f in findings:
-        if f.rule == "cycle":
-            raise GraphError(f"{f.message[0].upper()}{f.message[1:]}.")
+    raise_first(f for f in findings if f.rule == "cycle")
     return Project(settings, inventory.revisions, graph), unreadable
 
 
@@ -109,72 +107,18 @@ def graph_findings(
     revisions: Mapping[str, Mapping[str, Revision]],
     unreadable: Mapping[str, set[str]] | None = None,
 ) -> tuple[list[Finding], Graph]:
-    """Missing revisions, cycles, forked heads and missing functions; and the graph with the
-    dangling edges left out (so the rest can still be checked). A revision that may be in a
-    file that cannot be read (`Inventory.unreadable`) is not reported missing: that file's
-    own finding says what to fix."""
-    findings: list[Finding] = []
+    """The graph's findings (`graph.build_graph`: missing revisions and cycles) with forked
+    heads and missing functions; and the graph with the dangling edges left out (so the rest
+    can still be checked). A revision that may be in a file that cannot be read
+    (`Inventory.unreadable`) is not reported missing: that file's own finding says what to fix."""
     root = settings.root
-    every = {rev.key: rev for revs in revisions.values() for rev in revs.values()}
-    nodes = {
-        key: dataclasses.replace(rev, down_revisions=tuple(
-            d for d in rev.down_revisions if RevisionKey(key.service, d) in every
-        ))
-        for key, rev in every.items()
-    }
-    by_service = {svc: sorted(revs) for svc, revs in revisions.items()}
-    graph = Graph(nodes, {}, {}, by_service)
-
-    def missing(rev: Revision, what: str, key: str, service: str, ident: str) -> None:
-        held = (unreadable or {}).get(service, set())
-        if ident and ("" in held or any(h.startswith(ident) for h in held)):
-            return
-        findings.append(Finding(rev.service, rev.revision, "missing-revision", "error",
-                                f"{what}, which does not exist", _rel(rev.path, root),
-                                dict(rev.line_of).get(key)))
-
-    for key, rev in nodes.items():
-        intra: set[RevisionKey] = set()
-        for down in every[key].down_revisions:
-            if RevisionKey(key.service, down) in nodes:
-                intra.add(RevisionKey(key.service, down))
-            else:
-                missing(rev, f"down_revision '{down}' names a revision of '{key.service}'", "down_revision",
-                        key.service, down)
-        for dep in rev.depends_on:
-            svc, _, ident = dep.rpartition(":")
-            target = _resolve(graph, svc or key.service, ident)
-            if target is None:
-                missing(rev, f"depends_on '{dep}' names a revision", "depends_on", svc or key.service, ident)
-            else:
-                intra.add(target)
-        cross: set[RevisionKey] = set()
-        for req in rev.requires:
-            svc, sep, ident = req.partition(":")
-            target = _resolve(graph, svc, ident) if sep and ident else None
-            if target is None:
-                missing(rev, f"requires '{req}' names a revision (write service:revision)", "requires",
-                        svc, ident)
-            else:
-                cross.add(target)
-        graph.intra_parents[key] = tuple(sorted(intra))
-        graph.parents[key] = tuple(sorted(intra | cross))
-    # what each revision really needs, before the ordering edges of service-level depends_on
-    graph.required_parents = dict(graph.parents)
-    for config in settings.services:
-        dep_heads = {RevisionKey(d, h) for d in config.depends_on for h in graph.heads(d)}
-        for key in nodes:
-            if key.service == config.name and not nodes[key].down_revisions:
-                graph.parents[key] = tuple(sorted(set(graph.parents[key]) | dep_heads))
-    cycle = find_cycle(graph)
-    if cycle:
-        first = nodes[cycle[0]]
-        findings.append(Finding(
-            first.service, first.revision, "cycle", "error",
-            "cycle in the migration graph: " + " -> ".join(str(k) for k in cycle)
-            + "; break it by removing one requires/depends_on",
-            _rel(first.path, root), dict(first.line_of).get("requires"),
-        ))
+    graph, findings = build_graph(
+        {name: list(revs.values()) for name, revs in revisions.items()},
+        {svc.name: svc.depends_on for svc in settings.services},
+        root=root,
+        unreadable=unreadable,
+    )
+    nodes = graph.nodes
     for config in settings.services:
         heads = graph.conflicting_heads(config.name)
         if heads:
@@ -344,13 +288,6 @@ def models_findings(project: Project) -> list[Finding]:
             _rel(svc.root / "models.py", project.root),
         ))
     return findings
-
-
-def _resolve(graph: Graph, service: str, ident: str) -> RevisionKey | None:
-    try:
-        return RevisionKey(service, graph.resolve(service, ident))
-    except NcmError:
-        return None
 
 
 def _rel(path: Path, root: Path) -> str:
