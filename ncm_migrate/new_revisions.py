@@ -19,9 +19,10 @@ from pathlib import Path
 
 from .autogen import Changes, detect_changes
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
-from .errors import BadInput, ModelsChanged, MultipleHeads, RevisionFileError
+from .errors import BadInput, ModelsChanged, RevisionFileError
 from .model import MIGRATION_TYPES, ServiceConfig, split_reference
 from .project import Project
+from .rules import heads_findings, raise_first
 from .templates import RevisionText, render_revision
 
 log = logging.getLogger(__name__)
@@ -225,12 +226,7 @@ def dialect_of(config: ServiceConfig) -> str:
 
 def _base_of(project: Project, svc: ServiceConfig) -> tuple[str, ...]:
     """The revision a new one follows: the service's single head."""
-    conflicting = project.graph.conflicting_heads(svc.name)
-    if conflicting:
-        raise MultipleHeads(
-            f"Service '{svc.name}' has several heads that fork without a merge: "
-            f"{', '.join(conflicting)}; run `manage.py makemigrations {svc.name} --merge` first."
-        )
+    raise_first(heads_findings(project.graph, [svc.name], project.root))
     heads = project.graph.heads(svc.name)
     if len(heads) > 1:
         raise BadInput(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .errors import BadInput, MultipleHeads, RevisionFileError, RollbackRefused, ServiceNotConfigured
+from .errors import BadInput, RevisionFileError, RollbackRefused, ServiceNotConfigured
 from .executor import open_backend
 from .graph import (
     HEAD,
@@ -23,7 +23,7 @@ from .graph import (
 )
 from .model import Plan, Revision, RevisionKey, ServiceConfig, ServiceState
 from .project import Project
-from .rules import check_known, check_state
+from .rules import check_known, check_state, heads_findings, raise_first
 from .settings import ConnectSettings
 
 
@@ -68,13 +68,8 @@ def plan_migrate(
     if target is not None and len(names) != 1:
         raise BadInput("A TARGET needs exactly one service: `migrate SVC TARGET`.")
     selected = project.select(names)
-    for svc in selected:
-        heads = project.graph.conflicting_heads(svc.name)
-        if heads and not (target and target not in HEAD):
-            raise MultipleHeads(
-                f"Service '{svc.name}' has several heads that fork without a merge: "
-                f"{', '.join(heads)}; run `manage.py makemigrations {svc.name} --merge`."
-            )
+    if not (target and target not in HEAD):
+        raise_first(heads_findings(project.graph, [s.name for s in selected], project.root))
     states = states_for(project, [s.name for s in selected])
     applied = {name: st.applied for name, st in states.items()}
     if target is not None and target not in HEAD:

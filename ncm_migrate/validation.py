@@ -18,14 +18,14 @@ from pathlib import Path
 from .discovery import read_revision, revision_files
 from .errors import NcmError, RevisionFileError
 from .executor import open_backend
-from .findings import Finding
+from .findings import Finding, relative_file
 from .graph import Graph, build_graph
 from .linting import lint_service
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
 from .project import Project, load_project, select_services
 from .pyfiles import load_revision_module, one_line
-from .rules import raise_first, state_findings
+from .rules import heads_findings, raise_first, state_findings
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def read_inventory(settings: Settings) -> Inventory:
     for svc in settings.services:
         found: dict[str, Revision] = {}
         for path in revision_files(svc.migrations_dir):
-            rel = _rel(path, settings.root)
+            rel = relative_file(path, settings.root)
             try:
                 rev = read_revision(svc.name, path)
             except NcmError as exc:
@@ -63,7 +63,7 @@ def read_inventory(settings: Settings) -> Inventory:
                 findings.append(Finding(
                     svc.name, rev.revision, "duplicate-revision", "error",
                     f"revision id '{rev.revision}' is also used by "
-                    f"{_rel(found[rev.revision].path, settings.root)}; give one of them a new id",
+                    f"{relative_file(found[rev.revision].path, settings.root)}; give one of them a new id",
                     rel, dict(rev.line_of).get("revision"),
                 ))
                 continue
@@ -119,22 +119,13 @@ def graph_findings(
         unreadable=unreadable,
     )
     nodes = graph.nodes
-    for config in settings.services:
-        heads = graph.conflicting_heads(config.name)
-        if heads:
-            rev = nodes[RevisionKey(config.name, heads[-1])]
-            findings.append(Finding(
-                config.name, heads[-1], "multiple-heads", "error",
-                f"several heads fork without a merge: {', '.join(heads)}; run "
-                f"`manage.py makemigrations {config.name} --merge`",
-                _rel(rev.path, root), None,
-            ))
+    findings += heads_findings(graph, [svc.name for svc in settings.services], root)
     for rev in nodes.values():
         for fn in ("upgrade", "downgrade"):
             if fn not in rev.defines:
                 findings.append(Finding(rev.service, rev.revision, "missing-function", "error",
                                         f"the revision defines no {fn}() function",
-                                        _rel(rev.path, root), None))
+                                        relative_file(rev.path, root), None))
     return findings, graph
 
 
@@ -150,7 +141,7 @@ def import_findings(settings: Settings, revisions: Mapping[str, Revision]) -> li
             findings.append(Finding(
                 rev.service, rev.revision, "import-error", "error",
                 f"the revision cannot be imported: {one_line(cause)}",
-                _rel(rev.path, settings.root), _line_in(cause, rev.path),
+                relative_file(rev.path, settings.root), _line_in(cause, rev.path),
             ))
     return findings
 
@@ -188,7 +179,7 @@ def database_findings(
             findings.append(Finding(
                 config.name, todo[0], "pending", "error",
                 f"{len(todo)} revision(s) not applied yet: {', '.join(todo)}; run `manage.py migrate`",
-                _rel(config.migrations_dir, settings.root),
+                relative_file(config.migrations_dir, settings.root),
             ))
     return state, findings
 
@@ -219,7 +210,7 @@ def requirement_findings(
                     f"{key} is applied but {need}, which it requires, is not applied in "
                     f"{need.service}'s database; run `manage.py migrate {need.service}`, or "
                     f"check that services.{need.service}.database_url is the right database",
-                    _rel(rev.path, settings.root),
+                    relative_file(rev.path, settings.root),
                 ))
     return findings
 
@@ -285,13 +276,6 @@ def models_findings(project: Project) -> list[Finding]:
             name, "", "models-changed", "error",
             f"models.py has changes that no revision holds yet ({', '.join(changes)}); run "
             f"`manage.py makemigrations {name}`",
-            _rel(svc.root / "models.py", project.root),
+            relative_file(svc.root / "models.py", project.root),
         ))
     return findings
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)

@@ -226,6 +226,10 @@ def test_forked_heads_are_an_error(repo: Monorepo, sqlite_url: str) -> None:
     assert code == 1
     assert [f["rule"] for f in findings] == ["multiple-heads"]
     assert "0002_a, 0002_b" in findings[0]["message"] and "--merge" in findings[0]["message"]
+    # one rule: migrate and makemigrations refuse in the words validate reports
+    for args in (("migrate",), ("makemigrations", "users", "--empty", "-m", "more")):
+        refused = repo.cli(*args)
+        assert refused.code == 1 and findings[0]["message"] in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize(
