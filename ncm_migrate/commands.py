@@ -379,7 +379,7 @@ def wait(
     `connect.max_wait_s`); the seconds each took. `DatabaseUnreachable` (exit 4) otherwise."""
     project = load_project(root, env, settings_dir)
     budget = project.settings.connect.max_wait_s if timeout is None else timeout
-    return health.wait_for(project, project.select(services), budget)
+    return health.wait_for_databases(project, project.select(services), budget)
 
 
 def doctor(

@@ -41,7 +41,9 @@ class Diagnosis:
     error: str | None = None
 
 
-def wait_for(project: Project, services: Sequence[ServiceConfig], timeout_s: float) -> dict[str, float]:
+def wait_for_databases(
+    project: Project, services: Sequence[ServiceConfig], timeout_s: float
+) -> dict[str, float]:
     """Block until every service's database answers a real query; seconds each took.
 
     Raises `DatabaseUnreachable` (exit 4) naming the first service still down after

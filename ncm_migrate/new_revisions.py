@@ -24,6 +24,7 @@ from .model import MIGRATION_TYPES, ServiceConfig, split_reference
 from .project import Project
 from .rules import heads_findings, raise_first
 from .templates import RevisionText, render_revision
+from .urls import dialect_of
 
 log = logging.getLogger(__name__)
 _NUMBERED = re.compile(r"^(\d+)_")
@@ -112,7 +113,7 @@ def make_migrations(
                 migration_type=migration_type,
                 service=svc.name,
                 backend=svc.backend,
-                dialect=dialect_of(svc),
+                dialect=template_dialect(svc),
                 create_date=_now(),
                 down_revision=down,
                 requires=tuple(requires),
@@ -173,7 +174,7 @@ def make_merge(
         migration_type="merge",
         service=svc.name,
         backend=svc.backend,
-        dialect=dialect_of(svc),
+        dialect=template_dialect(svc),
         create_date=_now(),
         down_revision=heads,
     )
@@ -215,13 +216,10 @@ def slugify(text: str) -> str:
     return _SLUG_CHARS.sub("_", text.lower()).strip("_")
 
 
-def dialect_of(config: ServiceConfig) -> str:
-    """`postgresql`, `mysql`, `sqlite` or `mongo`: what the service runs on here."""
-    if config.backend == "mongo":
-        return "mongo"
-    url = config.database_url or ""
-    name = url.split("://", 1)[0].split("+", 1)[0].lower()
-    return "mysql" if name == "mariadb" else name
+def template_dialect(config: ServiceConfig) -> str:
+    """The `dialect` a revision template is given: the URL's (`urls.dialect_of`:
+    `postgresql`, `mysql`, `sqlite`), or `mongo` for a MongoDB service."""
+    return "mongo" if config.backend == "mongo" else dialect_of(config.database_url or "")
 
 
 def _base_of(project: Project, svc: ServiceConfig) -> tuple[str, ...]:

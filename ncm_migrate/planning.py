@@ -78,7 +78,7 @@ def plan_migrate(
         keep = keep_for_target(project.graph, svc.name, target)
         remove = removal_set(project.graph, applied, svc.name, keep)
         if target in ZERO or remove:
-            return downgrade_plan(project, states, remove, cascade), states
+            return plan_removal(project, states, remove, cascade), states
         rev = project.graph.resolve(svc.name, target)
         targets = [RevisionKey(svc.name, rev)]
     else:
@@ -117,18 +117,19 @@ def plan_rollback(
     else:
         keep = keep_for_target(project.graph, svc.name, target)
         remove = removal_set(project.graph, applied, svc.name, keep)
-    return downgrade_plan(project, states, remove, cascade)
+    return plan_removal(project, states, remove, cascade)
 
 
-def downgrade_plan(
+def plan_removal(
     project: Project,
     states: Mapping[str, ServiceState],
     remove: set[RevisionKey],
     cascade: bool,
 ) -> Plan:
-    """Steps that revert `remove`; refused (exit 1) while applied revisions of other
-    services need it (by `requires`, or because their service `depends_on` this one),
-    unless `cascade` reverts those first."""
+    """Steps that revert `remove` under the cross-service rule: refused (exit 1) while
+    applied revisions of other services need it (by `requires`, or because their service
+    `depends_on` this one), unless `cascade` reverts those first. (`graph.plan_downgrade`
+    only orders the steps.)"""
     if project.unreadable:
         name, exc = min(project.unreadable.items())
         raise RevisionFileError(

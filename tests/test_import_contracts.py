@@ -6,6 +6,7 @@ to one module of the copy, and runs `lint-imports` there with the project's own 
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -84,3 +85,15 @@ def test_the_core_imports_without_the_heavy_dependencies() -> None:
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_each_public_name_is_defined_once() -> None:
+    """A module-level function or class name means one thing in the package: two
+    `wait_for`s or two `dialect_of`s that answer differently are a trap for the reader."""
+    where: dict[str, list[str]] = {}
+    for path in sorted((REPO / "ncm_migrate").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            defines = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            if defines and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in where.items() if len(paths) > 1} == {}
