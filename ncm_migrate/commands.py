@@ -28,9 +28,10 @@ from .graph import (
     plan_upgrade,
     upgrade_targets,
 )
+from .loader import PathArg, as_path, load_project, project_root
 from .model import LedgerRow, Plan, ServiceConfig, ServiceState
 from .planning import left_out, plan_migrate, plan_rollback, read_states
-from .project import PathArg, Project, as_path, load_project, project_root
+from .project import Project
 from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
 from .running import MigrateResult, confirm_protected, run_plan, take_backup

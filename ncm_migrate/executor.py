@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .backends import Backend, make_backend
+from .config import ConnectSettings
 from .errors import NcmError
 from .graph import Graph
 from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
 from .retry import open_with_retries
 from .rules import check_state
-from .settings import ConnectSettings
 from .urls import remember_secret
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from .config import ConnectSettings
 from .errors import BadInput, RevisionFileError, RollbackRefused, ServiceNotConfigured
 from .executor import open_backend
 from .graph import (
@@ -24,7 +25,6 @@ from .graph import (
 from .model import Plan, Revision, RevisionKey, ServiceConfig, ServiceState
 from .project import Project
 from .rules import check_known, check_state, heads_findings, raise_first
-from .settings import ConnectSettings
 
 
 def read_states(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:

@@ -19,8 +19,8 @@ from tenacity import (
 )
 
 from .backends import Backend, ConnectFailed
+from .config import ConnectSettings
 from .errors import DatabaseUnreachable
-from .settings import ConnectSettings
 from .urls import mask_url, password_of, redact
 
 log = logging.getLogger(__name__)

@@ -15,18 +15,19 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from .config import Settings
 from .discovery import read_revision, revision_files
 from .errors import NcmError, RevisionFileError
 from .executor import open_backend
 from .findings import Finding, relative_file
 from .graph import Graph, build_graph
 from .linting import lint_service
+from .loader import load_project
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
-from .project import Project, load_project, select_services
+from .project import Project, select_services
 from .pyfiles import load_revision_module, one_line
 from .rules import heads_findings, raise_first, state_findings
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 # `revision = "..."` in a file that cannot be parsed: which applied revision it holds.

@@ -50,6 +50,9 @@ def test_the_package_keeps_every_contract(package_copy: Path) -> None:
         ("model.py", "from . import cli", "Layers point one way"),
         ("executor.py", "from . import commands", "Layers point one way"),
         ("planning.py", "import alembic", "Only the backends import SQLAlchemy"),
+        ("executor.py", "from . import settings", "The engine does not import the Dynaconf loader"),
+        ("planning.py", "from .loader import load_project", "The engine does not import the Dynaconf loader"),
+        ("config.py", "import dynaconf", "The core imports no database library"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(
@@ -77,7 +80,7 @@ def test_the_core_imports_without_the_heavy_dependencies() -> None:
                 return None
         sys.meta_path.insert(0, Block())
         import ncm_migrate
-        for name in ("model", "errors", "graph", "discovery", "findings", "ledger", "locking"):
+        for name in ("model", "config", "errors", "graph", "discovery", "findings", "ledger", "locking"):
             importlib.import_module("ncm_migrate." + name)
         print("ok")
     """)
@@ -97,3 +100,27 @@ def test_each_public_name_is_defined_once() -> None:
             if defines and not node.name.startswith("_"):
                 where.setdefault(node.name, []).append(str(path.relative_to(REPO)))
     assert {name: paths for name, paths in where.items() if len(paths) > 1} == {}
+
+
+def test_the_engine_imports_without_dynaconf() -> None:
+    """The engine (and the project it plans over) takes settings as values (`config.py`):
+    it imports where Dynaconf cannot be imported, while the loader needs it."""
+    code = textwrap.dedent("""
+        import importlib, importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "dynaconf":
+                    raise ImportError("blocked: " + name)
+                return None
+        sys.meta_path.insert(0, Block())
+        for name in ("config", "project", "executor", "planning", "running"):
+            importlib.import_module("ncm_migrate." + name)
+        try:
+            importlib.import_module("ncm_migrate.settings")
+        except ImportError:
+            print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
