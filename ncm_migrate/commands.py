@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import health
 from .audit import AuditLog
+from .backends import open_backend
 from .backups import Manifest
 from .errors import BadInput, NcmError, RevisionFileError
 from .executor import (
     Reporter,
-    open_backend,
     segments,
 )
 from .findings import Report

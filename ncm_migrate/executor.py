@@ -19,13 +19,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .backends import Backend, make_backend
+from .backends import make_backend
+from .backends.retry import open_with_retries
 from .config import ConnectSettings
 from .errors import NcmError
 from .graph import Graph
 from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
-from .retry import open_with_retries
 from .rules import check_state
 from .urls import remember_secret
 
@@ -245,9 +245,3 @@ def _not_run(run: RunReport, jobs: list[SegmentJob]) -> None:
         for step in job.steps:
             if (step.service, step.revision, step.direction) not in seen:
                 run.results.append(StepResult(step.service, step.revision, step.direction, "not-run"))
-
-
-def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
-    backend = make_backend(config, connect.timeout_s)
-    open_with_retries(backend, connect)
-    return backend

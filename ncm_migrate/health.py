@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .backends import make_backend
+from .backends.retry import open_with_retries
 from .errors import DatabaseUnreachable, LockTimeout
 from .graph import plan_upgrade, upgrade_targets
 from .model import ServiceConfig
 from .project import Project
-from .retry import open_with_retries
 from .urls import mask_url
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from .backends import open_backend
 from .config import ConnectSettings
 from .errors import BadInput, RevisionFileError, RollbackRefused, ServiceNotConfigured
-from .executor import open_backend
 from .graph import (
     HEAD,
     ZERO,

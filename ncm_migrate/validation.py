@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from .backends import open_backend
 from .config import Settings
 from .discovery import read_revision, revision_files
 from .errors import NcmError, RevisionFileError
-from .executor import open_backend
 from .findings import Finding, relative_file
 from .graph import Graph, build_graph
 from .linting import lint_service
