@@ -31,7 +31,7 @@ from rich.table import Table
 
 from . import commands
 from .errors import BadInput, NcmError, ProblemsFound
-from .executor import Event, RunReport
+from .events import Event, RunReport
 from .findings import Report
 from .loader import find_root
 from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels

@@ -19,10 +19,8 @@ from .audit import AuditLog
 from .backends import open_backend
 from .backups import Manifest
 from .errors import BadInput, NcmError, RevisionFileError
-from .executor import (
-    Reporter,
-    segments,
-)
+from .events import Reporter
+from .executor import segments
 from .findings import Report
 from .graph import (
     plan_upgrade,

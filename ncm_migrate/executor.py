@@ -14,15 +14,15 @@ import multiprocessing.context
 import multiprocessing.queues
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 from .backends import make_backend
 from .backends.retry import open_with_retries
 from .config import ConnectSettings
 from .errors import NcmError
+from .events import Event, Reporter, RunReport
 from .graph import Graph
 from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
@@ -30,31 +30,6 @@ from .rules import check_state
 from .urls import remember_secret
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress: the plan about to run (`plan`), or one step that started or finished."""
-
-    kind: Literal["plan", "start", "done"]
-    step: Step | None = None
-    result: StepResult | None = None
-    plan: Plan | None = None
-
-
-Reporter = Callable[[Event], None]
-
-
-@dataclass
-class RunReport:
-    """Every step's outcome, and the error that stopped the run, if one did."""
-
-    results: list[StepResult] = field(default_factory=list)
-    error: NcmError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ def test_the_core_imports_without_the_heavy_dependencies() -> None:
                 return None
         sys.meta_path.insert(0, Block())
         import ncm_migrate
-        for name in ("model", "config", "errors", "graph", "discovery", "findings", "ledger", "locking"):
+        for name in ("model", "config", "events", "errors", "graph", "discovery", "findings", "ledger",
+                     "locking"):
             importlib.import_module("ncm_migrate." + name)
         print("ok")
     """)
