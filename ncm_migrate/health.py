@@ -1,6 +1,6 @@
 """Is each database there, and how is it: `wait` and `doctor`.
 
-Both go through the one retry policy (`retry.open_with_retries`): `wait` with its own
+Both go through the one retry policy (`backends.retry.open_with_retries`): `wait` with its own
 time budget, `doctor` with a single attempt so that it answers quickly.
 """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,15 @@ def test_the_engine_imports_without_dynaconf() -> None:
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_readme_lists_every_module_once() -> None:
+    """README's "How the code is laid out" names each module of the package, one row each,
+    and no module that is not there."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    listed = [name for row in rows for name in re.findall(r"`((?:backends/)?\w+\.py)`", row)]
+    modules = sorted(str(p.relative_to(REPO / "ncm_migrate")) for p in (REPO / "ncm_migrate").rglob("*.py"))
+    assert sorted(listed) == modules
+    assert all(len(re.findall(r"\.py`", row)) == 1 for row in rows)
