@@ -119,9 +119,8 @@ def graph_findings(
         root=root,
         unreadable=unreadable,
     )
-    nodes = graph.nodes
     findings += heads_findings(graph, [svc.name for svc in settings.services], root)
-    for rev in nodes.values():
+    for rev in graph.nodes.values():
         for fn in ("upgrade", "downgrade"):
             if fn not in rev.defines:
                 findings.append(Finding(rev.service, rev.revision, "missing-function", "error",
