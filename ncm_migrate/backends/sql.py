@@ -32,11 +32,11 @@ from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
 from ..discovery import versions_dir
-from ..errors import DriverMissing, MigrationFailed, NcmError, RevisionFileError
+from ..errors import DriverMissing, Interrupted, MigrationFailed, NcmError, RevisionFileError
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..pyfiles import load_revision_module
+from ..pyfiles import STOPPED, exit_call, load_revision_module, signal_name, signal_of, stopped_error
 from ..urls import is_async, sqlite_file, sync_equivalent
 from . import ConnectFailed, ServerInfo, StepCallback
 
@@ -606,19 +606,21 @@ class SqlBackend:
             """Import the step's revision and report it started (with its `running` row
             committed first where DDL cannot be rolled back): Alembic's step to run."""
             rev = revisions[step.revision]
-            # The previous step is committed: a file that cannot be imported must not be
-            # recorded against it (nor against itself: it never started).
-            current.clear()
-            module = None if fake else load_revision_module(rev)
             up = step.direction == "up"
+            # The previous step is committed: from here on a failure is this step's. A file
+            # that cannot be imported is not recorded (it never started); one whose
+            # top-level code exits or is interrupted is recorded as failed (see `apply`).
+            current.clear()
+            current.update(step=step, module=None, phase="while it was imported",
+                           started=ledger_rules.utcnow(), t0=time.perf_counter(), row_id=None)
+            module = None if fake else load_revision_module(rev, to_apply=True)
             fn = _noop if module is None else getattr(module, "upgrade" if up else "downgrade", None)
             if fn is None:
                 raise RevisionFileError(
                     f"{rev.path}: revision {step.service}:{step.revision} defines no "
                     f"{'upgrade' if up else 'downgrade'}() function."
                 )
-            current.update(step=step, module=module, started=ledger_rules.utcnow(),
-                           t0=time.perf_counter(), row_id=None)
+            current.update(module=module, phase=f"in {'upgrade' if up else 'downgrade'}()")
             on_step(step, "start", None)
             if not transactional:
                 current["row_id"] = ledger_insert(step, "running", current["started"])
@@ -630,7 +632,9 @@ class SqlBackend:
             """After the step's function: its verify(), then the ledger row's last columns."""
             module = current["module"]
             if step.direction == "up" and module is not None and hasattr(module, "verify"):
+                current["phase"] = "in verify()"
                 module.verify()
+            current["phase"] = "while it was recorded"
             duration = (time.perf_counter() - current["t0"]) * 1000
             current["duration_ms"] = duration
             return dict(status=_outcome(step, fake), finished_at=ledger_rules.utcnow(),
@@ -711,24 +715,33 @@ class SqlBackend:
         try:
             self._run_alembic(steps_fn, run_steps if own_loop else None)
         except RevisionFileError as exc:
-            self._abandon(current, ledger_insert, "failed")
+            self._abandon(current, ledger_insert, record=False)
             exc.results = results
             raise
-        except Exception as exc:
+        except BaseException as exc:  # user code ran: SystemExit and KeyboardInterrupt too
             step = current.get("step")
             if step is None:
                 raise
-            self._abandon(current, ledger_insert, "failed")
+            unrecorded = self._abandon(current, ledger_insert, record=True)
             duration = (time.perf_counter() - current["t0"]) * 1000
-            message = f"{type(exc).__name__}: {_short(exc)}"
+            message = f"{type(exc).__name__}: {_short(exc)}" if str(exc) else type(exc).__name__
             results.append(
                 StepResult(step.service, step.revision, step.direction, "failed", duration, message)
             )
             on_step(step, "done", results[-1])
             log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
+            if isinstance(exc, STOPPED):
+                stopped = stopped_error(exc, step.service, step.revision, current["phase"],
+                                        results, dirty=not transactional, unrecorded=unrecorded)
+                assert stopped is not None
+                raise stopped from exc
+            if not isinstance(exc, Exception):
+                raise  # GeneratorExit and the like: not a migration's failure
             raise MigrationFailed(
                 f"Revision {step.service}:{step.revision} failed "
-                f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}",
+                f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}"
+                + (f"; the failure could not be recorded in {ledger_rules.TABLE} ({unrecorded})"
+                   if unrecorded else ""),
                 step.service,
                 step.revision,
                 results,
@@ -752,22 +765,29 @@ class SqlBackend:
             log.warning("service '%s': could not confirm that this run's commits reached the "
                         "disk: %s", self.config.name, _short(exc))
 
-    def _abandon(self, current: dict[str, Any], ledger_insert: Any, status: str) -> None:
-        """After a failed step: roll back what is left and record the failure."""
+    def _abandon(self, current: dict[str, Any], ledger_insert: Any, record: bool) -> str:
+        """After a failed step: roll back what is left and, with `record`, record the step
+        as `failed`. Guarded: when that fails too (the connection is gone, say), the step's
+        own error is the one to report, so this returns why instead of raising ("" if not)."""
         step = current.get("step")
         conn = self.conn
-        if conn.in_transaction():
-            conn.rollback()
-        if step is None:
-            return
-        finished = ledger_rules.utcnow()
-        duration = (time.perf_counter() - current["t0"]) * 1000
-        values = dict(status=status, finished_at=finished, duration_ms=duration)
-        if current.get("row_id") is not None:
-            conn.execute(_LEDGER_FINISH, dict(row_id=current["row_id"], **values))
-        else:
-            ledger_insert(step, started=current["started"], **values)
-        conn.commit()
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            if step is None or not record:
+                return ""
+            finished = ledger_rules.utcnow()
+            duration = (time.perf_counter() - current["t0"]) * 1000
+            values = dict(status="failed", finished_at=finished, duration_ms=duration)
+            if current.get("row_id") is not None:
+                conn.execute(_LEDGER_FINISH, dict(row_id=current["row_id"], **values))
+            else:
+                ledger_insert(step, started=current["started"], **values)
+            conn.commit()
+        except Exception as exc:
+            log.debug("could not record the failure of %s", step, exc_info=True)
+            return f"{type(exc).__name__}: {_short(exc)}"
+        return ""
 
     def _run_alembic(
         self, steps_fn: Any, run_steps: Callable[[MigrationContext], None] | None = None
@@ -848,8 +868,19 @@ class SqlBackend:
                 with Operations.context(env.get_context()):
                     check()
             return None
+        except Interrupted:
+            raise
         except Exception as exc:
             return f"{type(exc).__name__}: {_short(exc)}"
+        except SystemExit as exc:
+            return f"SystemExit: verify() called {exit_call(exc)}"
+        except KeyboardInterrupt as exc:
+            signum = signal_of(exc)
+            raise Interrupted(
+                f"Interrupted ({signal_name(signum)}) while verifying revision "
+                f"{revision.service}:{revision.revision}; nothing was changed.",
+                signum, revision.service, revision.revision,
+            ) from None
         finally:
             if self.conn.in_transaction():
                 self.conn.rollback()
