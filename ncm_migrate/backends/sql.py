@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
@@ -52,6 +53,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class _LedgerTime(sa.DateTime):
+    """The ledger's times: microseconds everywhere, also on MySQL/MariaDB, whose plain
+    DATETIME keeps whole seconds (steps of one second would show in any order)."""
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+
+@compiles(_LedgerTime, "mysql")
+@compiles(_LedgerTime, "mariadb")
+def _ledger_time_mysql(_type: _LedgerTime, _compiler: Any, **_kw: Any) -> str:
+    return "DATETIME(6)"
+
+
 _ledger_md = sa.MetaData()
 LEDGER = sa.Table(
     ledger_rules.TABLE,
@@ -62,8 +78,8 @@ LEDGER = sa.Table(
     sa.Column("direction", sa.String(4), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("checksum", sa.String(64)),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", _LedgerTime(), nullable=False),
+    sa.Column("finished_at", _LedgerTime()),
     sa.Column("duration_ms", sa.Float),
     sa.Column("actor", sa.String(ledger_rules.ACTOR_LENGTH), nullable=False),
     sa.Column("host", sa.String(255), nullable=False),
@@ -76,6 +92,12 @@ _LEDGER_INSERT = LEDGER.insert()
 # The same without fetching the new row's id (no RETURNING): for rows never updated later.
 _LEDGER_RECORD = LEDGER.insert().inline()
 _LEDGER_FINISH = LEDGER.update().where(LEDGER.c.id == sa.bindparam("row_id"))
+# MySQL/MariaDB: the ledger's time columns' fractional digits (None: no ledger yet).
+_MYSQL_TIME_PRECISION = sa.text(
+    "SELECT MIN(DATETIME_PRECISION) FROM information_schema.COLUMNS "
+    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table "
+    "AND COLUMN_NAME IN ('started_at', 'finished_at')"
+)
 _STATE_ROWS = sa.text(
     f"SELECT revision, direction, status, checksum FROM {ledger_rules.TABLE} "
     "WHERE service = :service ORDER BY id"
@@ -439,12 +461,40 @@ class SqlBackend:
     # -- state --------------------------------------------------------------------
 
     def _ensure_ledger(self) -> None:
+        """The ledger table, created if missing (and on MySQL/MariaDB, one made by a version
+        that kept whole seconds widened to microseconds), under a lock of its own: every
+        service of the database writes to it."""
         conn = self.conn
+        if self.dialect in ("mysql", "mariadb"):
+            self._ensure_mysql_ledger()
+            return
         if sa.inspect(conn).has_table(ledger_rules.TABLE):
             conn.commit()
             return
         with self._named_lock(ledger_rules.TABLE, 60.0):
             _ledger_md.create_all(conn, tables=[LEDGER], checkfirst=True)
+            conn.commit()
+
+    def _ensure_mysql_ledger(self) -> None:
+        conn = self.conn
+
+        def precision() -> int | None:
+            found = conn.execute(_MYSQL_TIME_PRECISION, {"table": ledger_rules.TABLE}).scalar()
+            return None if found is None else int(found)
+
+        if (precision() or 0) >= 6:
+            conn.commit()
+            return
+        with self._named_lock(ledger_rules.TABLE, 60.0):
+            found = precision()  # again, under the lock: another runner may have done it
+            if found is None:
+                _ledger_md.create_all(conn, tables=[LEDGER], checkfirst=True)
+            elif found < 6:
+                log.info("widening %s's times to microseconds (DATETIME(6))", ledger_rules.TABLE)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {ledger_rules.TABLE} MODIFY started_at DATETIME(6) NOT NULL, "
+                    "MODIFY finished_at DATETIME(6) NULL"
+                )
             conn.commit()
 
     def _rows(self, service: str | None = None, limit: int | None = None) -> list[LedgerRow]:

@@ -339,3 +339,83 @@ def test_a_mongo_failure_that_cannot_be_recorded_keeps_the_original_error(
     assert len(lines) == 1, result.stderr
     assert "users:0002_leaves failed (upgrade): RuntimeError: boom" in lines[0], lines[0]
     assert "could not be recorded" in lines[0] and "connection closed" in lines[0], lines[0]
+
+
+# -- MariaDB ledger times keep microseconds ---------------------------------------------------
+
+
+def _time_precision(url: str) -> dict[str, int]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT COLUMN_NAME, DATETIME_PRECISION FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ncm_migrations' "
+                "AND COLUMN_NAME IN ('started_at', 'finished_at')"
+            ))
+            return {str(name): int(precision) for name, precision in rows}
+    finally:
+        engine.dispose()
+
+
+def _quick_steps(repo: Monorepo, url: str) -> None:
+    repo.revision("users", "0001_initial")
+    repo.revision("users", "0002_next", down="0001_initial")
+    repo.revision("users", "0003_last", down="0002_next")
+    repo.urls({"users": url})
+
+
+def _ordered_in_microseconds(rows: list[dict[str, Any]]) -> None:
+    times = [(r["started_at"], r["finished_at"]) for r in rows]
+    starts = [start for start, _ in times]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts), times
+    assert all(start <= finish for start, finish in times), times
+    # Whole seconds throughout would mean the column drops the fraction.
+    assert any(t.microsecond for pair in times for t in pair), times
+
+
+def test_mariadb_ledger_times_keep_microseconds(repo: Monorepo, mysql_url: str) -> None:
+    _quick_steps(repo, mysql_url)
+    assert repo.cli("migrate").code == 0
+    assert _time_precision(mysql_url) == {"started_at": 6, "finished_at": 6}
+    rows = ledger(mysql_url, "users")
+    assert [r["status"] for r in rows] == ["applied"] * 3
+    _ordered_in_microseconds(rows)
+    history = json.loads(repo.cli("history", "users", "--json").stdout)
+    assert [h["revision"] for h in history] == ["0001_initial", "0002_next", "0003_last"]
+    assert all("." in h["started_at"] for h in history), history
+
+
+def test_an_older_mariadb_ledger_is_widened_on_first_use(repo: Monorepo, mysql_url: str) -> None:
+    """A ledger made by an earlier version (DATETIME, whole seconds) gets DATETIME(6) the
+    first time a run writes to it, keeping its rows; twice is the same as once."""
+    _quick_steps(repo, mysql_url)
+    engine = sa.create_engine(mysql_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE ncm_migrations (id INTEGER NOT NULL AUTO_INCREMENT, "
+            "service VARCHAR(64) NOT NULL, revision VARCHAR(128) NOT NULL, "
+            "direction VARCHAR(4) NOT NULL, status VARCHAR(16) NOT NULL, checksum VARCHAR(64), "
+            "started_at DATETIME NOT NULL, finished_at DATETIME, duration_ms FLOAT, "
+            "actor VARCHAR(128) NOT NULL, host VARCHAR(255) NOT NULL, "
+            "environment VARCHAR(64) NOT NULL, tool_version VARCHAR(32) NOT NULL, "
+            "PRIMARY KEY (id))"
+        )
+        conn.exec_driver_sql("CREATE INDEX ix_ncm_migrations_service ON ncm_migrations (service, id)")
+        conn.exec_driver_sql(
+            "INSERT INTO ncm_migrations (service, revision, direction, status, checksum, "
+            "started_at, finished_at, duration_ms, actor, host, environment, tool_version) "
+            "VALUES ('other', '0001_old', 'up', 'applied', 'x', '2026-01-02 03:04:05', "
+            "'2026-01-02 03:04:06', 1000, 'someone', 'h', 'development', '0.0.1')"
+        )
+    engine.dispose()
+    assert _time_precision(mysql_url) == {"started_at": 0, "finished_at": 0}
+    before = ledger(mysql_url, "other")
+    assert repo.cli("migrate", "users", "0002_next").code == 0
+    assert _time_precision(mysql_url) == {"started_at": 6, "finished_at": 6}
+    assert ledger(mysql_url, "other") == before
+    assert repo.cli("migrate").code == 0
+    assert _time_precision(mysql_url) == {"started_at": 6, "finished_at": 6}
+    rows = ledger(mysql_url, "users")
+    assert [r["revision"] for r in rows] == ["0001_initial", "0002_next", "0003_last"]
+    _ordered_in_microseconds(rows)
