@@ -74,16 +74,19 @@ def stopped_error(
     results: list[StepResult],
     dirty: bool,
     unrecorded: str = "",
+    recorded_as_failed: bool = True,
 ) -> NcmError | None:
     """The error a run stops with when `exc` (one of `STOPPED`) stopped step
     `service:revision` `where` ("in upgrade()", "while it was imported") after the step was
     recorded as failed; None for any other exception. `SystemExit`, whatever its code, fails
     the run (exit 1); Ctrl-C is `Interrupted` (exit 128 + the signal's number). `dirty`: the
     database may hold part of the step; `unrecorded`: why the failure could not be recorded,
-    if it could not (the step's own stop is still what is reported)."""
+    if it could not (the step's own stop is still what is reported); `recorded_as_failed`:
+    False where nothing is recorded (rendering SQL offline)."""
     recorded = (
         f"the step could not be recorded as failed ({unrecorded})" if unrecorded
-        else "the step is recorded as failed"
+        else "the step is recorded as failed" if recorded_as_failed
+        else "nothing was changed"
     )
     after = (
         f"; part of it may have run: check the database, then run `manage.py repair {service}`"

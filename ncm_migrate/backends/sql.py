@@ -699,6 +699,7 @@ class SqlBackend:
         def finished(step: Step) -> None:
             result = StepResult(step.service, step.revision, step.direction,
                                 _outcome(step, fake), current["duration_ms"])
+            current.clear()  # committed: nothing after this (Ctrl-C, say) is this step's
             results.append(result)
             on_step(step, "done", result)
 
@@ -771,6 +772,14 @@ class SqlBackend:
         except BaseException as exc:  # user code ran: SystemExit and KeyboardInterrupt too
             step = current.get("step")
             if step is None:
+                self._abandon(current, ledger_insert, record=False)
+                if isinstance(exc, SystemExit):  # the service's env.py: no revision was running
+                    raise MigrationFailed(
+                        f"Service '{self.config.name}': its env.py called {exit_call(exc)} while "
+                        f"no revision was running, which stops the migration; a migration "
+                        f"environment fails by raising an exception, not by exiting.",
+                        self.config.name, "", results,
+                    ) from exc
                 raise
             unrecorded = self._abandon(current, ledger_insert, record=True)
             duration = (time.perf_counter() - current["t0"]) * 1000
@@ -996,6 +1005,15 @@ class SqlBackend:
                 env.run_migrations()
             except RevisionFileError:
                 raise  # the file cannot be imported: it says so, naming the file
+            except (SystemExit, KeyboardInterrupt) as exc:
+                if current:
+                    stopped = stopped_error(
+                        exc, cfg.name, current[0], "while it was rendered as SQL", [],
+                        dirty=False, recorded_as_failed=False,
+                    )
+                    assert stopped is not None
+                    raise stopped from None
+                raise
             except Exception as exc:
                 # The cause's first sentence only: Alembic's explanations run to a paragraph.
                 cause = _short(exc).split(". ", 1)[0].rstrip(".")

@@ -419,3 +419,78 @@ def test_an_older_mariadb_ledger_is_widened_on_first_use(repo: Monorepo, mysql_u
     rows = ledger(mysql_url, "users")
     assert [r["revision"] for r in rows] == ["0001_initial", "0002_next", "0003_last"]
     _ordered_in_microseconds(rows)
+
+
+# -- the other user code a run executes --------------------------------------------------------
+
+
+def test_sqlmigrate_of_a_revision_that_exits(repo: Monorepo, sqlite_url: str) -> None:
+    """Rendering SQL runs upgrade() too (offline): an exit there is one sentence, not an
+    exit status of the revision's choosing with half the SQL printed."""
+    _three_services(repo, sqlite_url, "sys.exit(0)", "", None)
+    result = repo.cli("sqlmigrate", "users", "0002_leaves")
+    assert result.code == 1 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "users:0002_leaves called sys.exit(0) while it was rendered as SQL" in lines[0]
+    assert "nothing was changed" in lines[0]
+
+
+def test_a_models_file_that_exits_is_bad_input(repo: Monorepo, db_url: str) -> None:
+    _three_services(repo, db_url, "pass", "", None)
+    repo.write("services/users/models.py", "import sys\nsys.exit(0)\n")
+    result = repo.cli("migrate")
+    assert result.code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "models.py failed to import: SystemExit: 0" in errors[0], result.stderr
+    assert version_heads(db_url, "alembic_version_users") == set()
+
+
+def test_an_env_py_that_exits_fails_the_run(repo: Monorepo, db_url: str) -> None:
+    _three_services(repo, db_url, "pass", "", None)
+    repo.write("services/users/migrations/env.py", "import sys\nsys.exit(0)\n")
+    repo.write("services/users/settings.toml", "[default]\nuse_env_py = true\n")
+    result = repo.cli("migrate", "--json")
+    assert result.code == 1 and "Traceback" not in result.stderr, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Service 'users': its env.py called sys.exit(0)" in lines[0], lines
+    assert _outcomes(result)[("accounts", "0001_initial")] == "applied"
+    assert version_heads(db_url, "alembic_version_users") == set()
+
+
+def test_ctrl_c_between_steps_is_not_blamed_on_the_step_before(repo: Monorepo, db_url: str) -> None:
+    """A KeyboardInterrupt after a step committed (here: from the progress callback) is not
+    that step's failure: its row stays `applied`, and the interrupt goes on up as it is."""
+    from ncm_migrate import commands
+    from ncm_migrate.executor import Event
+
+    _three_services(repo, db_url, "pass", "", None)
+
+    def report(event: Event) -> None:
+        if event.kind == "done" and event.step is not None and event.step.revision == "0001_initial" \
+                and event.step.service == "users":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        commands.migrate(root=repo.root, report=report)
+    rows = [(r["service"], r["revision"], r["status"]) for r in ledger(db_url)]
+    assert rows == [("accounts", "0001_initial", "applied"), ("users", "0001_initial", "applied")]
+    assert version_heads(db_url, "alembic_version_users") == {"0001_initial"}
+
+
+def test_mongo_ctrl_c_between_steps_is_not_blamed_on_the_step_before(
+    repo: Monorepo, mongo_url: str
+) -> None:
+    from ncm_migrate import commands
+    from ncm_migrate.executor import Event
+
+    _mongo_services(repo, mongo_url, "pass", "", None)
+
+    def report(event: Event) -> None:
+        if event.kind == "done" and event.step is not None and event.step.revision == "0001_initial" \
+                and event.step.service == "users":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        commands.migrate(root=repo.root, report=report)
+    assert _mongo_rows(mongo_url, "users") == [("0001_initial", "up", "applied")]
