@@ -494,3 +494,20 @@ def test_mongo_ctrl_c_between_steps_is_not_blamed_on_the_step_before(
     with pytest.raises(KeyboardInterrupt):
         commands.migrate(root=repo.root, report=report)
     assert _mongo_rows(mongo_url, "users") == [("0001_initial", "up", "applied")]
+
+
+@pytest.mark.parametrize("case", ["sys.exit(0) in upgrade", "KeyboardInterrupt in upgrade"])
+def test_a_revision_that_exits_in_a_worker_process(repo: Monorepo, db_url: str, case: str) -> None:
+    """With --jobs the step runs in a worker process: the same error comes back from it."""
+    upgrade, extra, verify = CASES[case]
+    _three_services(repo, db_url, upgrade, extra, verify)
+    code, words = SAYS[case]
+    result = repo.cli("migrate", "--jobs", "2", "--json")
+    _one_sentence(result, code, words)
+    assert _outcomes(result) == {
+        ("accounts", "0001_initial"): "applied",
+        ("users", "0001_initial"): "applied",
+        ("users", "0002_leaves"): "failed",
+        ("zoo", "0001_initial"): "not-run",
+    }
+    assert ledger(db_url, "users")[-1]["status"] == "failed"
