@@ -511,3 +511,23 @@ def test_a_revision_that_exits_in_a_worker_process(repo: Monorepo, db_url: str, 
         ("zoo", "0001_initial"): "not-run",
     }
     assert ledger(db_url, "users")[-1]["status"] == "failed"
+
+
+def test_an_interruption_by_sigterm_keeps_its_signal(repo: Monorepo, db_url: str) -> None:
+    """A signal handler may raise `Interrupted` itself (SIGTERM: exit 143) while a step
+    runs: the step is recorded failed and the error keeps the signal."""
+    upgrade = "from ncm_migrate.errors import Interrupted\nraise Interrupted('stopped', 15)"
+    _three_services(repo, db_url, upgrade, "", None)
+    result = repo.cli("migrate", "--json")
+    _one_sentence(result, 143, "was interrupted in upgrade() (SIGTERM)")
+    assert _outcomes(result)[("users", "0002_leaves")] == "failed"
+    assert ledger(db_url, "users")[-1]["status"] == "failed"
+    assert version_heads(db_url, "alembic_version_users") == {"0001_initial"}
+
+
+def test_a_mongo_interruption_by_sigterm_keeps_its_signal(repo: Monorepo, mongo_url: str) -> None:
+    upgrade = "from ncm_migrate.errors import Interrupted\nraise Interrupted('stopped', 15)"
+    _mongo_services(repo, mongo_url, upgrade, "", None)
+    result = repo.cli("migrate", "--json")
+    _one_sentence(result, 143, "was interrupted in upgrade() (SIGTERM)")
+    assert _mongo_rows(mongo_url, "users")[-1] == ("0002_leaves", "up", "failed")
