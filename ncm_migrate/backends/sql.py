@@ -765,6 +765,9 @@ class _SqlRun:
         self.t0 = 0.0
         self.row_id: Any = None  # its `running` row, where DDL cannot be rolled back
         self.duration_ms = 0.0
+        # What its code raised: the error to report, also when rolling back its
+        # transaction raised another on the way out (the server went away, say).
+        self.raised: BaseException | None = None
 
     def run(self) -> list[StepResult]:
         if self.relaxed:
@@ -795,7 +798,7 @@ class _SqlRun:
         # The previous step is committed: from here on a failure is this step's. A file
         # that cannot be imported is not recorded (it never started); one whose top-level
         # code exits or is interrupted is recorded as failed (see `failed`).
-        self.step, self.module, self.row_id = step, None, None
+        self.step, self.module, self.row_id, self.raised = step, None, None, None
         self.phase = "while it was imported"
         self.started, self.t0 = ledger_rules.utcnow(), time.perf_counter()
         module = None if self.fake else load_revision_module(rev, to_apply=True)
@@ -810,14 +813,27 @@ class _SqlRun:
         if not self.transactional:
             self.row_id = self.ledger_insert(step, "running", self.started)
             self.conn.commit()
-        return alembic_bridge.revision_step(self.rmap, step.revision, up, fn, rev.doc)
+        return alembic_bridge.revision_step(self.rmap, step.revision, up, self.watched(fn),
+                                            rev.doc)
+
+    def watched(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` (the revision's code), noting what it raises in `raised`."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                self.raised = exc
+                raise
+
+        return call
 
     def outcome(self, step: Step) -> dict[str, Any]:
         """After the step's function: its verify(), then the ledger row's last columns."""
         module = self.module
         if step.direction == "up" and module is not None and hasattr(module, "verify"):
             self.phase = "in verify()"
-            module.verify()
+            self.watched(module.verify)()
         self.phase = "while it was recorded"
         self.duration_ms = (time.perf_counter() - self.t0) * 1000
         return dict(status=_outcome(step, self.fake), finished_at=ledger_rules.utcnow(),
@@ -909,9 +925,15 @@ class _SqlRun:
 
     def failed(self, exc: BaseException) -> NcmError | None:
         """After `exc` stopped the run: the step under way rolled back and recorded
-        `failed`, and the error to raise (None: re-raise `exc` as it is)."""
+        `failed`, and the error to raise (None: re-raise `exc` as it is). The revision's own
+        error is the one reported, also when rolling back its transaction raised another
+        (as it does on MySQL when the server went away meanwhile)."""
         step = self.step
         config = self.backend.config
+        if step is not None and self.raised is not None and self.raised is not exc:
+            log.debug("step %s:%s: rolling back after its error failed too", step.service,
+                      step.revision, exc_info=True)
+            exc = self.raised
         if step is None:
             self.abandon(record=False)
             if isinstance(exc, SystemExit):  # the service's env.py: no revision was running
