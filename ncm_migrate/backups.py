@@ -25,6 +25,7 @@ from .errors import BackupFailed, BackupInvalid, SettingsError, ToolMissing
 from .ledger import tool_version, utcnow
 from .model import ServiceConfig
 from .sql_backup import program as program
+from .urls import dialect_of
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,6 @@ def default_dir(base: Path, environment: str, service: str) -> Path:
     return folder
 
 
-def dialect_of(config: ServiceConfig) -> str:
-    if config.backend == "mongo":
-        return "mongodb"
-    from sqlalchemy.engine import make_url
-
-    assert config.database_url is not None
-    name = make_url(config.database_url).get_backend_name()
-    return "mysql" if name == "mariadb" else name
-
-
 def backup_database(
     config: ServiceConfig,
     out_dir: Path,
@@ -103,7 +94,7 @@ def backup_database(
     """
     out_dir = Path(out_dir)
     fernet = _fernet(encryption_key) if encryption_key else None
-    dialect = dialect_of(config)
+    dialect = dialect_of(config.database_url or "")
     made = _make_folder(out_dir)
     try:
         files = _dump(config, dialect, out_dir, lock_timeout_s)
@@ -260,7 +251,7 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
 def check_manifest(config: ServiceConfig, folder: Path, manifest: Manifest) -> str:
     """Refuse (exit 2) a backup of another service or database, before anything is
     touched; the service's dialect."""
-    dialect = dialect_of(config)
+    dialect = dialect_of(config.database_url or "")
     if manifest.service != config.name:
         raise BackupInvalid(
             f"{folder} is a backup of service '{manifest.service}', not '{config.name}'."

@@ -31,12 +31,12 @@ from rich.table import Table
 
 from . import commands
 from .errors import BadInput, NcmError, ProblemsFound
-from .executor import Event, RunReport
+from .events import Event, RunReport
 from .findings import Report
 from .ledger import tool_version
+from .loader import find_root
 from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
 from .model import Plan, StepResult
-from .project import find_root
 from .questioner import Questioner, questioner_for
 from .running import MigrateResult
 from .service_commands import ServiceCommand, find_service_commands, load_service_command

@@ -14,47 +14,22 @@ import multiprocessing.context
 import multiprocessing.queues
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
-from .backends import Backend, make_backend
+from .backends import make_backend
+from .backends.retry import open_with_retries
+from .config import ConnectSettings
 from .errors import NcmError
+from .events import Event, Reporter, RunReport
 from .graph import Graph
 from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
-from .retry import open_with_retries
 from .rules import check_state
-from .settings import ConnectSettings
 from .urls import remember_secret
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress: the plan about to run (`plan`), or one step that started or finished."""
-
-    kind: Literal["plan", "start", "done"]
-    step: Step | None = None
-    result: StepResult | None = None
-    plan: Plan | None = None
-
-
-Reporter = Callable[[Event], None]
-
-
-@dataclass
-class RunReport:
-    """Every step's outcome, and the error that stopped the run, if one did."""
-
-    results: list[StepResult] = field(default_factory=list)
-    error: NcmError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -245,9 +220,3 @@ def _not_run(run: RunReport, jobs: list[SegmentJob]) -> None:
         for step in job.steps:
             if (step.service, step.revision, step.direction) not in seen:
                 run.results.append(StepResult(step.service, step.revision, step.direction, "not-run"))
-
-
-def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
-    backend = make_backend(config, connect.timeout_s)
-    open_with_retries(backend, connect)
-    return backend

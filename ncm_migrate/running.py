@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit import AuditLog
+from .backends import open_backend
 from .backups import Manifest
-from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
+from .events import Event, Reporter, RunReport
+from .executor import SegmentJob, apply_plan, segments
 from .graph import undo_plan
 from .model import Plan, ServiceConfig, StepResult
 from .project import Project
