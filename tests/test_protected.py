@@ -146,12 +146,14 @@ def test_no_answer_at_the_prompt_is_a_refusal(
 
 def test_ctrl_c_at_the_prompt_exits_2(repo: Monorepo, sqlite_url: str) -> None:
     """A real terminal (a pty): Ctrl-C while the prompt waits refuses, exit 2, not 1."""
+    import contextlib
     import os
     import pty
     import select
     import signal
     import subprocess
     import sys
+    import time
 
     _repo(repo, sqlite_url)
     assert repo.cli("migrate", "--env", "production").code == 0
@@ -173,9 +175,21 @@ def test_ctrl_c_at_the_prompt_exits_2(repo: Monorepo, sqlite_url: str) -> None:
             ready, _, _ = select.select([primary], [], [], 60)
             assert ready, f"no prompt within 60 s: {seen!r}"
             seen += os.read(primary, 4096)
-        # What a terminal's Ctrl-C does: SIGINT to the foreground process.
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
+        # What a terminal's Ctrl-C does: SIGINT to the foreground process; pressed again
+        # every few seconds, as a user would, and the terminal read all along (a child
+        # writing to a full pty blocks).
+        deadline = time.monotonic() + 60
+        next_press = 0.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            if time.monotonic() >= next_press:
+                proc.send_signal(signal.SIGINT)
+                next_press = time.monotonic() + 5
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                with contextlib.suppress(OSError):  # EIO once the child has gone
+                    seen += os.read(primary, 4096)
+        code = proc.poll()
+        assert code is not None, f"still running 60 s after SIGINT: {seen!r}"
         while True:
             ready, _, _ = select.select([primary], [], [], 1)
             if not ready:
