@@ -541,10 +541,11 @@ def assert_one_sentence(case: Case, result: CliResult) -> None:
     if not case.user_code:
         leaked = EXCEPTION_NAME.search(message)
         assert leaked is None, f"{case.id}: {leaked.group(0) if leaked else ''} in {message!r}"
-    # One sentence: no second error stacked after the first, and nothing but warnings beside it.
+    # One sentence: no second error stacked after the first, and nothing but warnings and
+    # progress (a service left out, a connection retried) beside it.
     others = [line for line in result.stderr.splitlines()
               if line.strip() and not line.startswith(("Error:", "Warning", "│", "╭", "╰", "Usage:", "Try "))
-              and not re.search(r"left out|skipping|skipped", line, re.IGNORECASE)]
+              and not re.search(r"left out|skipping|skipped|retrying in", line, re.IGNORECASE)]
     assert not others, f"{case.id}: more than one sentence on stderr:\n{result.stderr}"
 
 
@@ -604,6 +605,12 @@ SERVER_CASES = [
     ("unknown-revision", ("migrate", "users", "0042_nosuch"), lambda u: {"NCM_DATABASE_URL": u}, 2, "0042"),
     ("rollback-not-applied", ("rollback", "users", "0002_more"), lambda u: {"NCM_DATABASE_URL": u}, 2,
      "0002_more"),
+    ("unknown-user", MIGRATE,
+     lambda u: {"NCM_DATABASE_URL": sa.engine.make_url(u).set(username="ncm_no_such_user", password="pw")
+                .render_as_string(hide_password=False)}, 4, "ncm_no_such_user"),
+    ("closed-port", MIGRATE,
+     lambda u: {"NCM_DATABASE_URL": sa.engine.make_url(u).set(port=1).render_as_string(hide_password=False),
+                "NCM_CONNECT__MAX_WAIT_S": "1"}, 4, "unreachable"),
     ("actor-too-long", MIGRATE, lambda u: {"NCM_DATABASE_URL": u, "NCM_ACTOR": "a" * 300}, 2, "NCM_ACTOR"),
     ("unknown-driver", MIGRATE,
      lambda u: {"NCM_DATABASE_URL": u.replace("+psycopg", "+nosuch").replace("+pymysql", "+nosuch")}, 2,
