@@ -176,7 +176,10 @@ def test_scaffolded_models_py_leaves_hand_written_tables_alone(repo: Monorepo) -
     hand passes `check`, and makemigrations does not write a revision dropping its tables
     (it used to demand `drop table` for every one)."""
     repo.settings("[development]\n")
-    assert repo.cli("startservice", "shop").code == 0
+    started = repo.cli("startservice", "shop")
+    assert started.code == 0, started.output
+    assert "Next: declare its tables in " in started.stdout and "services/shop/models.py" in started.stdout
+    assert "makemigrations shop --empty" in started.stdout
     written = repo.cli("makemigrations", "shop", "--empty", "-m", "products")
     assert written.code == 0, written.output
     path = repo.root / "services/shop/migrations/0001_products.py"
