@@ -5,7 +5,7 @@ Pure values: no I/O beyond resolving a path that is not plainly under the root.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,7 +14,9 @@ Severity = Literal["error", "warning"]
 
 # Findings that mean the input cannot be used at all: a cycle or a missing revision is bad
 # input (exit 2) in every command, so validate and check exit 2 on these too.
-BAD_INPUT_RULES = frozenset({"cycle", "missing-revision", "duplicate-revision", "malformed-revision"})
+BAD_INPUT_RULES = frozenset({
+    "cycle", "missing-revision", "duplicate-revision", "duplicate-label", "malformed-revision",
+})
 
 
 @dataclass(frozen=True)
@@ -86,3 +88,11 @@ class Report:
     def summary(self) -> str:
         e, w = len(self.errors), len(self.warnings)
         return f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}"
+
+
+def first_few(items: Sequence[str], shown: int = 5) -> str:
+    """`a, b, c` or, past `shown` items, `a, b, c, d, e and 7 more`: a message stays one
+    line however many there are."""
+    if len(items) <= shown:
+        return ", ".join(items)
+    return f"{', '.join(items[:shown])} and {len(items) - shown} more"

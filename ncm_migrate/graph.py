@@ -185,6 +185,8 @@ def build_graph(
     by_service = {svc: sorted(r.revision for r in revs) for svc, revs in revisions.items()}
     graph = Graph(nodes, {}, {}, by_service, depends)
     found = _Findings(root, unreadable or {})
+    for revs in revisions.values():
+        found.labels(revs)
     for key, rev in nodes.items():
         intra: list[RevisionKey] = []
         for down in rev.down_revisions:
@@ -254,6 +256,24 @@ class _Findings:
         self.findings.append(Finding(rev.service, rev.revision, "missing-revision", "error",
                                      f"Revision {rev.key} ({file}) {what}", file,
                                      dict(rev.line_of).get(header)))
+
+    def labels(self, revs: Sequence[Revision]) -> None:
+        """A branch label names one revision of its service, and is no revision's id (as
+        Alembic's revision map requires; it failed only once a migration ran)."""
+        owner = {r.revision: r for r in revs}
+        for rev in revs:
+            for label in rev.branch_labels:
+                other = owner.setdefault(label, rev)
+                if other is rev:
+                    continue
+                what = "the id of revision" if other.revision == label else "also a branch label of"
+                file = relative_file(rev.path, self.root)
+                self.findings.append(Finding(
+                    rev.service, rev.revision, "duplicate-label", "error",
+                    f"Revision {rev.key} ({file}) has branch label '{label}', which is {what} "
+                    f"{other.key} ({relative_file(other.path, self.root)}); give it a label of "
+                    "its own", file, dict(rev.line_of).get("branch_labels"),
+                ))
 
     def cycle(self, first: Revision, cycle: Sequence[RevisionKey]) -> None:
         self.findings.append(Finding(
@@ -416,10 +436,15 @@ def last_applied(
 ) -> set[RevisionKey]:
     """The `steps` most recently applied revisions of `service` (a suffix of its order)."""
     mine = applied.get(service, frozenset())
-    keys = [RevisionKey(service, h) for h in graph.heads(service)]
-    everything = plan_upgrade(_intra_only(graph), {}, keys).steps
-    order = [s.key for s in everything if s.revision in mine]
+    order = [RevisionKey(service, r) for r in run_order(graph, service) if r in mine]
     return set(order[len(order) - steps :]) if steps > 0 else set()
+
+
+def run_order(graph: Graph, service: str) -> list[str]:
+    """`service`'s revisions in the order they are applied (deterministic, whatever their
+    ids: hash ids sort in no useful order)."""
+    keys = [RevisionKey(service, h) for h in graph.heads(service)]
+    return [s.revision for s in plan_upgrade(_intra_only(graph), {}, keys).steps]
 
 
 def _intra_only(graph: Graph) -> Graph:

@@ -28,6 +28,11 @@ def target_metadata(config: ServiceConfig) -> sa.MetaData | None:
     return load_models_metadata(config)
 
 
+def has_models(config: ServiceConfig) -> bool:
+    """Whether the service has a models module (`models` setting, else models.py)."""
+    return bool(config.models) or (config.root / "models.py").is_file()
+
+
 def load_models_metadata(config: ServiceConfig) -> sa.MetaData | None:
     if config.models:
         module_name, _, attr = config.models.partition(":")

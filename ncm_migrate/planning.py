@@ -116,6 +116,13 @@ def plan_rollback(
         remove = last_applied(project.graph, applied, svc.name, steps or 1)
     else:
         keep = keep_for_target(project.graph, svc.name, target)
+        if target not in ZERO:
+            wanted = project.graph.resolve(svc.name, target)
+            if wanted not in applied.get(svc.name, frozenset()):
+                raise BadInput(
+                    f"Revision {svc.name}:{wanted} is not applied, so rollback cannot go back to "
+                    f"it (rollback only moves backwards; to apply it: migrate {svc.name} {wanted})."
+                )
         remove = removal_set(project.graph, applied, svc.name, keep)
     return plan_removal(project, states, remove, cascade)
 

@@ -28,6 +28,7 @@ _ERRORS: Mapping[str, type[NcmError]] = {
     "version-table-clash": SettingsError,
     "missing-revision": GraphError,
     "cycle": GraphError,
+    "duplicate-label": GraphError,
     "multiple-heads": MultipleHeads,
 }
 

@@ -67,10 +67,11 @@ def take_backup(
     project: Project, svc: ServiceConfig, out: Path | None, audit: AuditLog
 ) -> tuple[Path, Manifest]:
     """A backup of one service, taken under its lock and written to the audit log."""
-    from .backups import backup_database, default_dir
+    from .backups import backup_database, check_target, default_dir
 
     settings = project.settings
     folder = out or default_dir(settings.backup.dir, settings.env, svc.name)
+    check_target(folder, settings.backup.encryption_key)
     backend = open_backend(svc, settings.connect)
     try:
         with backend.lock(settings.lock.timeout_s):

@@ -118,6 +118,11 @@ def chosen_environment(env: str | None, environ: Mapping[str, str]) -> str:
 
 def _check_actor(environ: Mapping[str, str]) -> None:
     actor = environ.get("NCM_ACTOR") or ""
+    if not actor.isprintable():
+        raise SettingsError(
+            "NCM_ACTOR holds a control character (a line break, a tab...); the ledger and the "
+            "audit log record it as the actor: set a plain name."
+        )
     if len(actor) > ACTOR_LENGTH:
         raise SettingsError(
             f"NCM_ACTOR is {len(actor)} characters long; the ledger records at most "
@@ -236,9 +241,14 @@ def load_settings(
         raise SettingsError(f"The settings folder {sdir} (--settings) does not exist.")
     env = chosen_environment(env, environ)
     _check_actor(environ)
+    for name in PROJECT_FILES:
+        if (sdir / name).exists() and not (sdir / name).is_file():
+            raise SettingsError(f"Settings file {sdir / name} is not a file; make it one, or remove it.")
     files = [str(_DEFAULTS)] + [str(sdir / n) for n in PROJECT_FILES if (sdir / n).is_file()]
     for name in files[1:]:
-        _read_toml(Path(name))  # a clear error naming the file and line, before Dynaconf's own
+        # Clear errors naming the file (and line), before Dynaconf's own (a top-level
+        # `development = 5` is an AttributeError inside Dynaconf).
+        _check_sections(Path(name), _read_toml(Path(name)), service_file=False)
     project = _dynaconf(files, env)
     env_layer = _lower_keys(_env_layer(environ))
     merged = _deep_merge(_lower_keys(project.as_dict()), env_layer)
@@ -294,7 +304,7 @@ def load_settings(
         severity = "error" if protected else "warning"
     if severity not in ("warning", "error"):
         raise _bad(("lint", "severity"), severity, "'warning' or 'error'", sources)
-    audit = _get(merged, ("audit", "log_path"))
+    audit = _opt_str(merged, "audit.log_path", sources)
     backup_dir = Path(_str(merged, "backup.dir", sources))
     return Settings(
         root=root,
@@ -320,7 +330,7 @@ def load_settings(
         allow_checksum_drift=_bool(merged, "allow_checksum_drift", sources),
         lint_severity=cast(Literal["warning", "error"], severity),
         lint_squawk=_bool(merged, "lint.squawk", sources),
-        audit_log_path=(root / str(audit)) if audit else None,
+        audit_log_path=(root / audit) if audit else None,
         known_envs=tuple(known),
         services_dir=root / services_dir,
     )
@@ -365,8 +375,9 @@ def _service_config(
         raise _bad((*prefix, "backend"), backend, "'sql' or 'mongo'", sources)
     version_default = "alembic_version" if own_url is not None else f"alembic_version_{name}"
     version_table = raw.get("version_table", version_default)
-    if not isinstance(version_table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", version_table):
-        raise _bad((*prefix, "version_table"), version_table, "a table name", sources)
+    if not isinstance(version_table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", version_table):
+        raise _bad((*prefix, "version_table"), version_table,
+                   "a table name of at most 63 letters, digits and _ (PostgreSQL's limit)", sources)
     depends_on = raw.get("depends_on", [])
     if isinstance(depends_on, str):
         depends_on = [depends_on]
@@ -477,6 +488,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"Settings file {path} is not valid TOML: {exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"Settings file {path} is not valid TOML: it is not UTF-8 text (byte {exc.start})."
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"Settings file {path} cannot be read: {exc.strerror or exc}.") from None
 
 
 def _lower_keys(value: Any) -> Any:

@@ -19,8 +19,8 @@ from .backends import open_backend
 from .config import Settings
 from .discovery import read_revision, revision_files
 from .errors import NcmError, RevisionFileError
-from .findings import Finding, relative_file
-from .graph import Graph, build_graph
+from .findings import Finding, first_few, relative_file
+from .graph import Graph, build_graph, run_order
 from .linting import lint_service
 from .loader import load_project
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
@@ -174,11 +174,12 @@ def database_findings(
     # validate reports drift even where migrate is told to allow it
     findings = state_findings(config, state, revisions, settings.root, rows=rows)
     if pending:
-        todo = [r for r in graph.by_service.get(config.name, []) if r not in state.applied]
+        todo = [r for r in run_order(graph, config.name) if r not in state.applied]
         if todo:
+            count = f"{len(todo)} revision{'s' * (len(todo) != 1)}"
             findings.append(Finding(
                 config.name, todo[0], "pending", "error",
-                f"{len(todo)} revision(s) not applied yet: {', '.join(todo)}; run `manage.py migrate`",
+                f"{count} not applied yet: {first_few(todo)}; run `manage.py migrate`",
                 relative_file(config.migrations_dir, settings.root),
             ))
     return state, findings
@@ -274,7 +275,7 @@ def models_findings(project: Project) -> list[Finding]:
         svc = project.service(name)
         findings.append(Finding(
             name, "", "models-changed", "error",
-            f"models.py has changes that no revision holds yet ({', '.join(changes)}); run "
+            f"models.py has changes that no revision holds yet ({first_few(changes)}); run "
             f"`manage.py makemigrations {name}`",
             relative_file(svc.root / "models.py", project.root),
         ))

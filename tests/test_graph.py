@@ -184,6 +184,22 @@ def test_labelled_branches_and_separate_bases_are_not_conflicts() -> None:
     assert g.resolve("shop", "feature") == "0002b"
 
 
+def test_a_branch_label_names_one_revision_and_no_id() -> None:
+    """
+    0001 -> 0002 [0001]          a label that is another revision's id
+    0001 -> 0002 [x] -> 0003 [x] a label on two revisions
+    Alembic refuses both only once a migration runs; here they are bad input up front.
+    """
+    _, found = graph_and_findings(rev("shop:0001"), rev("shop:0002", "0001", labels=["0001"]))
+    assert [(f.rule, f.revision) for f in found] == [("duplicate-label", "0002")]
+    assert "branch label '0001', which is the id of revision shop:0001" in found[0].message
+    with pytest.raises(GraphError, match="also a branch label of shop:0002"):
+        graph(rev("shop:0001"), rev("shop:0002", "0001", labels=["x"]),
+              rev("shop:0003", "0002", labels=["x"]))
+    # One revision may repeat its own label, and labels of different services never clash.
+    graph(rev("shop:0001", labels=["x", "x"]), rev("billing:0001", labels=["x"]))
+
+
 def test_resolve_prefixes() -> None:
     """
     shop: 1975ea83b712 -> 1a2b3c4d5e6f

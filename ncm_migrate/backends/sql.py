@@ -593,13 +593,23 @@ class SqlBackend:
                     run_steps(mctx)
 
     def _run_env_py(self, config: Config, script: ScriptDirectory, steps_fn: Any) -> None:
-        """The service's own env.py, handed our connection as Alembic's cookbook describes."""
-        from alembic.runtime.environment import EnvironmentContext
-
+        """The service's own env.py, handed our connection as Alembic's cookbook describes,
+        and `sqlalchemy.url` for one that opens its own (as the env.py that `alembic init`
+        writes does); what it leaves out of `configure()` (the version table) comes from
+        the service's settings."""
+        assert self.config.database_url is not None
         if self.conn.in_transaction():
             self.conn.commit()
         config.attributes["connection"] = self.conn
-        with EnvironmentContext(config, script, fn=steps_fn):
+        # The real URL, which env.py needs to connect; Alembic's Config is never logged, and
+        # an error that quotes it is redacted before it is shown (`urls.redact_known`).
+        config.set_main_option("sqlalchemy.url", self.config.database_url.replace("%", "%%"))
+        from alembic.runtime.environment import EnvironmentContext
+
+        # Options given here are the defaults of env.py's `configure()` (Alembic documents
+        # them as passed on to it): a stock env.py names no version table, and a service
+        # sharing a database keeps its own `alembic_version_<svc>`.
+        with EnvironmentContext(config, script, fn=steps_fn, version_table=self.config.version_table):
             script.run_env()
 
     @_driver_call
@@ -740,6 +750,9 @@ class _SqlRun:
                  on_step: StepCallback) -> None:
         self.backend = backend
         self.conn = backend.conn
+        # The connection the steps run on, which their ledger rows share: ours, or the one
+        # a service's own env.py opened from `sqlalchemy.url` (as Alembic's stock one does).
+        self.steps_conn = self.conn
         self.steps = steps
         self.revisions = revisions
         self.fake = fake
@@ -775,10 +788,12 @@ class _SqlRun:
         try:
             self.backend._run_alembic(self.steps_fn, self.run_steps if self.own_loop else None)
         except RevisionFileError as exc:
+            self.steps_conn = self.conn  # env.py's own connection is closed, rolled back
             self.abandon(record=False)
             exc.results = self.results
             raise
         except BaseException as exc:  # user code ran: SystemExit and KeyboardInterrupt too
+            self.steps_conn = self.conn
             error = self.failed(exc)
             if error is None:
                 raise
@@ -812,7 +827,7 @@ class _SqlRun:
         self.on_step(step, "start", None)
         if not self.transactional:
             self.row_id = self.ledger_insert(step, "running", self.started)
-            self.conn.commit()
+            self.steps_conn.commit()
         return alembic_bridge.revision_step(self.rmap, step.revision, up, self.watched(fn),
                                             rev.doc)
 
@@ -843,7 +858,7 @@ class _SqlRun:
         if self.row_id is None:
             self.ledger_insert(step, started=self.started, **values)
         else:
-            self.conn.execute(_LEDGER_FINISH, dict(row_id=self.row_id, **values))
+            self.steps_conn.execute(_LEDGER_FINISH, dict(row_id=self.row_id, **values))
 
     def finished(self, step: Step) -> None:
         result = StepResult(step.service, step.revision, step.direction,
@@ -857,6 +872,7 @@ class _SqlRun:
     def steps_fn(self, _heads: Any, mctx: MigrationContext) -> Iterator[alembic_bridge.AlembicStep]:
         """The steps for Alembic's own loop, which writes the version table; the ledger
         row follows in `on_version_applied`, in the same transaction."""
+        self.steps_conn = mctx.connection if mctx.connection is not None else self.conn
         alembic_bridge.add_version_callback(mctx, self.on_version_applied)
         for step in self.steps:
             yield self.start(step)
@@ -917,9 +933,9 @@ class _SqlRun:
         that is updated later."""
         values = self.ledger_values(step, status=status, started_at=started, **extra)
         if status != "running":
-            self.conn.execute(_LEDGER_RECORD, values)
+            self.steps_conn.execute(_LEDGER_RECORD, values)
             return None
-        return self.conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
+        return self.steps_conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
 
     # -- failure ------------------------------------------------------------------------------
 
