@@ -27,7 +27,7 @@ from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
 from .retry import open_with_retries
 from .rules import check_state
 from .settings import ConnectSettings
-from .urls import remember_secret
+from .urls import remember_secret, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def _apply_parallel(
 ) -> RunReport:
     segs = [job.steps for job in jobs]
     waits = segment_waits(graph, segs)
+    _one_writer_per_file(jobs, waits)
     mp = _process_context()
     events: multiprocessing.queues.Queue[Event | None] = mp.Queue()
     drain = threading.Thread(target=_drain, args=(events, report), daemon=True)
@@ -202,6 +203,21 @@ def _apply_parallel(
     order = {s.key: n for n, s in enumerate(plan.steps)}
     run.results.sort(key=lambda r: order.get(Step(r.service, r.revision, r.direction).key, 0))
     return run
+
+
+def _one_writer_per_file(jobs: Sequence[SegmentJob], waits: list[set[int]]) -> None:
+    """SQLite has one writer at a time per file, and a writer that finds it taken fails
+    ("database is locked") rather than waits in many cases: segments of services that
+    share a file wait for the one before them, as segments of one service do."""
+    last: dict[str, int] = {}
+    for i, job in enumerate(jobs):
+        path = sqlite_file(job.config.database_url or "")
+        if path is None:
+            continue
+        key = str(path.resolve())
+        if key in last:
+            waits[i].add(last[key])
+        last[key] = i
 
 
 def _process_context() -> multiprocessing.context.BaseContext:
