@@ -10,8 +10,10 @@ from pathlib import Path
 
 from .audit import AuditLog
 from .backups import Manifest
+from .errors import Interrupted
 from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
 from .graph import undo_plan
+from .interrupts import stopping_on_signals
 from .model import Plan, ServiceConfig, StepResult
 from .project import Project
 from .questioner import NonInteractiveQuestioner, Questioner, confirm_plan
@@ -48,7 +50,23 @@ class MigrateResult:
             if self.undo.error is not None:
                 note += f" Could not roll back further: {self.undo.error}"
             error.args = (f"{error}{note}",)
+        if self.undo is not None:
+            for service in self.left_dirty():
+                error.args = (f"{error} {self._kept_note(service)}",)
         raise error
+
+    def _kept_note(self, service: str) -> str:
+        failed = next(r for r in self.report.results if r.service == service and r.dirty)
+        applied = [r.revision for r in self.report.results
+                   if r.service == service and r.outcome == "applied"]
+        then = (f", then roll back what this run applied there ({', '.join(applied)}) with "
+                f"`manage.py rollback {service}`" if applied else "")
+        return (f"Service '{service}' is left as it is, dirty at {failed.revision} (part of it "
+                f"may have run): check the database, run `manage.py repair {service}`{then}.")
+
+    def left_dirty(self) -> list[str]:
+        """The services whose failed step this run left dirty."""
+        return list(dict.fromkeys(r.service for r in self.report.results if r.dirty))
 
 
 def confirm_protected(
@@ -119,14 +137,21 @@ def run_plan(
     parallel = jobs if jobs is not None else settings.jobs
     if rollback_on_failure is None:
         rollback_on_failure = settings.rollback_on_failure
-    with audit.held_open():
-        run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report)
+    with audit.held_open(), stopping_on_signals() as stop:
+        run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report, stop)
         result = MigrateResult(steps, run)
-        if run.error is not None and rollback_on_failure:
-            undo = undo_plan(run.results)
+        if isinstance(run.error, Interrupted):
+            if rollback_on_failure:
+                log.warning("interrupted: nothing is rolled back (that is more work after being "
+                            "asked to stop); run `manage.py migrate` again, or roll back by hand")
+        elif run.error is not None and rollback_on_failure:
+            # A dirty service is left as it is: what its failed step left behind needs a
+            # person first (`repair`); every other service this run changed is rolled back.
+            dirty = set(result.left_dirty())
+            undo = undo_plan([r for r in run.results if r.service not in dirty])
             if undo.steps:
                 log.warning("rolling back the %d revision(s) this run applied", len(undo.steps))
-                result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report)
+                result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report, stop)
     return result
 
 
