@@ -340,12 +340,14 @@ def _apply_parallel(
             drain.start()
         drain.join()
         events.close()
+    order = {s.key: n for n, s in enumerate(plan.steps)}
+    interrupts.sort(key=lambda e: min((order.get(Step(r.service, r.revision, r.direction).key, 0)
+                                       for r in e.results if r.outcome == "failed"), default=0))
     if stop is not None and stop.signum is not None:
         run.error = _combined(stop.signum, interrupts)
     elif interrupts and run.error is None:
         run.error = interrupts[0]  # a worker was sent a signal of its own
     _not_run(run, jobs)
-    order = {s.key: n for n, s in enumerate(plan.steps)}
     run.results.sort(key=lambda r: order.get(Step(r.service, r.revision, r.direction).key, 0))
     if isinstance(run.error, Interrupted):
         run.error.results = run.results
@@ -353,17 +355,23 @@ def _apply_parallel(
 
 
 def _combined(signum: int, interrupts: Sequence[Interrupted]) -> Interrupted:
-    """One error for a parallel run that a signal stopped: each worker's interrupted step."""
+    """One error for a parallel run that a signal stopped, naming each worker's step."""
     stopped = [e for e in interrupts if e.service]
     if len(stopped) == 1:
-        one = stopped[0]
-        _set_signal(one, signum)
-        return one
+        _set_signal(stopped[0], signum)
+        return stopped[0]
     if not stopped:
         return _interrupted(signum, [])
-    what = "; ".join(str(e).rstrip(".") for e in stopped)
-    return Interrupted(f"Interrupted ({signal_name(signum)}) in {len(stopped)} services: {what}.",
-                       signum, stopped[0].service, stopped[0].revision)
+    steps = ", ".join(f"{e.service}:{e.revision}" for e in stopped)
+    dirty = [e.service for e in stopped if any(r.dirty for r in e.results)]
+    after = ("; part of them may have run in " + ", ".join(dirty) + ": check the database, then run "
+             + " and ".join(f"`manage.py repair {d}`" for d in dirty)) if dirty else (
+             "; nothing of them remains")
+    return Interrupted(
+        f"Interrupted ({signal_name(signum)}) while {len(stopped)} revisions ran: {steps}, each "
+        f"recorded as failed{after}.",
+        signum, stopped[0].service, stopped[0].revision,
+    )
 
 
 def _one_writer_per_file(jobs: Sequence[SegmentJob], waits: list[set[int]]) -> None:

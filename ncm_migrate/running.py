@@ -14,7 +14,7 @@ from .errors import Interrupted
 from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
 from .graph import undo_plan
 from .interrupts import stopping_on_signals
-from .model import Plan, ServiceConfig, StepResult
+from .model import Plan, RevisionKey, ServiceConfig, StepResult
 from .project import Project
 from .questioner import NonInteractiveQuestioner, Questioner, confirm_plan
 
@@ -29,6 +29,7 @@ class MigrateResult:
     plan: Plan
     report: RunReport = field(default_factory=RunReport)
     undo: RunReport | None = None
+    kept: list[str] = field(default_factory=list)  # not rolled back: a dirty service needs them
 
     @property
     def ok(self) -> bool:
@@ -50,9 +51,12 @@ class MigrateResult:
             if self.undo.error is not None:
                 note += f" Could not roll back further: {self.undo.error}"
             error.args = (f"{error}{note}",)
-        if self.undo is not None:
+        if self.undo is not None or self.kept:
             for service in self.left_dirty():
                 error.args = (f"{error} {self._kept_note(service)}",)
+        if self.kept:
+            error.args = (f"{error} Also not rolled back, as those revisions require them: "
+                          f"{', '.join(self.kept)}.",)
         raise error
 
     def _kept_note(self, service: str) -> str:
@@ -145,14 +149,29 @@ def run_plan(
                 log.warning("interrupted: nothing is rolled back (that is more work after being "
                             "asked to stop); run `manage.py migrate` again, or roll back by hand")
         elif run.error is not None and rollback_on_failure:
-            # A dirty service is left as it is: what its failed step left behind needs a
-            # person first (`repair`); every other service this run changed is rolled back.
+            kept = kept_by_dirty(project, run.results)
+            undo = undo_plan([r for r in run.results
+                              if RevisionKey(r.service, r.revision) not in kept])
             dirty = set(result.left_dirty())
-            undo = undo_plan([r for r in run.results if r.service not in dirty])
+            result.kept = [f"{r.service}:{r.revision}" for r in run.results
+                           if r.outcome == "applied" and r.service not in dirty
+                           and RevisionKey(r.service, r.revision) in kept]
             if undo.steps:
                 log.warning("rolling back the %d revision(s) this run applied", len(undo.steps))
                 result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report, stop)
+            elif dirty:
+                result.undo = RunReport()  # nothing to roll back: say so, and why
     return result
+
+
+def kept_by_dirty(project: Project, results: list[StepResult]) -> set[RevisionKey]:
+    """What rolling back must leave alone after a failure that left a service dirty: that
+    service's revisions (what its failed step left behind needs a person first: `repair`),
+    and every revision they require."""
+    dirty = {r.service for r in results if r.dirty}
+    keep = [RevisionKey(r.service, r.revision) for r in results
+            if r.service in dirty and r.outcome in ("applied", "failed")]
+    return project.graph.ancestors(keep, intra_only=False) if keep else set()
 
 
 def _ignore(_event: Event) -> None:
