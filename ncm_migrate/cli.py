@@ -34,7 +34,7 @@ from . import commands
 from .errors import BadInput, Interrupted, NcmError, ProblemsFound
 from .executor import Event, RunReport
 from .findings import Report
-from .interrupts import signal_name, stopping_on_signals
+from .interrupts import StopRequest, ignore_signals, signal_name, stopping_on_signals
 from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
 from .model import Plan, StepResult
 from .project import find_root
@@ -347,10 +347,10 @@ def _where_each_stands(error: NcmError) -> None:
     _write_plain(lines)
     dirty = list(dict.fromkeys(r.service for r in error.results if r.dirty))
     if dirty:
-        out.print(f"Run `manage.py migrate` to continue once {', '.join(dirty)} "
+        out.print(f"Run the same command again once {', '.join(dirty)} "
                   f"{'is' if len(dirty) == 1 else 'are'} repaired.", markup=False)
     elif isinstance(error, Interrupted):
-        out.print("Run `manage.py migrate` to continue.", markup=False)
+        out.print("Run the same command again to continue.", markup=False)
 
 
 def _run(call: Callable[[], MigrateResult], as_json: bool, quiet: bool) -> None:
@@ -358,28 +358,39 @@ def _run(call: Callable[[], MigrateResult], as_json: bool, quiet: bool) -> None:
     when an error stopped the run (the error then says why, and sets the exit code).
 
     Ctrl-C or SIGTERM stops the run once; a second one while it records where it stopped,
-    or while this prints, is only noted."""
-    with stopping_on_signals() as stop:
-        try:
-            result = call()
-        except KeyboardInterrupt:  # before the run began: planning, a prompt, a backup
-            signum = stop.signum or signal.SIGINT
-            raise Interrupted(f"Interrupted ({signal_name(signum)}) before any revision ran.",
-                              signum) from None
-        except NcmError as exc:
-            if as_json:
-                _json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results})
-            elif not quiet and exc.results:
-                _summary(RunReport(exc.results))
-                if isinstance(exc, Interrupted) or any(r.dirty for r in exc.results):
-                    _where_each_stands(exc)
-            raise
+    or while this prints, is only noted, and after that ignored until the process exits."""
+    stop = StopRequest()
+    try:
+        with stopping_on_signals() as stop:
+            _run_and_print(call, as_json, quiet, stop)
+    finally:
+        if stop.signum is not None:
+            ignore_signals()
+
+
+def _run_and_print(
+    call: Callable[[], MigrateResult], as_json: bool, quiet: bool, stop: StopRequest
+) -> None:
+    try:
+        result = call()
+    except KeyboardInterrupt:  # before the run began: planning, a prompt, a backup
+        signum = stop.signum or signal.SIGINT
+        raise Interrupted(f"Interrupted ({signal_name(signum)}) before any revision ran.",
+                          signum) from None
+    except NcmError as exc:
         if as_json:
-            _json({"ok": True, "error": None, "steps": result.results})
-        elif not quiet:
-            if not result.plan.steps:
-                out.print("Nothing to do: every service is at its target.")
-            _summary(result.report)
+            _json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results})
+        elif not quiet and exc.results:
+            _summary(RunReport(exc.results))
+            if isinstance(exc, Interrupted) or any(r.dirty for r in exc.results):
+                _where_each_stands(exc)
+        raise
+    if as_json:
+        _json({"ok": True, "error": None, "steps": result.results})
+    elif not quiet:
+        if not result.plan.steps:
+            out.print("Nothing to do: every service is at its target.")
+        _summary(result.report)
 
 
 @app.command("migrate")

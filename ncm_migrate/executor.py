@@ -107,6 +107,7 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
                 except NcmError as exc:
                     exc.results = _dirty_marked(skipped + exc.results, exc, backend)
                     if isinstance(exc, Interrupted):
+                        _stop_on_server(backend)
                         _set_signal(exc, _signum(stop, exc.signum))
                     raise
                 except KeyboardInterrupt:
@@ -167,6 +168,7 @@ def _record_interrupt(backend: Backend, job: SegmentJob, track: _Tracker, signum
     step = track.running
     if step is None:
         return _interrupted(signum, track.done)
+    _stop_on_server(backend)
     dirty = not backend.transactional
     recorded = _record_failed(backend, job, step)
     failed = StepResult(step.service, step.revision, step.direction, "failed",
@@ -177,6 +179,14 @@ def _record_interrupt(backend: Backend, job: SegmentJob, track: _Tracker, signum
     except Exception:  # the audit log or the terminal: the interruption is still reported
         log.exception("could not report the interrupted step %s:%s", step.service, step.revision)
     return _interrupted(signum, track.done, step, recorded)
+
+
+def _stop_on_server(backend: Backend) -> None:
+    try:
+        backend.interrupt()
+    except Exception:
+        log.exception("could not stop the interrupted statement of service '%s'",
+                      backend.config.name)
 
 
 def _record_failed(backend: Backend, job: SegmentJob, step: Step) -> str:
@@ -305,35 +315,42 @@ def _apply_parallel(
             max_workers=min(parallel, len(jobs)), mp_context=mp, initializer=_init_worker,
             initargs=(current_levels(), events, os.getpid(), stop_workers, stop_signum),
         ) as pool:
-            while pending or running:
-                stopping = stop is not None and stop.signum is not None
-                if stopping and not stop_workers.is_set():
-                    assert stop is not None and stop.signum is not None
-                    stop_signum.value = stop.signum
-                    stop_workers.set()
-                if run.error is None and not stopping:
-                    for i in [i for i in pending if waits[i] <= done]:
-                        if len(running) >= parallel:
-                            break
-                        pending.remove(i)
-                        running[pool.submit(_worker, jobs[i])] = i
-                if drain.ident is None:  # after the first workers are forked
-                    drain.start()
-                if not running:
-                    break
-                finished, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i = running.pop(fut)
-                    try:
-                        run.results.extend(fut.result())
-                        done.add(i)
-                    except Interrupted as exc:
-                        run.results.extend(_failed_results(exc))
-                        interrupts.append(exc)
-                    except NcmError as exc:
-                        run.results.extend(_failed_results(exc))
-                        if run.error is None:
-                            run.error = exc
+            try:
+                while pending or running:
+                    stopping = stop is not None and stop.signum is not None
+                    if stopping and not stop_workers.is_set():
+                        assert stop is not None and stop.signum is not None
+                        stop_signum.value = stop.signum
+                        stop_workers.set()
+                    if run.error is None and not stopping:
+                        for i in [i for i in pending if waits[i] <= done]:
+                            if len(running) >= parallel:
+                                break
+                            pending.remove(i)
+                            running[pool.submit(_worker, jobs[i])] = i
+                    if drain.ident is None:  # after the first workers are forked
+                        drain.start()
+                    if not running:
+                        break
+                    finished, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        i = running.pop(fut)
+                        try:
+                            run.results.extend(fut.result())
+                            done.add(i)
+                        except Interrupted as exc:
+                            run.results.extend(_failed_results(exc))
+                            interrupts.append(exc)
+                        except NcmError as exc:
+                            run.results.extend(_failed_results(exc))
+                            if run.error is None:
+                                run.error = exc
+            except BaseException:
+                # Not a signal this run handles (none was given it): its workers must not
+                # go on without it while the pool waits for them on the way out.
+                stop_signum.value = stop_signum.value or signal.SIGINT
+                stop_workers.set()
+                raise
     finally:
         events.put(None)
         if drain.ident is None:

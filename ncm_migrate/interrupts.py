@@ -101,6 +101,13 @@ def stopping_on_signals() -> Iterator[StopRequest]:
             signal.signal(number, handler)
 
 
+def ignore_signals() -> None:
+    """SIGINT and SIGTERM ignored from now on (a command that was stopped, on its way out)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 class WorkerGuard:
     """In a worker process: SIGINT and SIGTERM interrupt the segment it runs (and are ignored
     while it waits for work: its parent decides); a watchdog thread interrupts it too when

@@ -140,6 +140,9 @@ class MongoBackend:
         if self._client is None:
             self._client = connect(self.config, self._timeout)
 
+    def interrupt(self) -> None:
+        """Nothing to stop: an operation ends with its client (closed by `close`)."""
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -318,9 +318,11 @@ def test_rollback_on_failure_undoes_the_other_services_when_the_failing_one_is_d
         raise RuntimeError('boom')
     """)
     repo.settings(f'[development]\ndatabase_url = "{mysql_url}"\n')
-    run = repo.run("migrate", "--jobs", "2", "--rollback-on-failure", "--json")
+    # a, then z: rolling back starts with z's revision, which the dirty mark refused, and
+    # stopped there before a's.
+    run = repo.run("migrate", "--rollback-on-failure", "--json")
     assert run.code == 1, run.output
-    assert "Traceback" not in run.output
+    assert "Traceback" not in run.output, run.output
     report = json.loads(run.stdout)
     outcomes = {(s["service"], s["revision"], s["direction"]): s["outcome"] for s in report["steps"]}
     assert outcomes[("a", "0001_a", "down")] == "reverted"
@@ -352,3 +354,37 @@ def test_rollback_on_failure_keeps_what_the_dirty_service_requires(
     assert "Also not rolled back, as those revisions require them: a:0001_a." in message
     assert version_heads(mysql_url, "alembic_version_a") == {"0001_a"}
     assert version_heads(mysql_url, "alembic_version_b") == set()
+
+
+def test_mariadb_stops_the_interrupted_statement_on_the_server(tmp_path: Path, mysql_url: str) -> None:
+    """MySQL runs a statement to its end after its client is gone (an ALTER TABLE would go
+    on after the run said it stopped): the interrupted session is killed, so nothing of
+    this run still runs there, and its lock is free."""
+    import sqlalchemy as sa
+
+    repo = Monorepo(tmp_path / "r")
+    repo.root.mkdir()
+    repo.revision("billing", "0001_sleep", upgrade=f"""
+        import pathlib
+        pathlib.Path({str(repo.root / 'ready')!r}).write_text('started')
+        op.execute('SELECT SLEEP({TIMEOUT_S * 2})')
+    """)
+    repo.settings(f'[development]\ndatabase_url = "{mysql_url}"\n[development.lock]\ntimeout_s = 5\n')
+    with started(repo, "migrate", ready=["ready"]) as proc:
+        proc.send_signal(signal.SIGTERM)
+        code, out, err = finish(proc)
+    assert code == 143, out + err
+    assert "Traceback" not in out + err
+    database = sa.engine.make_url(mysql_url).database
+    engine = sa.create_engine(mysql_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            still = conn.execute(sa.text(
+                "SELECT info FROM information_schema.processlist WHERE db = :db AND info LIKE 'SELECT SLEEP%'"
+            ), {"db": database}).all()
+    finally:
+        engine.dispose()
+    assert still == []
+    assert statuses(mysql_url, "billing")[-1] == ("0001_sleep", "failed")
+    again = repo.run("migrate")
+    assert again.code == 1 and "manage.py repair billing" in again.stderr  # dirty, not a held lock
