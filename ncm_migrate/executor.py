@@ -105,7 +105,7 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
                 try:
                     return skipped + backend.apply(todo, job.revisions, job.ctx, job.fake, track)
                 except NcmError as exc:
-                    exc.results = _dirty_marked(skipped + exc.results, exc, backend)
+                    exc.results = _dirty_marked(skipped + exc.results, backend, job)
                     if isinstance(exc, Interrupted):
                         _stop_on_server(backend)
                         _set_signal(exc, _signum(stop, exc.signum))
@@ -143,11 +143,20 @@ def _signum(stop: StopRequest | None, default: int = signal.SIGINT) -> int:
     return stop.signum if stop is not None and stop.signum is not None else default
 
 
-def _dirty_marked(results: list[StepResult], exc: NcmError, backend: Backend) -> list[StepResult]:
-    """The failed step marked dirty where its database cannot roll DDL back."""
-    if backend.transactional:
-        return results
-    return [replace(r, dirty=True) if r.outcome == "failed" else r for r in results]
+def _dirty_marked(results: list[StepResult], backend: Backend, job: SegmentJob) -> list[StepResult]:
+    """The failed step marked dirty if it left its service dirty."""
+    return [replace(r, dirty=True) if r.outcome == "failed" and _left_dirty(backend, job, r.revision)
+            else r for r in results]
+
+
+def _left_dirty(backend: Backend, job: SegmentJob, revision: str) -> bool:
+    """Whether a failed step left its service dirty, as its database now says (a MongoDB
+    revision in a transaction does not); where that cannot be read (the connection was
+    cut), as the kind of database says."""
+    try:
+        return backend.read_state(job.revisions).dirty == revision
+    except Exception:
+        return not backend.transactional
 
 
 def _set_signal(exc: Interrupted, signum: int) -> None:
@@ -169,8 +178,8 @@ def _record_interrupt(backend: Backend, job: SegmentJob, track: _Tracker, signum
     if step is None:
         return _interrupted(signum, track.done)
     _stop_on_server(backend)
-    dirty = not backend.transactional
     recorded = _record_failed(backend, job, step)
+    dirty = _left_dirty(backend, job, step.revision)
     failed = StepResult(step.service, step.revision, step.direction, "failed",
                         (time.perf_counter() - track.t0) * 1000,
                         f"interrupted ({signal_name(signum)})", dirty)
