@@ -283,7 +283,6 @@ class SqlBackend:
         self._aengine: AsyncEngine | None = None
         self._aconn: AsyncConnection | None = None
         self._inside_driver = False
-        self._session_id: int | None = None  # MySQL's CONNECTION_ID(), read with the lock
 
     # -- connection -------------------------------------------------------------
 
@@ -367,31 +366,6 @@ class SqlBackend:
             self._engine.dispose()
             self._engine = None
 
-    def interrupt(self) -> None:
-        """MySQL runs a statement to its end after its client was interrupted (an ALTER
-        TABLE would go on changing the table after the run said it stopped), and the
-        connection may be cut mid-reply: its session is killed from another connection,
-        which stops the statement and frees its lock."""
-        session, self._session_id = self._session_id, None
-        if session is None or self.dialect not in ("mysql", "mariadb"):
-            return
-        assert self.config.database_url is not None
-        engine = create_engine(self.config.database_url, self._timeout)
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql(f"KILL {int(session)}")
-        except sa.exc.DBAPIError as exc:
-            log.warning("service '%s': could not stop the interrupted statement on the server: %s",
-                        self.config.name, _short(exc))
-        finally:
-            engine.dispose()
-        if self._conn is not None and not self._async:
-            # Dropped without the rollback that closing sends: on a session the kill did
-            # not reach, that would wait for the statement to finish.
-            with contextlib.suppress(Exception):
-                self._conn.invalidate()
-            self._conn = None
-
     # -- lock ---------------------------------------------------------------------
 
     @contextmanager
@@ -419,14 +393,13 @@ class SqlBackend:
             finally:
                 self._release(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         elif dialect in ("mysql", "mariadb"):
-            db, self._session_id = self._in_driver(
-                lambda: tuple(conn.exec_driver_sql("SELECT DATABASE(), CONNECTION_ID()").one())
-            )
-            mname = lock_name(str(db or ""), name)
+            db = self._in_driver(lambda: conn.exec_driver_sql("SELECT DATABASE()").scalar()) or ""
+            mname = lock_name(str(db), name)
 
             def try_my() -> bool:
                 got = conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": mname}).scalar()
                 conn.commit()
+                self._session_id = _thread_id(conn)
                 return got == 1
 
             wait_for(lambda: self._in_driver(try_my), timeout_s, what)
@@ -584,6 +557,32 @@ class SqlBackend:
         except sa.exc.DBAPIError:
             conn.rollback()
             return False, ()
+
+    # MySQL: the session that took this service's lock, to stop should a signal cut it short
+    # (SQLAlchemy then drops that connection, and `conn` would be a new one).
+    _session_id: int | None = None
+
+    def interrupt(self) -> None:
+        """MySQL runs a statement to its end after its client was interrupted (an ALTER
+        TABLE would go on changing the table after the run said it stopped, holding the
+        lock): the session is killed from another connection; its connection is dropped."""
+        session, self._session_id = self._session_id, None
+        if self.dialect not in ("mysql", "mariadb"):
+            return
+        if self._conn is not None and not self._async:
+            # Dropped without the rollback that closing sends: on a session the kill did
+            # not reach, that would wait for the statement to finish.
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+            self._conn = None
+        if session is None:
+            return
+        try:
+            with self._engine_().connect() as killer:
+                killer.exec_driver_sql(f"KILL {int(session)}")
+        except sa.exc.DBAPIError as exc:
+            log.warning("service '%s': could not stop the interrupted statement on the server: "
+                        "%s", self.config.name, _short(exc))
 
     # -- applying -----------------------------------------------------------------
 
@@ -952,6 +951,13 @@ class SqlBackend:
                     f"({type(exc).__name__}: {cause}); `migrate -v` shows its SQL as it runs."
                 ) from None
         return buffer.getvalue()
+
+
+def _thread_id(conn: Connection) -> int | None:
+    """The MySQL session of `conn` (PyMySQL's and mysqlclient's public `thread_id()`: its
+    CONNECTION_ID(), read without a query); None for drivers without it."""
+    thread_id = getattr(conn.connection.dbapi_connection, "thread_id", None)
+    return int(thread_id()) if callable(thread_id) else None
 
 
 def _down(rev: Revision) -> str | tuple[str, ...] | None:
