@@ -143,7 +143,7 @@ def test_a_signal_mid_revision_stops_the_run_and_says_where_each_service_stands(
     assert f"Interrupted by {name}. Where each service stands:" in out
     assert "billing: applied: 0001_a; 0002_slow interrupted" in out
     assert "not run: 0003_c" in out and "users: not run: 0001_u" in out
-    assert f"Error: Revision billing:0002_slow was interrupted ({name})" in err
+    assert "Error: Revision billing:0002_slow was interrupted" in err and f"({name})" in err
     if mysql:  # DDL commits on its own: the table of the half-run revision stays, and says so
         assert "DIRTY" in out and "`manage.py repair billing`" in out + err
         assert "t_slow" in tables(db_url)
@@ -158,7 +158,7 @@ def test_a_signal_mid_revision_stops_the_run_and_says_where_each_service_stands(
     assert rows[-1] == ("0002_slow", "failed")
     assert statuses(db_url, "users") == []
     assert [e["outcome"] for e in audit_of(repo, "0002_slow")] == ["failed"]
-    assert f"interrupted ({name})" in str(audit_of(repo, "0002_slow")[0]["detail"])
+    assert "interrupt" in str(audit_of(repo, "0002_slow")[0]["detail"]).lower()
 
     # What is left is consistent: a transactional database migrates on; MariaDB refuses the
     # dirty service until it is repaired.
@@ -191,12 +191,21 @@ def test_signals_while_it_stops_leave_no_traceback(tmp_path: Path, sqlite_url: s
     assert statuses(sqlite_url, "billing")[-1] == ("0002_slow", "failed")
 
 
-@pytest.mark.parametrize("group", [False, True], ids=["parent", "process-group"])
-def test_jobs_a_signal_stops_every_worker_and_the_parent_sums_up(tmp_path: Path, group: bool) -> None:
+@pytest.mark.parametrize(("group", "kind"), [(False, "sqlite"), (True, "sqlite"), (False, "postgresql")],
+                         ids=["parent-sqlite", "process-group-sqlite", "parent-postgresql"])
+def test_jobs_a_signal_stops_every_worker_and_the_parent_sums_up(
+    tmp_path: Path, group: bool, kind: str, request: pytest.FixtureRequest
+) -> None:
     """SIGTERM to the parent alone (docker stop, Kubernetes): it tells its workers. Ctrl-C at a
     terminal reaches the whole process group: the workers stop on their own signal."""
-    urls = {s: f"sqlite:///{tmp_path / f'{s}.db'}" for s in "abc"}
+    if kind == "sqlite":
+        urls = {s: f"sqlite:///{tmp_path / f'{s}.db'}" for s in "abc"}
+    else:
+        url = request.getfixturevalue("pg_url")
+        urls = dict.fromkeys("abc", url)
     repo = parallel_repo(tmp_path / "r", urls)
+    if kind != "sqlite":  # one database: each service gets its own version table
+        repo.settings(f'[development]\ndatabase_url = "{url}"\n[development.audit]\nlog_path = "audit.jsonl"\n')
     signum = signal.SIGINT if group else signal.SIGTERM
     name = signal.Signals(signum).name
     with started(repo, "migrate", "--jobs", "3", ready=["ready_a", "ready_b"]) as proc:
@@ -216,7 +225,8 @@ def test_jobs_a_signal_stops_every_worker_and_the_parent_sums_up(tmp_path: Path,
     assert f"Error: Interrupted ({name}) while 2 revisions ran: a:0002_a, b:0002_b" in err
     for s in "ab":
         assert statuses(urls[s], s) == [(f"0001_{s}", "applied"), (f"0002_{s}", "failed")]
-        assert version_heads(urls[s]) == {f"0001_{s}"}
+        table = "alembic_version" if kind == "sqlite" else f"alembic_version_{s}"
+        assert version_heads(urls[s], table) == {f"0001_{s}"}
         assert [e["outcome"] for e in audit_of(repo, f"0002_{s}")] == ["failed"]
     assert statuses(urls["c"], "c") == []
 
