@@ -188,6 +188,7 @@ def test_signals_while_it_stops_leave_no_traceback(tmp_path: Path, sqlite_url: s
     assert code == 130, out + err
     assert "Traceback" not in out + err
     assert "Interrupted by SIGINT" in out
+    assert "SIGTERM received: already stopping" in err  # the first one is what stopped it
     assert statuses(sqlite_url, "billing")[-1] == ("0002_slow", "failed")
 
 
