@@ -308,10 +308,9 @@ def _apply_parallel(
     _one_writer_per_file(jobs, waits)
     mp = _process_context()
     events: multiprocessing.queues.Queue[Event | None] = mp.Queue()
-    # Set when this process is asked to stop: each worker's watchdog then interrupts the
-    # segment it runs, with the signal this process received.
-    stop_workers = mp.Event()
-    stop_signum = mp.Value("i", 0)
+    # The signal this process received, once it did: each worker's watchdog then interrupts
+    # the segment it runs with it.
+    stop_workers = mp.RawValue("i", 0)
     drain = threading.Thread(target=_drain, args=(events, report), daemon=True)
     done: set[int] = set()
     running: dict[Future[list[StepResult]], int] = {}
@@ -322,15 +321,14 @@ def _apply_parallel(
     try:
         with deferred, ProcessPoolExecutor(
             max_workers=min(parallel, len(jobs)), mp_context=mp, initializer=_init_worker,
-            initargs=(current_levels(), events, os.getpid(), stop_workers, stop_signum),
+            initargs=(current_levels(), events, os.getpid(), stop_workers),
         ) as pool:
             try:
                 while pending or running:
                     stopping = stop is not None and stop.signum is not None
-                    if stopping and not stop_workers.is_set():
+                    if stopping and not stop_workers.value:
                         assert stop is not None and stop.signum is not None
-                        stop_signum.value = stop.signum
-                        stop_workers.set()
+                        stop_workers.value = stop.signum
                     if run.error is None and not stopping:
                         for i in [i for i in pending if waits[i] <= done]:
                             if len(running) >= parallel:
@@ -357,8 +355,7 @@ def _apply_parallel(
             except BaseException:
                 # Not a signal this run handles (none was given it): its workers must not
                 # go on without it while the pool waits for them on the way out.
-                stop_signum.value = stop_signum.value or signal.SIGINT
-                stop_workers.set()
+                stop_workers.value = stop_workers.value or signal.SIGINT
                 raise
     finally:
         events.put(None)
@@ -433,12 +430,11 @@ def _init_worker(
     events: multiprocessing.queues.Queue[Event | None],
     parent_pid: int,
     stop: Any,
-    stop_signum: Any,
 ) -> None:
     global _events, _guard
     configure_logging(levels)
     _events = events
-    _guard = WorkerGuard(parent_pid, stop, stop_signum)
+    _guard = WorkerGuard(parent_pid, stop)
     _guard.install()
 
 

@@ -111,12 +111,14 @@ def ignore_signals() -> None:
 class WorkerGuard:
     """In a worker process: SIGINT and SIGTERM interrupt the segment it runs (and are ignored
     while it waits for work: its parent decides); a watchdog thread interrupts it too when
-    the parent sets `stop` or dies, and ends an idle worker whose parent died."""
+    the parent asks (sets `stop` to the signal it received) or dies, and ends an idle worker
+    whose parent died."""
 
-    def __init__(self, parent_pid: int, stop: Any, stop_signum: Any) -> None:
+    def __init__(self, parent_pid: int, stop: Any) -> None:
         self.parent_pid = parent_pid
-        self.stop = stop  # a multiprocessing Event the parent sets
-        self.stop_signum = stop_signum  # a multiprocessing Value: which signal it received
+        # A multiprocessing RawValue("i"): read without a lock, which a parent killed while
+        # holding it would hold forever.
+        self.stop = stop
         self.request = StopRequest()
         self.request.active = False
         self._main = threading.main_thread().ident
@@ -137,9 +139,7 @@ class WorkerGuard:
         """The signal to stop with, when the parent asked or died."""
         if self.parent_gone:
             return int(signal.SIGTERM)
-        if self.stop.is_set():
-            return int(self.stop_signum.value) or int(signal.SIGTERM)
-        return None
+        return int(self.stop.value) or None
 
     @contextmanager
     def running(self) -> Iterator[StopRequest]:
