@@ -23,6 +23,10 @@ POLL_S = 0.1
 
 
 def signal_name(signum: int) -> str:
+    """How messages name a signal: Ctrl-C for SIGINT (as the backends say for a
+    `KeyboardInterrupt`), else its name."""
+    if signum == signal.SIGINT:
+        return "Ctrl-C"
     try:
         return signal.Signals(signum).name
     except ValueError:

@@ -581,6 +581,8 @@ class SqlBackend:
             with self._engine_().connect() as killer:
                 killer.exec_driver_sql(f"KILL {int(session)}")
         except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "args", (None,))[:1] == (1094,):  # no such session: it ended
+                return
             log.warning("service '%s': could not stop the interrupted statement on the server: "
                         "%s", self.config.name, _short(exc))
 
