@@ -111,11 +111,15 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
                         _set_signal(exc, _signum(stop, exc.signum))
                     raise
                 except KeyboardInterrupt:
+                    if track.running is None and not _signalled(stop):
+                        raise  # no step under way, and not a signal: the caller's own
                     # The backend let the interrupt through: record the step it stopped.
                     raise _record_interrupt(backend, job, track, _signum(stop)) from None
         finally:
             backend.close()
     except KeyboardInterrupt:  # connecting, waiting for the lock, reading state: no step ran
+        if not _signalled(stop):
+            raise
         raise _interrupted(_signum(stop), track.done) from None
 
 
@@ -137,6 +141,12 @@ class _Tracker:
             if result is not None:
                 self.done.append(result)
         self.report(Event("start" if phase == "start" else "done", step, result))
+
+
+def _signalled(stop: StopRequest | None) -> bool:
+    """Whether a signal this run handles stopped it (not a `KeyboardInterrupt` that a
+    caller's callback raised, which goes on up as it is when no step is under way)."""
+    return stop is not None and stop.signum is not None
 
 
 def _signum(stop: StopRequest | None, default: int = signal.SIGINT) -> int:
@@ -287,6 +297,8 @@ def apply_plan(
                 run.error = exc
                 break
             except KeyboardInterrupt:  # between two segments
+                if not _signalled(stop):
+                    raise
                 run.error = _interrupted(_signum(stop), [])
                 break
         _not_run(run, jobs)
