@@ -86,7 +86,7 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
     that was running as failed and raises `Interrupted` with what was done before it.
     """
     remember_secret(job.config.database_url)
-    backend = make_backend(job.config, job.connect.timeout_s, job.lock_lease_s)
+    backend = _backend(job)
     track = _Tracker(report)
     try:
         open_with_retries(backend, job.connect)
@@ -121,6 +121,10 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
         if not _signalled(stop):
             raise
         raise _interrupted(_signum(stop), track.done) from None
+
+
+def _backend(job: SegmentJob) -> Backend:
+    return make_backend(job.config, job.connect.timeout_s, job.lock_lease_s)
 
 
 class _Tracker:
@@ -217,7 +221,7 @@ def _record_failed(backend: Backend, job: SegmentJob, step: Step) -> str:
         return ""
     except Exception as exc:
         log.debug("recording on the run's connection failed: %s", exc)
-    fresh = make_backend(job.config, job.connect.timeout_s, job.lock_lease_s)
+    fresh = _backend(job)
     try:
         fresh.open()
         fresh.record(step.revision, step.direction, "failed", checksum, job.ctx)
