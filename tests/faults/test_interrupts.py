@@ -403,3 +403,44 @@ def test_mariadb_stops_the_interrupted_statement_on_the_server(tmp_path: Path, m
     assert statuses(mysql_url, "billing")[-1] == ("0001_sleep", "failed")
     again = repo.run("migrate")
     assert again.code == 1 and "manage.py repair billing" in again.stderr  # dirty, not a held lock
+
+
+def test_json_output_of_an_interrupted_run(tmp_path: Path, sqlite_url: str) -> None:
+    repo = serial_repo(tmp_path / "r", sqlite_url)
+    with started(repo, "migrate", "--json", ready=["ready_billing"]) as proc:
+        proc.send_signal(signal.SIGTERM)
+        code, out, err = finish(proc)
+    assert code == 143, out + err
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert "billing:0002_slow was interrupted" in report["error"]
+    steps = {(s["service"], s["revision"]): (s["outcome"], s["dirty"]) for s in report["steps"]}
+    assert steps == {
+        ("billing", "0001_a"): ("applied", False),
+        ("billing", "0002_slow"): ("failed", False),
+        ("billing", "0003_c"): ("not-run", False),
+        ("users", "0001_u"): ("not-run", False),
+    }
+
+
+def test_rollback_interrupted_mid_downgrade(tmp_path: Path, db_url: str) -> None:
+    """`rollback` stops the same way: the downgrade that was running is recorded as failed."""
+    repo = Monorepo(tmp_path / "r")
+    repo.root.mkdir()
+    block = repo.root / "block"
+    repo.table("billing", "0001_a", "t_a")
+    repo.revision("billing", "0002_slow", down="0001_a", upgrade="pass",
+                  downgrade=blocking(repo.root / "ready", block, "t_undo"))
+    repo.settings(f'[development]\ndatabase_url = "{db_url}"\n')
+    assert repo.run("migrate").code == 0
+    block.touch()
+    with started(repo, "rollback", "billing", "--steps", "2", ready=["ready"]) as proc:
+        proc.send_signal(signal.SIGTERM)
+        code, out, err = finish(proc)
+    assert code == 143, out + err
+    assert "Traceback" not in out + err
+    assert "Interrupted by SIGTERM. Where each service stands:" in out
+    assert "billing: 0002_slow interrupted" in out and "not run: 0001_a" in out
+    assert statuses(db_url, "billing")[-1] == ("0002_slow", "failed")
+    if not db_url.startswith("mysql"):
+        assert version_heads(db_url, "alembic_version_billing") == {"0002_slow"}
