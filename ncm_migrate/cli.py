@@ -322,10 +322,10 @@ def _where_each_stands(error: NcmError) -> None:
     lines = []
     for service, results in by_service.items():
         parts = []
-        applied = [r.revision for r in results if r.outcome in ("applied", "reverted", "faked")]
-        if applied:
-            parts.append(f"{'applied' if results[0].direction == 'up' else 'done'}: "
-                         f"{', '.join(applied)}")
+        for outcome in ("applied", "reverted", "faked"):
+            done = [r.revision for r in results if r.outcome == outcome]
+            if done:
+                parts.append(f"{outcome}: {', '.join(done)}")
         for r in results:
             if r.outcome != "failed":
                 continue
