@@ -444,3 +444,14 @@ def test_rollback_interrupted_mid_downgrade(tmp_path: Path, db_url: str) -> None
     assert statuses(db_url, "billing")[-1] == ("0002_slow", "failed")
     if not db_url.startswith("mysql"):
         assert version_heads(db_url, "alembic_version_billing") == {"0002_slow"}
+
+
+def test_async_twin_with_jobs(tmp_path: Path) -> None:
+    """`amigrate(jobs=2)`: worker processes started from the twin's worker thread."""
+    repo = Monorepo(tmp_path / "r")
+    repo.root.mkdir()
+    repo.table("a", "0001_a", "t_a")
+    repo.table("b", "0001_b", "t_b")
+    repo.urls({s: f"sqlite:///{tmp_path / f'{s}.db'}" for s in "ab"})
+    result = asyncio.run(ncm_migrate.amigrate(root=repo.root, jobs=2))
+    assert sorted((r.service, r.outcome) for r in result.results) == [("a", "applied"), ("b", "applied")]
