@@ -27,6 +27,7 @@ from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+from .backends.retry import open_with_retries
 from .backends.sql import SqlBackend, create_engine
 from .errors import MigrationFailed, NcmError
 from .executor import segments
@@ -36,7 +37,6 @@ from .ledger import run_context
 from .metadata import load_models_metadata
 from .model import Plan, ServiceConfig, ServiceState, Step, StepResult
 from .project import Project
-from .retry import open_with_retries
 from .urls import is_async, sync_equivalent
 
 log = logging.getLogger(__name__)

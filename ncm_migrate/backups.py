@@ -25,6 +25,7 @@ from .errors import BackupFailed, BackupInvalid, SettingsError, ToolMissing
 from .ledger import tool_version, utcnow
 from .model import ServiceConfig
 from .sql_backup import program as program
+from .urls import dialect_of
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,6 @@ def default_dir(base: Path, environment: str, service: str) -> Path:
     return folder
 
 
-def dialect_of(config: ServiceConfig) -> str:
-    if config.backend == "mongo":
-        return "mongodb"
-    from sqlalchemy.engine import make_url
-
-    assert config.database_url is not None
-    name = make_url(config.database_url).get_backend_name()
-    return "mysql" if name == "mariadb" else name
-
-
 def backup_database(
     config: ServiceConfig,
     out_dir: Path,
@@ -103,7 +94,7 @@ def backup_database(
     """
     out_dir = Path(out_dir)
     fernet = _fernet(encryption_key) if encryption_key else None
-    dialect = dialect_of(config)
+    dialect = dialect_of(config.database_url or "")
     made = _make_folder(out_dir)
     try:
         files = _dump(config, dialect, out_dir, lock_timeout_s)
@@ -244,7 +235,7 @@ def restore_database(
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    dialect = dialect_of(config)
+    dialect = dialect_of(config.database_url or "")
     if manifest.service != config.name:
         raise BackupInvalid(
             f"{folder} is a backup of service '{manifest.service}', not '{config.name}'."

@@ -32,12 +32,12 @@ from rich.table import Table
 
 from . import commands
 from .errors import BadInput, Interrupted, NcmError, ProblemsFound
-from .executor import Event, RunReport
+from .events import Event, RunReport
 from .findings import Report
 from .interrupts import StopRequest, ignore_signals, signal_name, stopping_on_signals
+from .loader import find_root
 from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
 from .model import Plan, StepResult
-from .project import find_root
 from .questioner import Questioner, questioner_for
 from .running import MigrateResult
 from .service_commands import ServiceCommand, find_service_commands, load_service_command

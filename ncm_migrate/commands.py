@@ -16,21 +16,20 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import health
 from .audit import AuditLog
+from .backends import open_backend
 from .backups import Manifest
 from .errors import BadInput, NcmError, RevisionFileError
-from .executor import (
-    Reporter,
-    open_backend,
-    segments,
-)
+from .events import Reporter
+from .executor import segments
 from .findings import Report
 from .graph import (
     plan_upgrade,
     upgrade_targets,
 )
+from .loader import PathArg, as_path, load_project, project_root
 from .model import LedgerRow, Plan, ServiceConfig, ServiceState
 from .planning import left_out, plan_migrate, plan_rollback, read_states
-from .project import PathArg, Project, as_path, load_project, project_root
+from .project import Project
 from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
 from .running import MigrateResult, confirm_protected, run_plan, take_backup
@@ -379,7 +378,7 @@ def wait(
     `connect.max_wait_s`); the seconds each took. `DatabaseUnreachable` (exit 4) otherwise."""
     project = load_project(root, env, settings_dir)
     budget = project.settings.connect.max_wait_s if timeout is None else timeout
-    return health.wait_for(project, project.select(services), budget)
+    return health.wait_for_databases(project, project.select(services), budget)
 
 
 def doctor(

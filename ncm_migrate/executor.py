@@ -19,49 +19,25 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .backends import Backend, make_backend
+from .backends.retry import open_with_retries
+from .config import ConnectSettings
 from .errors import Interrupted, NcmError
+from .events import Event, Reporter, RunReport
 from .graph import Graph
 from .interrupts import POLL_S, StopRequest, WorkerGuard, signal_name
 from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
-from .retry import open_with_retries
 from .rules import check_state
-from .settings import ConnectSettings
 from .urls import remember_secret, sqlite_file
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress: the plan about to run (`plan`), or one step that started or finished."""
-
-    kind: Literal["plan", "start", "done"]
-    step: Step | None = None
-    result: StepResult | None = None
-    plan: Plan | None = None
-
-
-Reporter = Callable[[Event], None]
-
-
-@dataclass
-class RunReport:
-    """Every step's outcome, and the error that stopped the run, if one did."""
-
-    results: list[StepResult] = field(default_factory=list)
-    error: NcmError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -486,9 +462,3 @@ def _not_run(run: RunReport, jobs: list[SegmentJob]) -> None:
         for step in job.steps:
             if (step.service, step.revision, step.direction) not in seen:
                 run.results.append(StepResult(step.service, step.revision, step.direction, "not-run"))
-
-
-def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
-    backend = make_backend(config, connect.timeout_s)
-    open_with_retries(backend, connect)
-    return backend

@@ -1,12 +1,13 @@
 """What `validate`, `lint` and `check` report: findings, and the exit code they add up to.
 
-Pure values: no I/O.
+Pure values: no I/O beyond resolving a path that is not plainly under the root.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Severity = Literal["error", "warning"]
@@ -30,6 +31,21 @@ class Finding:
 
     def where(self) -> str:
         return f"{self.file}:{self.line}" if self.line else self.file
+
+
+def relative_file(path: Path, root: Path | None) -> str:
+    """`path` as a finding names it: relative to the project's `root` when inside it, else
+    whole (as given when `root` is None)."""
+    if root is None:
+        return str(path)
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        pass
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)

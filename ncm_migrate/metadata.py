@@ -62,5 +62,5 @@ def _metadata_of(module: ModuleType, attr: str, path: Path, setting: str = "") -
 def _load(path: Path, service: str) -> ModuleType:
     try:
         return import_file(path, f"ncm_models_{service}")
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # user code: sys.exit() is a failed import too
         raise SettingsError(f"{path} failed to import: {type(exc).__name__}: {exc}.") from exc

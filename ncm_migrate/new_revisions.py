@@ -19,10 +19,12 @@ from pathlib import Path
 
 from .autogen import Changes, detect_changes
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
-from .errors import BadInput, ModelsChanged, MultipleHeads, RevisionFileError
-from .model import MIGRATION_TYPES, ServiceConfig
+from .errors import BadInput, ModelsChanged, RevisionFileError
+from .model import MIGRATION_TYPES, ServiceConfig, split_reference
 from .project import Project
+from .rules import heads_findings, raise_first
 from .templates import RevisionText, render_revision
+from .urls import dialect_of
 
 log = logging.getLogger(__name__)
 _NUMBERED = re.compile(r"^(\d+)_")
@@ -111,7 +113,7 @@ def make_migrations(
                 migration_type=migration_type,
                 service=svc.name,
                 backend=svc.backend,
-                dialect=dialect_of(svc),
+                dialect=template_dialect(svc),
                 create_date=_now(),
                 down_revision=down,
                 requires=tuple(requires),
@@ -172,7 +174,7 @@ def make_merge(
         migration_type="merge",
         service=svc.name,
         backend=svc.backend,
-        dialect=dialect_of(svc),
+        dialect=template_dialect(svc),
         create_date=_now(),
         down_revision=heads,
     )
@@ -197,8 +199,8 @@ def next_revision_id(config: ServiceConfig, existing: Iterable[str], slug: str) 
 
 def resolve_requires(project: Project, spec: str, services: Sequence[str]) -> str:
     """`SVC:REV` (a unique prefix of the id is enough) as `SVC:<full id>`."""
-    svc, sep, ident = spec.partition(":")
-    if not sep or not svc or not ident:
+    svc, ident = split_reference(spec)
+    if not svc or not ident:
         raise BadInput(f"--requires '{spec}' must be written as SERVICE:REVISION, e.g. users:0002.")
     project.service(svc)
     if svc in services:
@@ -214,23 +216,15 @@ def slugify(text: str) -> str:
     return _SLUG_CHARS.sub("_", text.lower()).strip("_")
 
 
-def dialect_of(config: ServiceConfig) -> str:
-    """`postgresql`, `mysql`, `sqlite` or `mongo`: what the service runs on here."""
-    if config.backend == "mongo":
-        return "mongo"
-    url = config.database_url or ""
-    name = url.split("://", 1)[0].split("+", 1)[0].lower()
-    return "mysql" if name == "mariadb" else name
+def template_dialect(config: ServiceConfig) -> str:
+    """The `dialect` a revision template is given: the URL's (`urls.dialect_of`:
+    `postgresql`, `mysql`, `sqlite`), or `mongo` for a MongoDB service."""
+    return "mongo" if config.backend == "mongo" else dialect_of(config.database_url or "")
 
 
 def _base_of(project: Project, svc: ServiceConfig) -> tuple[str, ...]:
     """The revision a new one follows: the service's single head."""
-    conflicting = project.graph.conflicting_heads(svc.name)
-    if conflicting:
-        raise MultipleHeads(
-            f"Service '{svc.name}' has several heads that fork without a merge: "
-            f"{', '.join(conflicting)}; run `manage.py makemigrations {svc.name} --merge` first."
-        )
+    raise_first(heads_findings(project.graph, [svc.name], project.root))
     heads = project.graph.heads(svc.name)
     if len(heads) > 1:
         raise BadInput(

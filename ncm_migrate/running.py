@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit import AuditLog
+from .backends import open_backend
 from .backups import Manifest
 from .errors import Interrupted
-from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
+from .events import Event, Reporter, RunReport
+from .executor import SegmentJob, apply_plan, segments
 from .graph import undo_plan
 from .interrupts import stopping_on_signals
 from .model import Plan, RevisionKey, ServiceConfig, StepResult

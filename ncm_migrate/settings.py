@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 from dynaconf import Dynaconf
 from dynaconf.utils.inspect import get_history
 
+from .config import BackupSettings, ConnectSettings, LockSettings, Settings
 from .discovery import find_service_dirs
 from .environments import (
     DEFAULT_ENV,
@@ -72,55 +73,6 @@ _TABLE_KEYS = {
     "lint": {"severity", "squawk"},
     "audit": {"log_path"},
 }
-
-
-@dataclass(frozen=True)
-class ConnectSettings:
-    retries: int = 5
-    max_wait_s: float = 30.0
-    timeout_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class LockSettings:
-    timeout_s: float = 60.0
-    lease_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class BackupSettings:
-    before_migrate: bool = False
-    dir: Path = Path("var/backups")
-    encryption_key: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything ncm-migrate reads from settings, for one environment."""
-
-    root: Path
-    env: str
-    services: tuple[ServiceConfig, ...]
-    connect: ConnectSettings = ConnectSettings()
-    lock: LockSettings = LockSettings()
-    backup: BackupSettings = BackupSettings()
-    protected: bool = False
-    jobs: int = 1
-    rollback_on_failure: bool = False
-    allow_checksum_drift: bool = False
-    lint_severity: Literal["warning", "error"] = "warning"
-    lint_squawk: bool = False
-    audit_log_path: Path | None = None
-    known_envs: tuple[str, ...] = ()
-    services_dir: Path = Path("services")
-
-    def service(self, name: str) -> ServiceConfig:
-        for svc in self.services:
-            if svc.name == name:
-                return svc
-        from .errors import UnknownService
-
-        raise UnknownService(name, [s.name for s in self.services])
 
 
 def settings_dir_of(root: Path, settings_dir: Path | None = None) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ncm_migrate.errors import GraphError, UnknownRevision
+from ncm_migrate.findings import Finding
 from ncm_migrate.graph import (
     Graph,
     build_graph,
@@ -19,7 +20,8 @@ from ncm_migrate.graph import (
     removal_set,
     upgrade_targets,
 )
-from ncm_migrate.model import Revision, RevisionKey
+from ncm_migrate.model import Revision, RevisionKey, split_reference
+from ncm_migrate.rules import raise_first
 
 
 def rev(
@@ -39,6 +41,15 @@ def rev(
 
 
 def graph(*revs: Revision, depends: dict[str, Sequence[str]] | None = None) -> Graph:
+    """The graph of `revs`, refused as `migrate` refuses it: with its first finding."""
+    g, found = graph_and_findings(*revs, depends=depends)
+    raise_first(found)
+    return g
+
+
+def graph_and_findings(
+    *revs: Revision, depends: dict[str, Sequence[str]] | None = None
+) -> tuple[Graph, list[Finding]]:
     by_service: dict[str, list[Revision]] = {}
     for r in revs:
         by_service.setdefault(r.service, []).append(r)
@@ -198,6 +209,40 @@ def test_missing_down_revision_and_requires() -> None:
         graph(rev("users:0001", requires=["billing:0001"]))
     with pytest.raises(GraphError, match="depends_on 'x'"):
         graph(rev("users:0001", depends_on=["x"]))
+
+
+def test_every_missing_reference_is_a_finding_and_the_first_is_raised() -> None:
+    """
+    users:   0001 -> 0002 -> (0009 missing)
+             0003 --requires--> billing:0001 (missing), --depends_on--> x (missing)
+    users:0002 depends_on ':0001' (no service named: `split_reference` gives "")
+    """
+    revs = (
+        rev("users:0001"), rev("users:0002", "0009", depends_on=[":0001"]),
+        rev("users:0003", "0002", requires=["billing:0001"], depends_on=["x"]),
+    )
+    g, found = graph_and_findings(*revs)
+    assert [(f.revision, f.rule, f.severity) for f in found] == [
+        ("0002", "missing-revision", "error"), ("0002", "missing-revision", "error"),
+        ("0003", "missing-revision", "error"), ("0003", "missing-revision", "error"),
+    ]
+    named = ("down_revision '0009'", "depends_on ':0001'", "depends_on 'x'", "requires 'billing:0001'")
+    for finding, what in zip(found, named, strict=True):
+        assert what in finding.message
+    # the graph leaves the dangling edges out: the rest can still be read
+    assert g.heads("users") == ("0001", "0003")
+    assert g.parents[RevisionKey("users", "0003")] == (RevisionKey("users", "0002"),)
+    with pytest.raises(GraphError) as info:
+        graph(*revs)
+    assert str(info.value) == found[0].message + "."
+
+
+def test_a_reference_splits_at_its_first_colon() -> None:
+    assert split_reference("billing:0001") == ("billing", "0001")
+    assert split_reference("0001", "users") == ("users", "0001")
+    assert split_reference(":0001", "users") == ("", "0001")
+    assert split_reference("a:b:c") == ("a", "b:c")
+    assert split_reference("0001") == ("", "0001")
 
 
 def test_cycle_is_reported_as_a_path() -> None:

@@ -1,4 +1,5 @@
-"""One protocol that every database backend implements, and the factory that picks one.
+"""One protocol that every database backend implements, the factory that picks one, and
+opening one with the connect retry policy (`retry.py`).
 
 The protocol speaks only in ncm-migrate's own value objects, so SQL and MongoDB services
 go through the same executor.
@@ -11,6 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from ..config import ConnectSettings
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 
 Phase = Literal["start", "done"]
@@ -92,3 +94,13 @@ def make_backend(config: ServiceConfig, connect_timeout_s: float, lease_s: float
     from .sql import SqlBackend
 
     return SqlBackend(config, connect_timeout_s)
+
+
+def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
+    """`make_backend`, opened: connecting retried by the one policy
+    (`retry.open_with_retries`: `DatabaseUnreachable`, exit 4, when it never answers)."""
+    from .retry import open_with_retries
+
+    backend = make_backend(config, connect.timeout_s)
+    open_with_retries(backend, connect)
+    return backend

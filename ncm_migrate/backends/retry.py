@@ -18,10 +18,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .backends import Backend, ConnectFailed
-from .errors import DatabaseUnreachable
-from .settings import ConnectSettings
-from .urls import mask_url, password_of, redact
+from ..config import ConnectSettings
+from ..errors import DatabaseUnreachable
+from ..urls import mask_url, password_of, redact
+from . import Backend, ConnectFailed
 
 log = logging.getLogger(__name__)
 
