@@ -31,10 +31,10 @@ from rich.progress import (
 from rich.table import Table
 
 from . import commands
-from .errors import BadInput, Interrupted, NcmError, ProblemsFound
+from .errors import BadInput, Interrupted, NcmError, ProblemsFound, signal_name
 from .events import Event, RunReport
 from .findings import Report
-from .interrupts import StopRequest, ignore_signals, signal_name, stopping_on_signals
+from .interrupts import StopRequest, ignore_signals, stopping_on_signals
 from .loader import find_root
 from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
 from .model import Plan, StepResult

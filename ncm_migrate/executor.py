@@ -28,10 +28,10 @@ from typing import Any
 from .backends import Backend, make_backend
 from .backends.retry import open_with_retries
 from .config import ConnectSettings
-from .errors import Interrupted, NcmError
+from .errors import Interrupted, NcmError, signal_name
 from .events import Event, Reporter, RunReport
 from .graph import Graph
-from .interrupts import POLL_S, StopRequest, WorkerGuard, signal_name
+from .interrupts import POLL_S, StopRequest, WorkerGuard
 from .logs import configure_logging, current_levels
 from .model import Plan, Revision, RunContext, ServiceConfig, Step, StepResult
 from .rules import check_state

@@ -17,20 +17,11 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from .errors import signal_name
+
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.1
-
-
-def signal_name(signum: int) -> str:
-    """How messages name a signal: Ctrl-C for SIGINT (as the backends say for a
-    `KeyboardInterrupt`), else its name."""
-    if signum == signal.SIGINT:
-        return "Ctrl-C"
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 class StopRequest:

@@ -38,13 +38,13 @@ from ..errors import (
     NcmError,
     RevisionFileError,
     SettingsError,
+    signal_name,
 )
 from ..locking import wait_for
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ..pyfiles import (
     exit_call,
     load_revision_module,
-    signal_name,
     signal_of,
     stopped_error,
 )

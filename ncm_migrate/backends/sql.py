@@ -30,11 +30,18 @@ from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
 from ..discovery import versions_dir
-from ..errors import DriverMissing, Interrupted, MigrationFailed, NcmError, RevisionFileError
+from ..errors import (
+    DriverMissing,
+    Interrupted,
+    MigrationFailed,
+    NcmError,
+    RevisionFileError,
+    signal_name,
+)
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..pyfiles import STOPPED, exit_call, load_revision_module, signal_name, signal_of, stopped_error
+from ..pyfiles import STOPPED, exit_call, load_revision_module, signal_of, stopped_error
 from ..urls import is_async, sqlite_file, sync_equivalent
 from . import ConnectFailed, ServerInfo, StepCallback, alembic_bridge
 
