@@ -11,6 +11,7 @@ ledger and the audit log, and leaves no process behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -95,9 +96,12 @@ def started(repo: Monorepo, *args: str, ready: Sequence[str]) -> Iterator[subpro
             time.sleep(0.05)
         yield proc
     finally:
-        if proc.poll() is None:
+        # Whatever the test found, nothing of the run outlives it (a worker left migrating on
+        # its own would also hold the output pipes open).
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+            proc.communicate(timeout=TIMEOUT_S)
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
