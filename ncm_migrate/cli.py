@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import inspect
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,9 +31,10 @@ from rich.progress import (
 from rich.table import Table
 
 from . import commands
-from .errors import BadInput, NcmError, ProblemsFound
+from .errors import BadInput, Interrupted, NcmError, ProblemsFound, signal_name
 from .events import Event, RunReport
 from .findings import Report
+from .interrupts import StopRequest, ignore_signals, stopping_on_signals
 from .ledger import tool_version
 from .loader import find_root
 from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
@@ -324,16 +326,77 @@ def _summary(report: RunReport) -> None:
     out.print(table)
 
 
+def _where_each_stands(error: NcmError) -> None:
+    """After a run that was interrupted or left a service dirty: each service's state, and
+    what to run next."""
+    by_service: dict[str, list[StepResult]] = {}
+    for r in error.results:
+        by_service.setdefault(r.service, []).append(r)
+    lines = []
+    for service, results in by_service.items():
+        parts = []
+        for outcome in ("applied", "reverted", "faked"):
+            done = [r.revision for r in results if r.outcome == outcome]
+            if done:
+                parts.append(f"{outcome}: {', '.join(done)}")
+        for r in results:
+            if r.outcome != "failed":
+                continue
+            what = "interrupted" if isinstance(error, Interrupted) else "failed"
+            if r.dirty:
+                parts.append(f"{r.revision} {what} part way: DIRTY, its database cannot roll DDL "
+                             f"back; check what of it ran, then run `manage.py repair {service}`")
+            else:
+                parts.append(f"{r.revision} {what} and rolled back: nothing of it remains")
+        waiting = [r.revision for r in results if r.outcome == "not-run"]
+        if waiting:
+            parts.append(f"not run: {', '.join(waiting)}")
+        lines.append(f"  {service}: {'; '.join(parts) or 'nothing to do'}")
+    if isinstance(error, Interrupted):
+        out.print(f"Interrupted by {signal_name(error.signum)}. Where each service stands:",
+                  markup=False)
+    else:
+        out.print("Where each service stands:", markup=False)
+    _write_plain(lines)
+    dirty = list(dict.fromkeys(r.service for r in error.results if r.dirty))
+    if dirty:
+        out.print(f"Run the same command again once {', '.join(dirty)} "
+                  f"{'is' if len(dirty) == 1 else 'are'} repaired.", markup=False)
+    elif isinstance(error, Interrupted):
+        out.print("Run the same command again to continue.", markup=False)
+
+
 def _run(call: Callable[[], MigrateResult], as_json: bool, quiet: bool) -> None:
     """Run migrate/rollback, then print each step's outcome as a summary or JSON, also
-    when an error stopped the run (the error then says why, and sets the exit code)."""
+    when an error stopped the run (the error then says why, and sets the exit code).
+
+    Ctrl-C or SIGTERM stops the run once; a second one while it records where it stopped,
+    or while this prints, is only noted, and after that ignored until the process exits."""
+    stop = StopRequest()
+    try:
+        with stopping_on_signals() as stop:
+            _run_and_print(call, as_json, quiet, stop)
+    finally:
+        if stop.signum is not None:
+            ignore_signals()
+
+
+def _run_and_print(
+    call: Callable[[], MigrateResult], as_json: bool, quiet: bool, stop: StopRequest
+) -> None:
     try:
         result = call()
+    except KeyboardInterrupt:  # before the run began: planning, a prompt, a backup
+        signum = stop.signum or signal.SIGINT
+        raise Interrupted(f"Interrupted ({signal_name(signum)}) before any revision ran.",
+                          signum) from None
     except NcmError as exc:
         if as_json:
             _json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results})
         elif not quiet and exc.results:
             _summary(RunReport(exc.results))
+            if isinstance(exc, Interrupted) or any(r.dirty for r in exc.results):
+                _where_each_stands(exc)
         raise
     if as_json:
         _json({"ok": True, "error": None, "steps": result.results})

@@ -128,6 +128,9 @@ class StepResult:
     outcome: Outcome
     duration_ms: float = 0.0
     error: str | None = None
+    # A failed step on a database that cannot roll DDL back: part of it may have run, and
+    # its service is dirty until `repair`.
+    dirty: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from .errors import Interrupted, MigrationFailed, NcmError, RevisionFileError
+from .errors import Interrupted, MigrationFailed, NcmError, RevisionFileError, signal_name
 from .model import Revision, StepResult
 
 
@@ -118,6 +118,3 @@ def signal_of(exc: KeyboardInterrupt | Interrupted) -> int:
     """The signal behind an interruption: SIGINT for Ctrl-C's `KeyboardInterrupt`."""
     return exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
 
-
-def signal_name(signum: int) -> str:
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

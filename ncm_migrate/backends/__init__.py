@@ -79,6 +79,11 @@ class Backend(Protocol):
                ctx: RunContext) -> None:
         """Append one finished ledger row (used by `repair`)."""
 
+    def interrupt(self) -> None:
+        """After a signal cut a step short on this side: stop what the server still runs
+        for this backend's connection (MySQL goes on with a statement whose client left,
+        DDL included); the connection is not used again. A no-op where nothing runs on."""
+
 
 def make_backend(config: ServiceConfig, connect_timeout_s: float, lease_s: float = 30.0) -> Backend:
     """The backend for a service's URL scheme; `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""

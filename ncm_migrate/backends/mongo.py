@@ -38,13 +38,13 @@ from ..errors import (
     NcmError,
     RevisionFileError,
     SettingsError,
+    signal_name,
 )
 from ..locking import wait_for
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ..pyfiles import (
     exit_call,
     load_revision_module,
-    signal_name,
     signal_of,
     stopped_error,
 )
@@ -153,6 +153,9 @@ class MongoBackend:
     def open(self) -> None:
         if self._client is None:
             self._client = connect(self.config, self._timeout)
+
+    def interrupt(self) -> None:
+        """Nothing to stop: an operation ends with its client (closed by `close`)."""
 
     def close(self) -> None:
         if self._client is not None:

@@ -30,11 +30,18 @@ from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
 from ..discovery import versions_dir
-from ..errors import DriverMissing, Interrupted, MigrationFailed, NcmError, RevisionFileError
+from ..errors import (
+    DriverMissing,
+    Interrupted,
+    MigrationFailed,
+    NcmError,
+    RevisionFileError,
+    signal_name,
+)
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..pyfiles import STOPPED, exit_call, load_revision_module, signal_name, signal_of, stopped_error
+from ..pyfiles import STOPPED, exit_call, load_revision_module, signal_of, stopped_error
 from ..urls import is_async, sqlite_file, sync_equivalent
 from . import ConnectFailed, ServerInfo, StepCallback, alembic_bridge
 
@@ -338,6 +345,7 @@ class SqlBackend:
             def try_my() -> bool:
                 got = conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": mname}).scalar()
                 conn.commit()
+                self._session_id = _thread_id(conn)
                 return got == 1
 
             wait_for(lambda: self._in_driver(try_my), timeout_s, what)
@@ -523,6 +531,34 @@ class SqlBackend:
         except sa.exc.DBAPIError:
             conn.rollback()
             return False, ()
+
+    # MySQL: the session that took this service's lock, to stop should a signal cut it short
+    # (SQLAlchemy then drops that connection, and `conn` would be a new one).
+    _session_id: int | None = None
+
+    def interrupt(self) -> None:
+        """MySQL runs a statement to its end after its client was interrupted (an ALTER
+        TABLE would go on changing the table after the run said it stopped, holding the
+        lock): the session is killed from another connection; its connection is dropped."""
+        session, self._session_id = self._session_id, None
+        if self.dialect not in ("mysql", "mariadb"):
+            return
+        if self._conn is not None and not self._async:
+            # Dropped without the rollback that closing sends: on a session the kill did
+            # not reach, that would wait for the statement to finish.
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+            self._conn = None
+        if session is None:
+            return
+        try:
+            with self._engine_().connect() as killer:
+                killer.exec_driver_sql(f"KILL {int(session)}")
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "args", (None,))[:1] == (1094,):  # no such session: it ended
+                return
+            log.warning("service '%s': could not stop the interrupted statement on the server: "
+                        "%s", self.config.name, _short(exc))
 
     # -- applying -----------------------------------------------------------------
 
@@ -733,6 +769,13 @@ class SqlBackend:
                     f"({type(exc).__name__}: {cause}); `migrate -v` shows its SQL as it runs."
                 ) from None
         return buffer.getvalue()
+
+
+def _thread_id(conn: Connection) -> int | None:
+    """The MySQL session of `conn` (PyMySQL's and mysqlclient's public `thread_id()`: its
+    CONNECTION_ID(), read without a query); None for drivers without it."""
+    thread_id = getattr(conn.connection.dbapi_connection, "thread_id", None)
+    return int(thread_id()) if callable(thread_id) else None
 
 
 class _SqlRun:
