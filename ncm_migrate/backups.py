@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import sql_backup
+from .backends.sql import backup as sql_backup
+from .backends.sql.backup import program as program
 from .errors import BackupFailed, BackupInvalid, SettingsError, ToolMissing
 from .ledger import tool_version, utcnow
 from .model import ServiceConfig
-from .sql_backup import program as program
 from .urls import dialect_of
 
 log = logging.getLogger(__name__)

@@ -283,7 +283,7 @@ def sqlmigrate(
     _require_sql(svc, "sqlmigrate")
     rev = project.graph.resolve(svc.name, revision)
     node = project.revisions[svc.name][rev]
-    from .backends.sql import SqlBackend
+    from .backends.sql.backend import SqlBackend
     from .model import Step
 
     start = (rev,) if backwards else node.down_revisions
@@ -316,7 +316,7 @@ def migrate_sql(
     for named in project.select(services) if services else ():
         _require_sql(named, "migrate --sql")  # before any database is reached
     steps, states = plan_migrate(project, services, target, cascade=False)
-    from .backends.sql import SqlBackend
+    from .backends.sql.backend import SqlBackend
 
     applied = {name: set(st.applied) for name, st in states.items()}
     chunks: list[str] = []

@@ -366,7 +366,7 @@ def squawk_service(
     config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path
 ) -> list[Finding]:
     """squawk's findings on each revision's upgrade SQL, rendered offline, as `squawk:<rule>`."""
-    from .backends.sql import SqlBackend
+    from .backends.sql.backend import SqlBackend
 
     program = squawk_program()
     backend = SqlBackend(config, 1.0)

@@ -86,7 +86,7 @@ def make_backend(config: ServiceConfig, connect_timeout_s: float, lease_s: float
         from .mongo import MongoBackend
 
         return MongoBackend(config, connect_timeout_s, lease_s)
-    from .sql import SqlBackend
+    from .sql.backend import SqlBackend
 
     return SqlBackend(config, connect_timeout_s)
 
