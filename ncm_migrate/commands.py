@@ -38,7 +38,7 @@ from .settings import load_settings, settings_dir_of
 from .urls import mask_url
 
 if TYPE_CHECKING:
-    from .new_revisions import Outcome
+    from .making_migrations import Outcome
     from .scaffold import NewService
 
 log = logging.getLogger(__name__)
@@ -571,7 +571,7 @@ def makemigrations(
     `check` writes nothing and raises `ModelsChanged` (exit 1) naming the services whose
     models differ; `merge` writes a merge revision for one service's conflicting heads.
     """
-    from . import new_revisions as mm
+    from . import making_migrations as mm
 
     project = load_project(root, env, settings_dir)
     templates_dir = settings_dir_of(project.root, as_path(settings_dir))

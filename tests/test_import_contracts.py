@@ -163,3 +163,14 @@ def test_the_readme_lists_every_module_once() -> None:
     modules = sorted(str(p.relative_to(REPO / "ncm_migrate")) for p in (REPO / "ncm_migrate").rglob("*.py"))
     assert sorted(listed) == modules
     assert all(len(re.findall(r"\.py`", row)) == 1 for row in rows)
+
+
+def test_no_module_is_named_like_a_public_verb() -> None:
+    """Importing a submodule sets it as an attribute of the package: a module named
+    `makemigrations.py` would replace the verb `ncm_migrate.makemigrations` with itself
+    once anything imported it. The modules take the noun (`linting`, `making_migrations`)."""
+    import ncm_migrate
+
+    modules = {p.stem for p in (REPO / "ncm_migrate").iterdir() if p.suffix == ".py"}
+    modules |= {p.name for p in (REPO / "ncm_migrate").iterdir() if (p / "__init__.py").exists()}
+    assert modules & set(ncm_migrate.__all__) == set()
