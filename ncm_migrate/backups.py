@@ -3,7 +3,8 @@
 Each folder holds the dump files and a `manifest.json` with a sha256 per file; with
 `backup.encryption_key` the files are Fernet-encrypted. `restore` checks every file (its
 sha256, its key, the dump itself) before it touches the database, and a restore that fails
-leaves the database as it was. The dumps themselves are `sql_backup`'s and `mongo_backup`'s.
+leaves the database as it was. The dumps themselves are `backends/sql/backup.py`'s and
+`backends/mongo/backup.py`'s.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import sql_backup
+from .backends.sql import backup as sql_backup
+from .backends.sql.backup import program as program
 from .errors import BackupFailed, BackupInvalid, SettingsError, ToolMissing
 from .ledger import tool_version, utcnow
 from .model import ServiceConfig
-from .sql_backup import program as program
 from .urls import dialect_of
 
 log = logging.getLogger(__name__)
@@ -357,19 +358,19 @@ def _dump(config: ServiceConfig, dialect: str, out_dir: Path, lock_timeout_s: fl
 
 
 def _dump_mongo(config: ServiceConfig, out_dir: Path, _lock_timeout_s: float) -> list[str]:
-    from .mongo_backup import backup_mongo
+    from .backends.mongo.backup import backup_mongo
 
     return [p.relative_to(out_dir).as_posix() for p in backup_mongo(config, out_dir)]
 
 
 def _check_mongo(config: ServiceConfig, folder: Path, files: Sequence[str]) -> None:
-    from .mongo_backup import check_mongo
+    from .backends.mongo.backup import check_mongo
 
     check_mongo(config, folder, files)
 
 
 def _restore_mongo(config: ServiceConfig, folder: Path, files: Sequence[str], _lock_timeout_s: float) -> None:
-    from .mongo_backup import restore_mongo
+    from .backends.mongo.backup import restore_mongo
 
     restore_mongo(config, folder, files=files)
 

@@ -38,7 +38,7 @@ from .settings import load_settings, settings_dir_of
 from .urls import mask_url
 
 if TYPE_CHECKING:
-    from .new_revisions import Outcome
+    from .making_migrations import Outcome
     from .scaffold import NewService
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def sqlmigrate(
     _require_sql(svc, "sqlmigrate")
     rev = project.graph.resolve(svc.name, revision)
     node = project.revisions[svc.name][rev]
-    from .backends.sql import SqlBackend
+    from .backends.sql.backend import SqlBackend
     from .model import Step
 
     start = (rev,) if backwards else node.down_revisions
@@ -316,7 +316,7 @@ def migrate_sql(
     for named in project.select(services) if services else ():
         _require_sql(named, "migrate --sql")  # before any database is reached
     steps, states = plan_migrate(project, services, target, cascade=False)
-    from .backends.sql import SqlBackend
+    from .backends.sql.backend import SqlBackend
 
     applied = {name: set(st.applied) for name, st in states.items()}
     chunks: list[str] = []
@@ -571,7 +571,7 @@ def makemigrations(
     `check` writes nothing and raises `ModelsChanged` (exit 1) naming the services whose
     models differ; `merge` writes a merge revision for one service's conflicting heads.
     """
-    from . import new_revisions as mm
+    from . import making_migrations as mm
 
     project = load_project(root, env, settings_dir)
     templates_dir = settings_dir_of(project.root, as_path(settings_dir))

@@ -2,27 +2,24 @@
 
 Each rule names one operation that can lose data or lock a busy table; a comment
 `# ncm: allow <rule>` on the line (or the line above) silences it. PostgreSQL services may
-also run squawk over the SQL a revision renders offline.
+also run squawk (`squawk.py`) over the SQL a revision renders offline.
 """
 
 from __future__ import annotations
 
 import ast
 import io
-import json
 import logging
 import re
-import shutil
-import subprocess
-import sys
 import tokenize
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NcmError, ToolMissing
+from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
+from .squawk import find_squawk, run_squawk, without_version_table
 from .urls import redact_known, scheme_of
 
 log = logging.getLogger(__name__)
@@ -348,27 +345,13 @@ def _relative(path: Path, root: Path) -> str:
 # -- squawk --------------------------------------------------------------------------
 
 
-def squawk_program() -> str:
-    """The squawk binary (from the `squawk-cli` package): on PATH or beside this Python."""
-    found = shutil.which("squawk")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "squawk"
-    if beside.is_file():
-        return str(beside)
-    raise ToolMissing(
-        "lint.squawk is true but the program 'squawk' was not found; install it with "
-        "`pip install squawk-cli` (or `pip install 'ncm-migrate[squawk]'`), or set lint.squawk = false."
-    )
-
-
 def squawk_service(
     config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path
 ) -> list[Finding]:
     """squawk's findings on each revision's upgrade SQL, rendered offline, as `squawk:<rule>`."""
-    from .backends.sql import SqlBackend
+    from .backends.sql.backend import SqlBackend
 
-    program = squawk_program()
+    program = find_squawk()
     backend = SqlBackend(config, 1.0)
     findings: list[Finding] = []
     for rev in revisions.values():
@@ -389,33 +372,3 @@ def squawk_service(
                 continue
             findings.append(Finding(rev.service, rev.revision, name, severity, message, file, line))
     return findings
-
-
-def without_version_table(sql: str, version_table: str) -> str:
-    """The rendered SQL less the statements on Alembic's version table (not the user's)."""
-    statements = re.split(r";[ \t]*\n", sql)
-    pattern = re.compile(rf"\b{re.escape(version_table)}\b")
-    kept = [s for s in statements if not pattern.search(s)]
-    return ";\n".join(kept)
-
-
-def run_squawk(program: str, sql: str, file: str, root: Path) -> Iterable[tuple[str, str]]:
-    """(rule, message) for each of squawk's findings on `sql` (squawk's config applies)."""
-    proc = subprocess.run(
-        [program, "--reporter", "json", "--stdin-filepath", file],
-        input=sql, capture_output=True, text=True, cwd=root, check=False, timeout=120,
-    )
-    try:
-        items = json.loads(proc.stdout or "[]")
-    except json.JSONDecodeError:
-        raise NcmError(
-            f"squawk failed on {file} (exit {proc.returncode}): "
-            f"{redact_known(proc.stderr.strip() or proc.stdout.strip())}"
-        ) from None
-    out = []
-    for item in items if isinstance(items, list) else []:
-        sql_line = int(item.get("line", 0)) + 1
-        help_text = f" {item['help']}" if item.get("help") else ""
-        out.append((str(item.get("rule_name", "unknown")),
-                    f"{item.get('message', '')}{help_text} (SQL line {sql_line})"))
-    return out

@@ -267,7 +267,7 @@ def _in_unreadable_file(finding: Finding, unreadable: Mapping[str, set[str]]) ->
 def models_findings(project: Project) -> list[Finding]:
     """Services whose models.py has changes no revision holds yet (`makemigrations --check`),
     among the active ones (named, so that the services left out are not logged again)."""
-    from .new_revisions import changed_services
+    from .making_migrations import changed_services
 
     active = [s.name for s in project.settings.services if s.active]
     findings: list[Finding] = []

@@ -69,12 +69,12 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def mongo_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh MongoDB database, dropped afterwards: on NCM_TEST_MONGO_URL's server when it is
     set, else on a mongomock server that every client made in this process reaches
-    (`ncm_migrate.backends.mongo.client_factory` makes clients either way)."""
+    (`ncm_migrate.backends.mongo.backend.client_factory` makes clients either way)."""
     name = f"ncm_t_{uuid.uuid4().hex[:12]}"
     if not MONGO_SERVER:
         from mongo_fake import FakeServer
 
-        from ncm_migrate.backends import mongo
+        from ncm_migrate.backends.mongo import backend as mongo
 
         monkeypatch.setattr(mongo, "client_factory", FakeServer().client)
         yield f"mongodb://localhost:27017/{name}"

@@ -28,7 +28,7 @@ from monorepo import Monorepo, tables
 
 from ncm_migrate import commands
 from ncm_migrate.backends import make_backend
-from ncm_migrate.backends import mongo as mongo_backend
+from ncm_migrate.backends.mongo import backend as mongo_backend
 from ncm_migrate.errors import LockTimeout
 from ncm_migrate.ledger import COLUMNS
 from ncm_migrate.loader import load_project
@@ -274,7 +274,7 @@ def test_lock_is_released_when_its_holder_is_killed(repo: Monorepo, kind: Kind) 
     else:
         # A holder in another process that dies leaves its lease document behind, unrenewed:
         # take the lease and never renew or release it.
-        from ncm_migrate.backends.mongo_lease import COLLECTION, Lease
+        from ncm_migrate.backends.mongo.lease import COLLECTION, Lease
 
         client = mongo_backend.client_factory(kind.url, 5.0)
         lease = Lease(client[mongo_backend.url_database(kind.url) or ""][COLLECTION], SVC, lease_s)

@@ -168,7 +168,7 @@ def test_help(command: str) -> None:
 
 
 def test_mongodb_backup_and_encrypted_restore(repo: Monorepo, mongo_url: str, tmp_path: Path) -> None:
-    from ncm_migrate.backends import mongo
+    from ncm_migrate.backends.mongo import backend as mongo
 
     repo.mongo_revision("orders", "0001_initial",
                         upgrade="db.people.insert_many([{'_id': 1, 'name': 'ada'}, {'_id': 2, 'name': 'b'}])",

@@ -10,6 +10,7 @@ import pytest
 from monorepo import Monorepo, mongo_revision_file, revision_file
 
 from ncm_migrate import linting as lint
+from ncm_migrate import squawk
 from ncm_migrate.discovery import read_revision
 from ncm_migrate.errors import ToolMissing
 from ncm_migrate.model import ServiceConfig
@@ -214,7 +215,7 @@ def _squawk_repo(repo: Monorepo) -> None:
 def test_squawk_findings_are_merged_for_postgresql(repo: Monorepo) -> None:
     pytest.importorskip("psycopg")
     try:
-        lint.squawk_program()
+        squawk.find_squawk()
     except ToolMissing:
         pytest.skip("squawk-cli is not installed")
     _squawk_repo(repo)
@@ -243,7 +244,7 @@ def test_squawk_missing_is_a_clear_error(
     repo: Monorepo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _squawk_repo(repo)
-    monkeypatch.setattr(lint.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(squawk.shutil, "which", lambda _name: None)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "nowhere" / "python"))
     result = repo.cli("lint")
     assert result.code == 1

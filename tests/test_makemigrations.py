@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from monorepo import REPO, Monorepo
 
-from ncm_migrate import autogen, metadata
+from ncm_migrate.backends.sql import autogen, metadata
 from ncm_migrate.discovery import read_revisions
 
 MODELS_V1 = '''

@@ -30,16 +30,16 @@ from pymongo.errors import DuplicateKeyError, WriteError
 
 from ncm_migrate import mongo_ops
 from ncm_migrate.backends import make_backend
-from ncm_migrate.backends import mongo as mongo_backend
-from ncm_migrate.backends.mongo import MARKERS, MongoBackend, database_name, url_database
-from ncm_migrate.backends.mongo_lease import COLLECTION as LOCK_COLLECTION
-from ncm_migrate.backends.mongo_lease import Lease
+from ncm_migrate.backends.mongo import backend as mongo_backend
+from ncm_migrate.backends.mongo.backend import MARKERS, MongoBackend, database_name, url_database
+from ncm_migrate.backends.mongo.backup import backup_mongo, restore_mongo
+from ncm_migrate.backends.mongo.lease import COLLECTION as LOCK_COLLECTION
+from ncm_migrate.backends.mongo.lease import Lease
 from ncm_migrate.discovery import read_revision
 from ncm_migrate.errors import LockLost, SettingsError
 from ncm_migrate.ledger import run_context
 from ncm_migrate.loader import load_project
 from ncm_migrate.model import ServiceConfig, Step
-from ncm_migrate.mongo_backup import backup_mongo, restore_mongo
 from ncm_migrate.templates import RevisionText, render_revision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -590,7 +590,7 @@ def test_lease_renewal_thread_stops_with_the_lock(repo: Monorepo, mongo_url: str
 def test_connection_errors_are_one_short_line() -> None:
     """pymongo's server-selection errors carry a long topology description; retry lines
     and the final error show only what went wrong."""
-    from ncm_migrate.backends.mongo import _short
+    from ncm_migrate.backends.mongo.backend import _short
 
     raw = ("localhost:27017: [Errno 111] Connection refused (configured timeouts: "
            "socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms), Timeout: 5.0s, "

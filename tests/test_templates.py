@@ -271,7 +271,7 @@ def test_one_dialect_of_a_url_and_the_name_templates_are_given(
 ) -> None:
     """`urls.dialect_of` is the database a URL speaks (as backup manifests record it);
     templates are told `mongo` for a MongoDB service, as they always were."""
-    from ncm_migrate.new_revisions import template_dialect
+    from ncm_migrate.making_migrations import template_dialect
     from ncm_migrate.urls import backend_of, dialect_of
 
     config = ServiceConfig(name="shop", root=tmp_path, backend="mongo" if "mongo" in url else "sql",

@@ -88,10 +88,10 @@ class Backend(Protocol):
 def make_backend(config: ServiceConfig, connect_timeout_s: float, lease_s: float = 30.0) -> Backend:
     """The backend for a service's URL scheme; `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
     if config.backend == "mongo":
-        from .mongo import MongoBackend
+        from .mongo.backend import MongoBackend
 
         return MongoBackend(config, connect_timeout_s, lease_s)
-    from .sql import SqlBackend
+    from .sql.backend import SqlBackend
 
     return SqlBackend(config, connect_timeout_s)
 

@@ -366,7 +366,7 @@ def test_restore_does_not_wait_forever_for_a_locked_table(
 
 
 def _mongo_state(url: str) -> dict[str, Any]:
-    from ncm_migrate.backends import mongo
+    from ncm_migrate.backends.mongo import backend as mongo
 
     db = mongo.client_factory(url, 5.0)[mongo.url_database(url)]
     return {name: sorted(repr(d) for d in db[name].find()) for name in db.list_collection_names()}
@@ -377,7 +377,7 @@ def test_mongodb_damaged_or_failing_restores_leave_it_as_it_was(
 ) -> None:
     import bson
 
-    from ncm_migrate.backends import mongo
+    from ncm_migrate.backends.mongo import backend as mongo
 
     repo.mongo_revision("orders", "0001_initial",
                         upgrade="db.people.insert_many([{'_id': 1, 'name': 'ada'}, {'_id': 2, 'name': 'b'}])",

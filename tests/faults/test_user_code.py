@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from monorepo import CliResult, Monorepo, ledger, version_heads
 
-from ncm_migrate.backends import mongo as mongo_backend
+from ncm_migrate.backends.mongo import backend as mongo_backend
 
 # (upgrade body, extra top-level code, verify body): how the revision leaves.
 CASES: dict[str, tuple[str, str, str | None]] = {

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,17 +28,16 @@ from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from .backends.retry import open_with_retries
-from .backends.sql import SqlBackend, create_engine
-from .errors import MigrationFailed, NcmError
-from .executor import segments
-from .graph import plan_upgrade, upgrade_targets
-from .ledger import TABLE as LEDGER_TABLE
-from .ledger import run_context
+from ...errors import MigrationFailed, NcmError
+from ...graph import plan_upgrade, upgrade_targets
+from ...ledger import TABLE as LEDGER_TABLE
+from ...ledger import run_context
+from ...model import Plan, ServiceConfig, ServiceState, Step, StepResult
+from ...project import Project
+from ...urls import is_async, sync_equivalent
+from ..retry import open_with_retries
+from .backend import SqlBackend, create_engine
 from .metadata import load_models_metadata
-from .model import Plan, ServiceConfig, ServiceState, Step, StepResult
-from .project import Project
-from .urls import is_async, sync_equivalent
 
 log = logging.getLogger(__name__)
 # Rendered code is wrapped to this width, leaving templates room to nest it (the index
@@ -279,8 +279,9 @@ def migrate_scratch(project: Project, config: ServiceConfig, scratch_url: str) -
     ctx = run_context(project.settings.env)
     owned: set[str] = set()
     before: set[str] = set()
-    for seg in segments(steps):
-        name = seg[0].service
+    # The plan's runs of consecutive steps of one service, as the executor cuts it
+    # (`executor.segments`): grouped here so the backend does not import the engine above it.
+    for name, seg in groupby(steps.steps, key=lambda step: step.service):
         scratch = replace(project.service(name), database_url=scratch_url)
         backend = SqlBackend(scratch, project.settings.connect.timeout_s)
         backend.open()

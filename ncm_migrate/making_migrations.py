@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .autogen import Changes, detect_changes
+from .backends.sql.autogen import Changes, detect_changes
+from .backends.sql.metadata import has_models
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
 from .errors import BadInput, ModelsChanged, RevisionFileError
 from .findings import first_few
-from .metadata import has_models
 from .model import MIGRATION_TYPES, ServiceConfig, split_reference
 from .project import Project
 from .rules import heads_findings, raise_first

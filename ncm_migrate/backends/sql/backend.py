@@ -28,9 +28,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
-from .. import ledger as ledger_rules
-from ..discovery import versions_dir
-from ..errors import (
+from ... import ledger as ledger_rules
+from ...discovery import versions_dir
+from ...errors import (
     DriverMissing,
     Interrupted,
     MigrationFailed,
@@ -38,12 +38,13 @@ from ..errors import (
     RevisionFileError,
     signal_name,
 )
-from ..locking import file_lock, lock_key, lock_name, wait_for
-from ..metadata import target_metadata
-from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..pyfiles import STOPPED, exit_call, load_revision_module, signal_of, stopped_error
-from ..urls import is_async, sqlite_file, sync_equivalent
-from . import ConnectFailed, ServerInfo, StepCallback, alembic_bridge
+from ...locking import file_lock, lock_key, lock_name, wait_for
+from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ...pyfiles import STOPPED, exit_call, load_revision_module, signal_of, stopped_error
+from ...urls import is_async, sqlite_file, sync_equivalent
+from .. import ConnectFailed, ServerInfo, StepCallback
+from . import alembic_bridge
+from .metadata import target_metadata
 
 if TYPE_CHECKING:
     # Imported where they are used: Alembic and SQLAlchemy's asyncio extension (which pulls

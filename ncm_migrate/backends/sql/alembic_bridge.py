@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import sqlalchemy as sa
 
-from ..model import Revision
+from ...model import Revision
 
 if TYPE_CHECKING:
     from alembic.operations import Operations

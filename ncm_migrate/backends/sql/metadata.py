@@ -12,9 +12,9 @@ from types import ModuleType
 
 import sqlalchemy as sa
 
-from .errors import SettingsError
-from .model import ServiceConfig
-from .pyfiles import import_file
+from ...errors import SettingsError
+from ...model import ServiceConfig
+from ...pyfiles import import_file
 
 
 def target_metadata(config: ServiceConfig) -> sa.MetaData | None:

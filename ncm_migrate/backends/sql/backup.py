@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import BackupFailed, BackupInvalid, NcmError, ToolMissing
-from .model import ServiceConfig
-from .urls import password_of, redact, redact_known, sqlite_file
+from ...errors import BackupFailed, BackupInvalid, NcmError, ToolMissing
+from ...model import ServiceConfig
+from ...urls import password_of, redact, redact_known, sqlite_file
 
 SQLITE_FILE = "db.sqlite"
 PG_FILE = "db.pgdump"
@@ -82,7 +82,7 @@ def _url(config: ServiceConfig) -> Any:
 
 
 def _engine(config: ServiceConfig) -> Any:
-    from .backends.sql import create_engine
+    from .backend import create_engine
 
     assert config.database_url is not None
     return create_engine(config.database_url, 10.0)

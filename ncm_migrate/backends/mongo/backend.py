@@ -29,8 +29,8 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from .. import ledger as ledger_rules
-from ..errors import (
+from ... import ledger as ledger_rules
+from ...errors import (
     Interrupted,
     LockLost,
     LockTimeout,
@@ -40,18 +40,18 @@ from ..errors import (
     SettingsError,
     signal_name,
 )
-from ..locking import wait_for
-from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..pyfiles import (
+from ...locking import wait_for
+from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ...pyfiles import (
     exit_call,
     load_revision_module,
     signal_of,
     stopped_error,
 )
-from ..urls import password_of, redact
-from . import ConnectFailed, ServerInfo, StepCallback
-from .mongo_lease import COLLECTION as LOCK_COLLECTION
-from .mongo_lease import Lease
+from ...urls import password_of, redact
+from .. import ConnectFailed, ServerInfo, StepCallback
+from .lease import COLLECTION as LOCK_COLLECTION
+from .lease import Lease
 
 log = logging.getLogger(__name__)
 

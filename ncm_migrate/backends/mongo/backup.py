@@ -28,11 +28,11 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from .backends.mongo import Document, connect, database_name
-from .backends.mongo_lease import COLLECTION as LOCK_COLLECTION
-from .errors import BackupFailed, BackupInvalid
-from .model import ServiceConfig
-from .urls import redact_known
+from ...errors import BackupFailed, BackupInvalid
+from ...model import ServiceConfig
+from ...urls import redact_known
+from .backend import Document, connect, database_name
+from .lease import COLLECTION as LOCK_COLLECTION
 
 log = logging.getLogger(__name__)
 

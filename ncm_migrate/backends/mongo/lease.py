@@ -22,7 +22,7 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from ..ledger import utcnow
+from ...ledger import utcnow
 
 log = logging.getLogger(__name__)
 COLLECTION = "ncm_migration_lock"
