@@ -75,7 +75,7 @@ class SegmentJob:
 def run_segment(job: SegmentJob, report: Reporter) -> list[StepResult]:
     """Apply one service's steps under its lock, skipping what another runner already did."""
     remember_secret(job.config.database_url)
-    backend = make_backend(job.config, job.connect.timeout_s, job.lock_lease_s)
+    backend = make_backend(job.config, job.connect, job.lock_lease_s)
     open_with_retries(backend, job.connect)
     try:
         with backend.lock(job.lock_timeout_s):
@@ -248,6 +248,6 @@ def _not_run(run: RunReport, jobs: list[SegmentJob]) -> None:
 
 
 def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
-    backend = make_backend(config, connect.timeout_s)
+    backend = make_backend(config, connect)
     open_with_retries(backend, connect)
     return backend

@@ -66,7 +66,7 @@ _SERVICE_KEYS = {
     "revision_ids", "use_env_py", "enabled", "database",
 }
 _TABLE_KEYS = {
-    "connect": {"retries", "max_wait_s", "timeout_s"},
+    "connect": {"retries", "max_wait_s", "timeout_s", "read_timeout_s", "keepalive_s"},
     "lock": {"timeout_s", "lease_s"},
     "backup": {"before_migrate", "dir", "encryption_key"},
     "lint": {"severity", "squawk"},
@@ -76,9 +76,16 @@ _TABLE_KEYS = {
 
 @dataclass(frozen=True)
 class ConnectSettings:
+    """Connecting and staying connected: `retries` attempts after the first, spread over
+    `max_wait_s` in total; `timeout_s` per attempt; `read_timeout_s` for one wait on the
+    server once connected (0: none); `keepalive_s` of silence before TCP keepalive probes
+    (0: the system's), which also bounds unacknowledged data (TCP user timeout)."""
+
     retries: int = 5
     max_wait_s: float = 30.0
     timeout_s: float = 5.0
+    read_timeout_s: float = 0.0
+    keepalive_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -352,6 +359,8 @@ def load_settings(
             retries=_int(merged, "connect.retries", sources, minimum=0),
             max_wait_s=_float(merged, "connect.max_wait_s", sources),
             timeout_s=_float(merged, "connect.timeout_s", sources),
+            read_timeout_s=_float(merged, "connect.read_timeout_s", sources, minimum=0.0),
+            keepalive_s=_float(merged, "connect.keepalive_s", sources, minimum=0.0),
         ),
         lock=LockSettings(
             timeout_s=_float(merged, "lock.timeout_s", sources, minimum=0.0),

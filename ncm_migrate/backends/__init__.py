@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..settings import ConnectSettings
 
 Phase = Literal["start", "done"]
 StepCallback = Callable[[Step, Phase, StepResult | None], None]
@@ -21,12 +22,14 @@ class ConnectFailed(Exception):
     """One connection attempt failed; the retry policy decides whether to try again.
 
     `permanent` when the server answered and refused (wrong password, no such database):
-    waiting will not help, so it is not retried.
+    waiting will not help, so it is not retried. `setting` when the URL itself cannot work
+    (a SQLite file whose folder cannot be written): not retried either, and bad input.
     """
 
-    def __init__(self, reason: str, permanent: bool = False) -> None:
+    def __init__(self, reason: str, permanent: bool = False, setting: bool = False) -> None:
         super().__init__(reason)
-        self.permanent = permanent
+        self.permanent = permanent or setting
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ class Backend(Protocol):
     def transactional(self) -> bool:
         """True when a failed step leaves nothing behind (so a failure is not dirty)."""
 
-    def open(self) -> None:
-        """Connect once; raise `ConnectFailed` if the database does not answer a query."""
+    def open(self, timeout_s: float | None = None) -> None:
+        """Connect once; raise `ConnectFailed` if the database does not answer a query
+        within `timeout_s` (default: the backend's `connect.timeout_s`)."""
 
     def close(self) -> None: ...
 
@@ -78,12 +82,14 @@ class Backend(Protocol):
         """Append one finished ledger row (used by `repair`)."""
 
 
-def make_backend(config: ServiceConfig, connect_timeout_s: float, lease_s: float = 30.0) -> Backend:
-    """The backend for a service's URL scheme; `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
+def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
+    """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
+    a connect timeout); `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
     if config.backend == "mongo":
         from .mongo import MongoBackend
 
-        return MongoBackend(config, connect_timeout_s, lease_s)
+        timeout = connect.timeout_s if isinstance(connect, ConnectSettings) else connect
+        return MongoBackend(config, timeout, lease_s)
     from .sql import SqlBackend
 
-    return SqlBackend(config, connect_timeout_s)
+    return SqlBackend(config, connect)

@@ -136,9 +136,9 @@ class MongoBackend:
     def db(self) -> Database[Document]:
         return self.client[self.database]
 
-    def open(self) -> None:
+    def open(self, timeout_s: float | None = None) -> None:
         if self._client is None:
-            self._client = connect(self.config, self._timeout)
+            self._client = connect(self.config, self._timeout if timeout_s is None else timeout_s)
 
     def close(self) -> None:
         if self._client is not None:

@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from io import StringIO
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -32,13 +34,15 @@ from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
 from ..discovery import versions_dir
-from ..errors import DriverMissing, MigrationFailed, NcmError, RevisionFileError
+from ..errors import DatabaseUnreachable, DriverMissing, MigrationFailed, NcmError, RevisionFileError
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ..pyfiles import load_revision_module
+from ..settings import ConnectSettings
 from ..urls import is_async, sqlite_file, sync_equivalent
 from . import ConnectFailed, ServerInfo, StepCallback
+from .sockets import keepalive_params, psycopg_connect, pymysql_connect, timed_out
 
 if TYPE_CHECKING:
     # Imported where they are used: Alembic and SQLAlchemy's asyncio extension (which pulls
@@ -85,21 +89,47 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+_DOING = {
+    "read_state": "reading its migration state",
+    "current_heads": "reading its version table",
+    "history": "reading its ledger",
+    "server_info": "reading the server's version and privileges",
+    "apply": "preparing its ledger",
+    "verify": "verifying a revision",
+    "record": "recording in its ledger",
+}
+
+
 def _driver_call(
     method: Callable[Concatenate[SqlBackend, P], T],
 ) -> Callable[Concatenate[SqlBackend, P], T]:
-    """Run a public method inside the async driver's context (see `SqlBackend._in_driver`)."""
+    """Run a public method inside the async driver's context (see `SqlBackend._in_driver`);
+    a database error that escapes it becomes one sentence and an exit code."""
+    doing = _DOING.get(method.__name__, method.__name__)
 
     def wrapper(self: SqlBackend, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._in_driver(lambda: method(self, *args, **kwargs))
+        with self.database_errors(doing):
+            return self._in_driver(lambda: method(self, *args, **kwargs))
 
     functools.update_wrapper(wrapper, method)
     return wrapper
 
 
-def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, Any]]:
-    """The URL (bare `mysql://` gets PyMySQL) and driver arguments: a connect timeout, for
-    SQLite a busy timeout and its folder created, for psycopg no automatic prepares."""
+Timeouts = ConnectSettings | float
+"""`connect.*` settings, or just a connect timeout (the other settings their defaults)."""
+
+
+def _settings(timeouts: Timeouts) -> ConnectSettings:
+    if isinstance(timeouts, ConnectSettings):
+        return timeouts
+    return ConnectSettings(timeout_s=timeouts)
+
+
+def _engine_args(url: str, timeouts: Timeouts) -> tuple[sa.URL, dict[str, Any]]:
+    """The URL (bare `mysql://` gets PyMySQL) and driver arguments: a connect timeout, TCP
+    keepalives and a read timeout where the driver has them (`connect.*`), for SQLite a
+    busy timeout, for psycopg no automatic prepares."""
+    net = _settings(timeouts)
     parsed = sa.engine.make_url(url)
     backend = parsed.get_backend_name()
     if backend in ("mysql", "mariadb") and parsed.drivername in ("mysql", "mariadb"):
@@ -107,20 +137,39 @@ def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, 
     args: dict[str, Any] = {}
     driver = parsed.get_driver_name()
     if driver in ("psycopg", "psycopg2", "pymysql", "psycopg_async", "aiomysql", "asyncmy"):
-        args["connect_timeout"] = max(1, int(connect_timeout_s))
+        args["connect_timeout"] = max(1, math.ceil(net.timeout_s))
     elif driver == "asyncpg":
-        args["timeout"] = max(1.0, connect_timeout_s)
+        args["timeout"] = max(1.0, net.timeout_s)
+        if net.read_timeout_s > 0:
+            args["command_timeout"] = net.read_timeout_s
     elif backend == "sqlite":
         args["timeout"] = 30
-        path = sqlite_file(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    if driver in ("psycopg", "psycopg2", "psycopg_async"):
+        args.update(keepalive_params(net.keepalive_s))
+    if driver == "pymysql" and net.read_timeout_s > 0:
+        args["read_timeout"] = args["write_timeout"] = net.read_timeout_s
     if driver in ("psycopg", "psycopg_async"):
         # No automatic server-side prepares: a migration runs most statements once, and
         # psycopg drops every prepared statement after each ALTER or DROP (one more round
         # trip, DEALLOCATE ALL), so the ledger insert was prepared again and again.
         args["prepare_threshold"] = None
     return parsed, args
+
+
+def _own_sockets(engine: Engine, net: ConnectSettings) -> None:
+    """Connections made here where the driver cannot bound a wait by itself: PyMySQL's
+    handshake (with keepalives on its socket), psycopg's reads (`connect.read_timeout_s`)."""
+    driver = engine.dialect.driver
+
+    if driver == "pymysql":
+        @sa.event.listens_for(engine, "do_connect")
+        def _pymysql(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            return pymysql_connect(cparams, net.timeout_s, net.keepalive_s)
+
+    elif driver == "psycopg" and net.read_timeout_s > 0:
+        @sa.event.listens_for(engine, "do_connect")
+        def _psycopg(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            return psycopg_connect(cargs, cparams, net.read_timeout_s)
 
 
 def _transactional_sqlite(engine: Engine) -> None:
@@ -158,24 +207,25 @@ def _driver_installed(url: sa.URL) -> Iterator[None]:
         ) from None
 
 
-def create_engine(url: str, connect_timeout_s: float) -> Engine:
+def create_engine(url: str, timeouts: Timeouts) -> Engine:
     """A sync engine that does what migrations need on every database (for an async URL,
     through its driver's sync sibling: the same database)."""
-    parsed, args = _engine_args(sync_equivalent(url), connect_timeout_s)
+    parsed, args = _engine_args(sync_equivalent(url), timeouts)
     with _driver_installed(parsed):
         engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=args)
     if parsed.get_backend_name() == "sqlite":
         _transactional_sqlite(engine)
+    _own_sockets(engine, _settings(timeouts))
     return engine
 
 
-def create_async_engine(url: str, connect_timeout_s: float) -> AsyncEngine:
+def create_async_engine(url: str, timeouts: Timeouts) -> AsyncEngine:
     """The same for an async driver URL (asyncpg, psycopg_async, aiomysql, asyncmy,
     aiosqlite): migrations then run through `AsyncConnection.run_sync`, as in Alembic's
     asyncio recipe."""
     from sqlalchemy.ext.asyncio import create_async_engine as make
 
-    parsed, args = _engine_args(url, connect_timeout_s)
+    parsed, args = _engine_args(url, timeouts)
     with _driver_installed(parsed):
         engine = make(parsed, poolclass=NullPool, connect_args=args)
     if parsed.get_backend_name() == "sqlite":
@@ -272,10 +322,10 @@ def _version_update(version_table: str, with_ledger_row: bool) -> sa.Update:
 class SqlBackend:
     """One SQL service's database."""
 
-    def __init__(self, config: ServiceConfig, connect_timeout_s: float) -> None:
+    def __init__(self, config: ServiceConfig, timeouts: Timeouts) -> None:
         assert config.database_url is not None
         self.config = config
-        self._timeout = connect_timeout_s
+        self._net = _settings(timeouts)
         self._engine: Engine | None = None
         self._conn: Connection | None = None
         self._async = is_async(config.database_url)
@@ -283,6 +333,7 @@ class SqlBackend:
         self._aengine: AsyncEngine | None = None
         self._aconn: AsyncConnection | None = None
         self._inside_driver = False
+        self._translating = False
 
     # -- connection -------------------------------------------------------------
 
@@ -298,7 +349,7 @@ class SqlBackend:
     def _engine_(self) -> Engine:
         if self._engine is None:
             assert self.config.database_url is not None
-            self._engine = create_engine(self.config.database_url, self._timeout)
+            self._engine = create_engine(self.config.database_url, self._net)
         return self._engine
 
     @property
@@ -323,9 +374,14 @@ class SqlBackend:
 
         return self._loop.run_until_complete(self._aconn.run_sync(inner))
 
-    def open(self) -> None:
+    def open(self, timeout_s: float | None = None) -> None:
+        """Connect and run a first query, within `timeout_s` (default `connect.timeout_s`)."""
         if self._conn is not None:
             return
+        if timeout_s is not None and timeout_s != self._net.timeout_s:
+            self.close()  # the engine holds the connect timeout
+            self._net = replace(self._net, timeout_s=timeout_s)
+        self._check_sqlite_folder()
         try:
             if self._async:
                 self._open_async()
@@ -341,11 +397,34 @@ class SqlBackend:
             self.close()
             raise ConnectFailed(_short(exc), permanent=_refused(exc)) from None
 
+    def _check_sqlite_folder(self) -> None:
+        """A SQLite file's folder is created if missing; one that cannot be, or that is not
+        writable for a file not there yet, is no server still starting: not retried."""
+        path = sqlite_file(self.config.database_url or "")
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConnectFailed(
+                f"the folder {path.parent} of its SQLite file cannot be created "
+                f"({exc.strerror or exc}); create it or point the URL elsewhere", setting=True,
+            ) from None
+        if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ConnectFailed(
+                f"its SQLite file {path} cannot be created: the folder {path.parent} is not "
+                "writable; fix its permissions or point the URL elsewhere", setting=True,
+            )
+
     def _open_async(self) -> None:
         assert self.config.database_url is not None
         self._loop = asyncio.new_event_loop()
-        self._aengine = create_async_engine(self.config.database_url, self._timeout)
-        self._aconn = self._loop.run_until_complete(self._aengine.connect())
+        self._aengine = create_async_engine(self.config.database_url, self._net)
+        # A deadline for the whole connect: aiomysql and asyncmy, like PyMySQL, read the
+        # server's greeting without one.
+        self._aconn = self._loop.run_until_complete(
+            asyncio.wait_for(self._aengine.connect(), self._net.timeout_s)
+        )
         self._conn = self._aconn.sync_connection
 
     def close(self) -> None:
@@ -366,12 +445,66 @@ class SqlBackend:
             self._engine.dispose()
             self._engine = None
 
+    @contextmanager
+    def database_errors(self, doing: str) -> Iterator[None]:
+        """A database error outside a step, `doing` something: a lost connection is
+        `DatabaseUnreachable` (exit 4), any other one sentence with exit 1."""
+        if self._translating:
+            yield
+            return
+        self._translating = True
+        try:
+            yield
+        except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+            lost = self.lost_connection(exc, doing)
+            if lost is not None:
+                raise lost from None
+            raise NcmError(
+                f"Service '{self.config.name}': the database at {self._where()} failed while "
+                f"{doing}: {_short(exc)}"
+            ) from None
+        finally:
+            self._translating = False
+
+    def lost_connection(self, exc: BaseException, doing: str) -> DatabaseUnreachable | None:
+        """`exc` as the lost connection it is (exit 4, naming the service and the server,
+        never the password), or None when the connection is fine."""
+        read_timeout = None
+        if self._conn is not None and not self._conn.closed:
+            with contextlib.suppress(Exception):
+                read_timeout = timed_out(self._conn.connection.dbapi_connection)
+        lost = isinstance(exc, OSError | TimeoutError) or (
+            isinstance(exc, sa.exc.DBAPIError) and (exc.connection_invalidated or _lost_text(exc))
+        )
+        if read_timeout is None and not lost:
+            return None
+        why = (f"no answer within connect.read_timeout_s = {read_timeout:g}s"
+               if read_timeout is not None else _short(exc))
+        return DatabaseUnreachable(
+            f"Service '{self.config.name}': lost the connection to the database at "
+            f"{self._where()} while {doing} ({why}); check the network and the server, then "
+            "run the command again."
+        )
+
+    def _where(self) -> str:
+        """host:port/database of the service's URL (never its password)."""
+        assert self.config.database_url is not None
+        url = sa.engine.make_url(self.config.database_url)
+        if url.get_backend_name() == "sqlite":
+            return url.database or ":memory:"
+        host = url.host or "localhost"
+        return f"{host}:{url.port}/{url.database}" if url.port else f"{host}/{url.database}"
+
     # -- lock ---------------------------------------------------------------------
 
     @contextmanager
     def lock(self, timeout_s: float) -> Iterator[None]:
         with self._named_lock(self.config.version_table, timeout_s):
             yield
+
+    def _locking(self, fn: Callable[[], T]) -> T:
+        with self.database_errors("taking its migration lock"):
+            return self._in_driver(fn)
 
     @contextmanager
     def _named_lock(self, name: str, timeout_s: float) -> Iterator[None]:
@@ -387,13 +520,13 @@ class SqlBackend:
                 conn.commit()
                 return ok
 
-            wait_for(lambda: self._in_driver(try_pg), timeout_s, what)
+            wait_for(lambda: self._locking(try_pg), timeout_s, what)
             try:
                 yield
             finally:
                 self._release(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         elif dialect in ("mysql", "mariadb"):
-            db = self._in_driver(lambda: conn.exec_driver_sql("SELECT DATABASE()").scalar()) or ""
+            db = self._locking(lambda: conn.exec_driver_sql("SELECT DATABASE()").scalar()) or ""
             mname = lock_name(str(db), name)
 
             def try_my() -> bool:
@@ -401,7 +534,7 @@ class SqlBackend:
                 conn.commit()
                 return got == 1
 
-            wait_for(lambda: self._in_driver(try_my), timeout_s, what)
+            wait_for(lambda: self._locking(try_my), timeout_s, what)
             try:
                 yield
             finally:
@@ -718,7 +851,9 @@ class SqlBackend:
             step = current.get("step")
             if step is None:
                 raise
-            self._abandon(current, ledger_insert, "failed")
+            lost = self.lost_connection(exc, f"applying {step.service}:{step.revision}")
+            if lost is None:
+                self._abandon(current, ledger_insert, "failed")
             duration = (time.perf_counter() - current["t0"]) * 1000
             message = f"{type(exc).__name__}: {_short(exc)}"
             results.append(
@@ -726,6 +861,10 @@ class SqlBackend:
             )
             on_step(step, "done", results[-1])
             log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
+            if lost is not None:  # nothing can be recorded: the connection is gone
+                lost.args = (f"{lost.args[0]} {self._unknown_outcome(step)}",)
+                lost.results = results
+                raise lost from None
             raise MigrationFailed(
                 f"Revision {step.service}:{step.revision} failed "
                 f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}",
@@ -737,6 +876,14 @@ class SqlBackend:
             if relaxed:
                 self._flush_commits()
         return results
+
+    def _unknown_outcome(self, step: Step) -> str:
+        if self.transactional:
+            return (f"The revision {step.revision} was rolled back with its transaction, "
+                    "whatever it had done.")
+        return (f"The revision {step.revision} may be half applied: the service is marked dirty "
+                f"(its ledger row stays 'running'); check the database, then run "
+                f"manage.py repair {step.service}.")
 
     def _flush_commits(self) -> None:
         """Synchronous commits again, and every earlier commit made durable: a transaction
@@ -975,6 +1122,24 @@ _REFUSED_MYSQL_CODES = {1044, 1045, 1049, 1698}
 _REFUSED_PG_TEXT = re.compile(
     r"password authentication failed|database \".*\" does not exist|role \".*\" does not exist"
 )
+
+
+_LOST_TEXT = re.compile(
+    r"server closed the connection|consuming input failed|connection is (lost|closed)|"
+    r"Lost connection to (MySQL|MariaDB) server|MySQL server has gone away|"
+    r"terminating connection|connection (was )?reset|broken pipe",
+    re.IGNORECASE,
+)
+
+
+def _lost_text(exc: BaseException) -> bool:
+    """A driver error that says the connection went away (for drivers whose disconnect
+    SQLAlchemy does not flag as `connection_invalidated` in every case)."""
+    orig = getattr(exc, "orig", None) or exc
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in (2006, 2013, 2055):
+        return True
+    return bool(_LOST_TEXT.search(str(orig)))
 
 
 def _refused(exc: BaseException) -> bool:
