@@ -151,11 +151,11 @@ def pymysql_connect(cparams: dict[str, Any], connect_timeout_s: float, keepalive
     return conn
 
 
-def psycopg_connect(cargs: Any, cparams: dict[str, Any], read_timeout_s: float) -> Any:
-    """A psycopg 3 connection whose every wait on the server is bounded by `read_timeout_s`
+def psycopg_connect(cargs: Any, cparams: dict[str, Any], deadline: Deadline) -> Any:
+    """A psycopg 3 connection whose every wait on the server is bounded by `deadline`
     (`connect.read_timeout_s`): psycopg has no client-side read timeout of its own."""
     conn = _timed_psycopg_class().connect(*cargs, **cparams)
-    conn.deadline = Deadline(read_timeout_s)
+    conn.deadline = deadline
     return conn
 
 
@@ -178,15 +178,4 @@ def _timed_psycopg_class() -> type[Any]:
             with self.deadline.guard(self.pgconn.socket):
                 return super().wait(gen, *args, **kwargs)
 
-        def close(self) -> None:
-            super().close()
-            if self.deadline is not None:
-                self.deadline.close()
-
     return TimedConnection
-
-
-def timed_out(dbapi_conn: Any) -> float | None:
-    """The read timeout that cut `dbapi_conn` (a connection from `psycopg_connect`), if one did."""
-    deadline = getattr(dbapi_conn, "deadline", None)
-    return deadline.limit_s if isinstance(deadline, Deadline) and deadline.fired else None

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -42,7 +43,7 @@ from ..pyfiles import load_revision_module
 from ..settings import ConnectSettings
 from ..urls import is_async, sqlite_file, sync_equivalent
 from . import ConnectFailed, ServerInfo, StepCallback
-from .sockets import keepalive_params, psycopg_connect, pymysql_connect, timed_out
+from .sockets import Deadline, keepalive_params, psycopg_connect, pymysql_connect
 
 if TYPE_CHECKING:
     # Imported where they are used: Alembic and SQLAlchemy's asyncio extension (which pulls
@@ -167,9 +168,15 @@ def _own_sockets(engine: Engine, net: ConnectSettings) -> None:
             return pymysql_connect(cparams, net.timeout_s, net.keepalive_s)
 
     elif driver == "psycopg" and net.read_timeout_s > 0:
+        deadline = _deadlines[engine] = Deadline(net.read_timeout_s)
+
         @sa.event.listens_for(engine, "do_connect")
         def _psycopg(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-            return psycopg_connect(cargs, cparams, net.read_timeout_s)
+            return psycopg_connect(cargs, cparams, deadline)
+
+
+_deadlines: weakref.WeakKeyDictionary[Engine, Deadline] = weakref.WeakKeyDictionary()
+"""The read deadline of each engine that has one (see `_own_sockets`)."""
 
 
 def _transactional_sqlite(engine: Engine) -> None:
@@ -442,6 +449,9 @@ class SqlBackend:
             self._conn.close()
             self._conn = None
         if self._engine is not None:
+            deadline = _deadlines.pop(self._engine, None)
+            if deadline is not None:
+                deadline.close()
             self._engine.dispose()
             self._engine = None
 
@@ -457,6 +467,12 @@ class SqlBackend:
             yield
         except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
             lost = self.lost_connection(exc, doing)
+            if lost is None and not isinstance(exc, sa.exc.DBAPIError):  # the socket itself
+                lost = DatabaseUnreachable(
+                    f"Service '{self.config.name}': lost the connection to the database at "
+                    f"{self._where()} while {doing} ({exc}); check the network and the server, "
+                    "then run the command again."
+                )
             if lost is not None:
                 raise lost from None
             raise NcmError(
@@ -470,12 +486,12 @@ class SqlBackend:
         """`exc` as the lost connection it is (exit 4, naming the service and the server,
         never the password), or None when the connection is fine."""
         read_timeout = None
-        if self._conn is not None and not self._conn.closed:
-            with contextlib.suppress(Exception):
-                read_timeout = timed_out(self._conn.connection.dbapi_connection)
-        lost = isinstance(exc, OSError | TimeoutError) or (
-            isinstance(exc, sa.exc.DBAPIError) and (exc.connection_invalidated or _lost_text(exc))
-        )
+        deadline = _deadlines.get(self._engine) if self._engine is not None else None
+        if deadline is not None and deadline.fired:
+            read_timeout = deadline.limit_s
+        elif self._net.read_timeout_s > 0 and "timed out" in str(exc):  # PyMySQL's own
+            read_timeout = self._net.read_timeout_s
+        lost = isinstance(exc, sa.exc.DBAPIError) and (exc.connection_invalidated or _lost_text(exc))
         if read_timeout is None and not lost:
             return None
         why = (f"no answer within connect.read_timeout_s = {read_timeout:g}s"
@@ -554,8 +570,8 @@ class SqlBackend:
                     yield
 
     def _release(self, stmt: sa.TextClause, params: dict[str, Any]) -> None:
-        if self._conn is None or self._conn.closed:
-            return
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            return  # a lost connection: the server releases the lock when it sees it gone
         self._in_driver(lambda: self._release_now(stmt, params))
 
     def _release_now(self, stmt: sa.TextClause, params: dict[str, Any]) -> None:
@@ -873,7 +889,7 @@ class SqlBackend:
                 results,
             ) from exc
         finally:
-            if relaxed:
+            if relaxed and not self.conn.invalidated:
                 self._flush_commits()
         return results
 
