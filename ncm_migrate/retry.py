@@ -70,7 +70,8 @@ def open_with_retries(
         return max(0.0, min(left, backoff(state.attempt_number, policy.retries, budget, max_interval_s)))
 
     def stop(state: RetryCallState) -> bool:
-        return state.attempt_number > policy.retries or deadline - clock() < MIN_ATTEMPT_S
+        no_room = deadline - clock() - MIN_ATTEMPT_S < MIN_INTERVAL_S  # for a wait and an attempt
+        return state.attempt_number > policy.retries or no_room
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

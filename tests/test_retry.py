@@ -4,10 +4,12 @@ migrated; one that never does is exit 4 within the configured bound."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -132,3 +134,82 @@ def test_a_refusing_server_is_not_retried(repo: Monorepo, pg_url: str) -> None:
     assert time.monotonic() - t0 < 10
     assert "refused the connection" in result.stderr and "not retried" in result.stderr
     assert "retrying" not in result.stderr
+
+
+class FakeClock:
+    """Time that moves only when the retry policy sleeps or an attempt takes its time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+class DownBackend:
+    """A database that never answers: each attempt is refused at once, or (`black_hole`)
+    takes the whole timeout it was given. Records when each attempt started and ended."""
+
+    def __init__(self, clock: FakeClock, black_hole: bool = False) -> None:
+        from ncm_migrate.model import ServiceConfig
+
+        self.config = ServiceConfig(name="users", root=Path("."), database_url="postgresql://h/db")
+        self.clock = clock
+        self.black_hole = black_hole
+        self.attempts: list[tuple[float, float]] = []
+
+    def open(self, timeout_s: float | None = None) -> None:
+        from ncm_migrate.backends import ConnectFailed
+
+        start = self.clock.now
+        if self.black_hole:
+            assert timeout_s is not None
+            self.clock.now += timeout_s
+        self.attempts.append((start - 1000.0, self.clock.now - 1000.0))
+        raise ConnectFailed("connection refused")
+
+
+@pytest.mark.parametrize("black_hole", [False, True])
+def test_max_wait_s_is_the_bound_that_holds(black_hole: bool) -> None:
+    """`connect.max_wait_s = 30` (the default) means trying for 30 s, not ~3: the retries
+    are spread over the budget, the last as it runs out, and no attempt ends past it."""
+    from ncm_migrate.errors import DatabaseUnreachable
+    from ncm_migrate.retry import MIN_ATTEMPT_S, open_with_retries
+    from ncm_migrate.settings import ConnectSettings
+
+    policy = ConnectSettings()
+    assert (policy.retries, policy.max_wait_s) == (5, 30.0)
+    clock = FakeClock()
+    backend = DownBackend(clock, black_hole)
+    with pytest.raises(DatabaseUnreachable, match="stayed unreachable after"):
+        open_with_retries(backend, policy, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    starts = [start for start, _ in backend.attempts]
+    assert starts == sorted(starts) and len(starts) <= policy.retries + 1
+    assert starts[-1] >= policy.max_wait_s - MIN_ATTEMPT_S - policy.timeout_s  # used to be ~3 s
+    assert max(end for _, end in backend.attempts) <= policy.max_wait_s
+    if not black_hole:
+        assert len(starts) == policy.retries + 1
+        assert starts[-1] == pytest.approx(policy.max_wait_s - MIN_ATTEMPT_S)
+
+
+def test_many_retries_in_a_short_budget_do_not_spin() -> None:
+    """`wait --timeout 5` (a retry count without end): attempts at least 50 ms apart, at
+    most 2 s apart, and none past the timeout."""
+    from ncm_migrate.errors import DatabaseUnreachable
+    from ncm_migrate.health import WAIT_INTERVAL_S
+    from ncm_migrate.retry import MIN_INTERVAL_S, open_with_retries
+    from ncm_migrate.settings import ConnectSettings
+
+    clock = FakeClock()
+    backend = DownBackend(clock)
+    with pytest.raises(DatabaseUnreachable):
+        open_with_retries(backend, ConnectSettings(retries=1_000_000), max_wait_s=5.0,  # type: ignore[arg-type]
+                          max_interval_s=WAIT_INTERVAL_S, clock=clock, sleep=clock.sleep)
+    starts = [start for start, _ in backend.attempts]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps and min(gaps) >= MIN_INTERVAL_S * 0.75 and max(gaps) <= WAIT_INTERVAL_S
+    assert max(end for _, end in backend.attempts) <= 5.0
