@@ -213,3 +213,26 @@ def test_many_retries_in_a_short_budget_do_not_spin() -> None:
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps and min(gaps) >= MIN_INTERVAL_S * 0.75 and max(gaps) <= WAIT_INTERVAL_S
     assert max(end for _, end in backend.attempts) <= 5.0
+
+
+@pytest.mark.parametrize("where", ["a-file/x.db", "a-file/sub/x.db", "read-only/x.db"])
+def test_an_sqlite_folder_that_cannot_hold_the_file_is_not_retried(
+    repo: Monorepo, tmp_path: Path, where: str
+) -> None:
+    """No server is starting up there: one sentence, exit 2, no retry (not 30 s of them)."""
+    import os
+
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "read-only").mkdir()
+    (tmp_path / "read-only").chmod(0o555)
+    if where.startswith("read-only") and os.access(tmp_path / "read-only", os.W_OK):
+        pytest.skip("running as root: every folder is writable")
+    repo.table("users", "0001_a", "users_a")
+    repo.urls({"users": f"sqlite:///{tmp_path / where}"},
+              extra="[development.connect]\nretries = 20\nmax_wait_s = 30\n")
+    for command in ("migrate", "showmigrations", "wait"):
+        result = repo.cli(command)
+        assert result.code == 2, result.output
+        assert "retrying" not in result.stderr
+        assert f"SQLite file {tmp_path / where} cannot be created" in result.stderr
+        assert "Traceback" not in result.output

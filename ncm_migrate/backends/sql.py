@@ -410,17 +410,21 @@ class SqlBackend:
         path = sqlite_file(self.config.database_url or "")
         if path is None:
             return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        folder = path.parent
+        why = None
+        if folder.exists() and not folder.is_dir():
+            why = f"{folder} is a file, not a folder"
+        else:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = f"its folder {folder} cannot be created ({exc.strerror or exc})"
+        if why is None and not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            why = f"its folder {folder} is not writable"
+        if why is not None:
             raise ConnectFailed(
-                f"the folder {path.parent} of its SQLite file cannot be created "
-                f"({exc.strerror or exc}); create it or point the URL elsewhere", setting=True,
-            ) from None
-        if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
-            raise ConnectFailed(
-                f"its SQLite file {path} cannot be created: the folder {path.parent} is not "
-                "writable; fix its permissions or point the URL elsewhere", setting=True,
+                f"its SQLite file {path} cannot be created: {why}; fix the folder or the path "
+                f"in the database_url of service {self.config.name!r}", setting=True,
             )
 
     def _open_async(self) -> None:
