@@ -159,8 +159,28 @@ def _engine_args(url: str, timeouts: Timeouts) -> tuple[sa.URL, dict[str, Any]]:
 
 def _own_sockets(engine: Engine, net: ConnectSettings) -> None:
     """Connections made here where the driver cannot bound a wait by itself: PyMySQL's
-    handshake (with keepalives on its socket), psycopg's reads (`connect.read_timeout_s`)."""
+    handshake (with keepalives on its socket), psycopg's reads (`connect.read_timeout_s`);
+    and PostgreSQL's own keepalives on the server's side of the connection."""
     driver = engine.dialect.driver
+    server = keepalive_params(net.keepalive_s)
+    if engine.dialect.name == "postgresql" and server:
+        # The server notices a runner that is gone (a network partition, a VM that froze)
+        # and ends its session, which lets its advisory lock go for the next runner, in
+        # about twice connect.keepalive_s instead of the system's two hours. Set after
+        # connecting, not in the startup packet: PgBouncer refuses `options` there.
+        settings = ", ".join(
+            f"set_config('{name}', '{server[param]}', false)"
+            for name, param in (("tcp_keepalives_idle", "keepalives_idle"),
+                                ("tcp_keepalives_interval", "keepalives_interval"),
+                                ("tcp_keepalives_count", "keepalives_count"))
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _server_keepalives(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"SELECT {settings}")
+            cursor.close()
+            dbapi_conn.commit()
 
     if driver == "pymysql":
         @sa.event.listens_for(engine, "do_connect")

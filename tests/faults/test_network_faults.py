@@ -145,8 +145,9 @@ def test_stall_mid_revision_fails_with_exit_4(repo: Monorepo, server_url: str) -
         assert again.code == 1 and "repair users" in again.output, again.output
 
 
-def test_stall_without_read_timeout_is_seen_by_keepalive_settings(server_url: str) -> None:
-    """The keepalive settings reach the driver: libpq's parameters, PyMySQL's socket."""
+def test_keepalive_settings_reach_the_driver_and_the_server(server_url: str) -> None:
+    """`connect.keepalive_s` reaches libpq's parameters, PyMySQL's socket, and PostgreSQL's
+    side of the connection: a peer that is gone is noticed without limiting query time."""
     from ncm_migrate.backends.sql import create_engine
     from ncm_migrate.settings import ConnectSettings
 
@@ -157,6 +158,9 @@ def test_stall_without_read_timeout_is_seen_by_keepalive_settings(server_url: st
             if server_url.startswith("postgresql"):
                 params = dbapi.info.get_parameters()  # type: ignore[union-attr]
                 assert params["keepalives_idle"] == "6" and params["tcp_user_timeout"] == "12000"
+                # and the server's side, so that it lets a vanished runner's lock go
+                assert conn.exec_driver_sql("SHOW tcp_keepalives_idle").scalar() == "6"
+                assert conn.exec_driver_sql("SHOW tcp_keepalives_count").scalar() == "3"
             else:
                 import socket
 
