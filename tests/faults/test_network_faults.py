@@ -218,3 +218,39 @@ def test_cut_mid_revision_is_exit_4(repo: Monorepo, server_url: str) -> None:
         result = repo.run("migrate", timeout=BOUND_S)
     assert result.code == 4, result.output
     _one_sentence(result, "Service 'users'", "lost the connection", "applying users:0002_cut")
+
+
+# -- the database programs of backup and restore -----------------------------------------
+
+
+def test_restore_client_gives_up_on_a_black_hole(mysql_url: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mariadb client that loads a dump connects with a deadline (pg_dump, pg_restore and
+    psql have PGCONNECT_TIMEOUT): a BackupFailed, not a hang."""
+    import threading
+
+    from ncm_migrate import sql_backup
+    from ncm_migrate.errors import BackupFailed
+    from ncm_migrate.model import ServiceConfig
+
+    monkeypatch.setattr(sql_backup, "CLIENT_CONNECT_TIMEOUT_S", 1)
+    dump = tmp_path / "db.sql"
+    dump.write_text("SELECT 1;\n")
+    outcome: list[BaseException | None] = []
+    with fault_proxy(mysql_url, mode=BLACK_HOLE) as proxy:
+        config = ServiceConfig(name="users", root=tmp_path, database_url=proxy.url(mysql_url))
+
+        def load() -> None:
+            try:
+                with sql_backup._mysql_options(config) as opts:
+                    sql_backup._run([sql_backup.program("mariadb", "mysql"), *opts, "test"], config,
+                                    stdin=dump)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=load, daemon=True)
+        worker.start()
+        worker.join(BOUND_S)
+        assert not worker.is_alive(), "the mariadb client hung on a server that never answers"
+    assert isinstance(outcome[0], BackupFailed) and "users" in str(outcome[0])
