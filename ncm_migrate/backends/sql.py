@@ -919,8 +919,8 @@ class SqlBackend:
 
     def _unknown_outcome(self, step: Step) -> str:
         if self.transactional:
-            return (f"The revision {step.revision} was rolled back with its transaction, "
-                    "whatever it had done.")
+            return (f"Nothing of revision {step.revision} stays: the server rolls its "
+                    "transaction back when it sees the connection gone.")
         return (f"The revision {step.revision} may be half applied: the service is marked dirty "
                 f"(its ledger row stays 'running'); check the database, then run "
                 f"manage.py repair {step.service}.")
