@@ -23,6 +23,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
     ConfigurationError,
+    ConnectionFailure,
     DuplicateKeyError,
     InvalidURI,
     OperationFailure,
@@ -30,11 +31,18 @@ from pymongo.errors import (
 )
 
 from .. import ledger as ledger_rules
-from ..errors import LockLost, LockTimeout, MigrationFailed, RevisionFileError, SettingsError
+from ..errors import (
+    DatabaseUnreachable,
+    LockLost,
+    LockTimeout,
+    MigrationFailed,
+    RevisionFileError,
+    SettingsError,
+)
 from ..locking import wait_for
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ..pyfiles import load_revision_module
-from ..urls import password_of, redact
+from ..urls import mask_url, password_of, redact
 from . import ConnectFailed, ServerInfo, StepCallback
 from .mongo_lease import COLLECTION as LOCK_COLLECTION
 from .mongo_lease import Lease
@@ -98,6 +106,21 @@ def connect(config: ServiceConfig, timeout_s: float) -> MongoClient[Document]:
         client.close()
         raise ConnectFailed(_short(exc)) from None
     return client
+
+
+@contextmanager
+def _connection_errors(config: ServiceConfig, doing: str) -> Iterator[None]:
+    """A lost or unreachable server outside a step, `doing` something: `DatabaseUnreachable`
+    (exit 4) naming the service and the server, never the password."""
+    try:
+        yield
+    except ConnectionFailure as exc:  # AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
+        url = config.database_url or ""
+        raise DatabaseUnreachable(
+            f"Service '{config.name}': lost the connection to the database at {mask_url(url)} "
+            f"while {doing} ({redact(_short(exc), [password_of(url)])}); check the network and "
+            "the server, then run the command again."
+        ) from None
 
 
 class MongoBackend:
@@ -169,7 +192,8 @@ class MongoBackend:
     def lock(self, timeout_s: float) -> Iterator[None]:
         lease = Lease(self.db[LOCK_COLLECTION], self.config.name, self.lease_s)
         try:
-            wait_for(lease.try_acquire, timeout_s, f"service '{self.config.name}'")
+            with _connection_errors(self.config, "taking its migration lock"):
+                wait_for(lease.try_acquire, timeout_s, f"service '{self.config.name}'")
         except LockTimeout as exc:
             holder = lease.holder()
             raise LockTimeout(f"{exc} It is held by a {holder}." if holder else str(exc)) from None
@@ -214,7 +238,8 @@ class MongoBackend:
         return list(query.sort("seq", ASCENDING))
 
     def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState:
-        docs = self._docs()
+        with _connection_errors(self.config, "reading its migration state"):
+            docs = self._docs()
         rows = [_row(d) for d in docs]
         sums = ledger_rules.applied_checksums(rows)
         known = {r for r in sums if r in revisions}
@@ -231,7 +256,8 @@ class MongoBackend:
         )
 
     def history(self, limit: int | None = None) -> list[LedgerRow]:
-        return [_row(d) for d in self._docs(limit)]
+        with _connection_errors(self.config, "reading its ledger"):
+            return [_row(d) for d in self._docs(limit)]
 
     def _insert_row(self, fields: Document) -> int:
         """Append one ledger document with the service's next `seq`; returns the seq."""
@@ -257,11 +283,12 @@ class MongoBackend:
 
     def record(self, revision: str, direction: str, status: str, checksum: str | None,
                ctx: RunContext) -> None:
-        self._ensure_collections()
-        now = ledger_rules.utcnow()
-        self._insert_row(_fields(revision, direction, status, checksum, ctx, now,
-                                 finished=now, duration_ms=0.0))
-        self._reconcile_markers()
+        with _connection_errors(self.config, "recording in its ledger"):
+            self._ensure_collections()
+            now = ledger_rules.utcnow()
+            self._insert_row(_fields(revision, direction, status, checksum, ctx, now,
+                                     finished=now, duration_ms=0.0))
+            self._reconcile_markers()
 
     def _reconcile_markers(self) -> None:
         """Make the markers say what the ledger says is applied (after `repair`)."""
@@ -290,7 +317,8 @@ class MongoBackend:
         fake: bool,
         on_step: StepCallback,
     ) -> list[StepResult]:
-        self._ensure_collections()
+        with _connection_errors(self.config, "preparing its ledger"):
+            self._ensure_collections()
         results: list[StepResult] = []
         for step in steps:
             rev = revisions[step.revision]
@@ -349,6 +377,10 @@ class MongoBackend:
     # -- server -------------------------------------------------------------------
 
     def server_info(self) -> ServerInfo:
+        with _connection_errors(self.config, "reading the server's version and privileges"):
+            return self._server_info()
+
+    def _server_info(self) -> ServerInfo:
         start = time.perf_counter()
         self.db.command("ping")
         latency = (time.perf_counter() - start) * 1000

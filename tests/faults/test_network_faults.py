@@ -265,3 +265,30 @@ def test_restore_client_gives_up_on_a_black_hole(mysql_url: str, tmp_path: Path,
 
         error = bounded(load)
     assert isinstance(error, BackupFailed) and "users" in str(error)
+
+
+# -- MongoDB: a connection lost outside a step -------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("showmigrations",), ("history",), ("migrate",)])
+def test_mongo_connection_lost_outside_a_step_is_exit_4(
+    repo: Monorepo, mongo_url: str, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    """pymongo's own errors for a server gone (AutoReconnect, a server selection that timed
+    out) while reading the ledger: one sentence naming the service and the server, exit 4."""
+    from mongo_fake import FakeCollection
+    from pymongo.errors import AutoReconnect
+
+    repo.mongo_revision("orders", "0001_initial")
+    repo.urls({"orders": mongo_url})
+    assert repo.cli("migrate").code == 0
+    repo.mongo_revision("orders", "0002_more", down="0001_initial")
+
+    def gone(*_args: object, **_kwargs: object) -> None:
+        raise AutoReconnect("connection closed")
+
+    monkeypatch.setattr(FakeCollection, "find", gone)
+    result = repo.cli(*command)
+    assert result.code == 4, result.output
+    _one_sentence(result, "Service 'orders'", "lost the connection", "localhost:27017",
+                  "connection closed")
