@@ -88,11 +88,8 @@ def test_database_that_never_comes_up_is_exit_4_within_the_bound(repo: Monorepo)
     repo.table("users", "0001_a", "users_a")
     repo.urls({"users": f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{port}/x"},
               extra="[development.connect]\nretries = 50\nmax_wait_s = 3\n")
-    t0 = time.monotonic()
-    result = repo.cli("migrate")
-    elapsed = time.monotonic() - t0
-    assert result.code == 4, result.output
-    assert elapsed < 3 + 2  # the budget, plus start-up
+    result = repo.run("migrate", timeout=120)  # a bound for a hang; the budget itself is
+    assert result.code == 4, result.output     # checked on a fake clock below
     assert "users" in result.stderr and "unreachable" in result.stderr
     assert "s3cret-pw" not in result.output
     assert result.stderr.count("retrying") >= 2
@@ -101,10 +98,9 @@ def test_database_that_never_comes_up_is_exit_4_within_the_bound(repo: Monorepo)
 def test_wait_times_out_with_exit_4(repo: Monorepo) -> None:
     repo.table("users", "0001_a", "users_a")
     repo.urls({"users": "mysql+pymysql://root@127.0.0.1:1/x"})
-    t0 = time.monotonic()
-    result = repo.cli("wait", "--timeout", "1.5")
+    result = repo.run("wait", "--timeout", "1.5", timeout=120)  # a bound for a hang only
     assert result.code == 4
-    assert time.monotonic() - t0 < 1.5 + 2
+    assert "users" in result.stderr and "Traceback" not in result.output
 
 
 def test_wait_returns_once_the_databases_answer(repo: Monorepo, db_url: str) -> None:
@@ -128,10 +124,8 @@ def test_a_refusing_server_is_not_retried(repo: Monorepo, pg_url: str) -> None:
     url = sa.engine.make_url(pg_url).set(database="ncm_no_such_db").render_as_string(hide_password=False)
     repo.table("users", "0001_a", "users_a")
     repo.urls({"users": url}, extra="[development.connect]\nretries = 20\nmax_wait_s = 30\n")
-    t0 = time.monotonic()
     result = repo.cli("migrate")
     assert result.code == 4
-    assert time.monotonic() - t0 < 10
     assert "refused the connection" in result.stderr and "not retried" in result.stderr
     assert "retrying" not in result.stderr
 
