@@ -292,3 +292,19 @@ def test_mongo_connection_lost_outside_a_step_is_exit_4(
     assert result.code == 4, result.output
     _one_sentence(result, "Service 'orders'", "lost the connection", "localhost:27017",
                   "connection closed")
+
+
+def test_cut_mid_revision_in_a_worker_process_is_exit_4(repo: Monorepo, server_url: str,
+                                                         sqlite_url: str) -> None:
+    """With --jobs, the lost connection crosses the process boundary whole: exit 4 and the
+    same sentence; the other service's work is not lost."""
+    repo.table("users", "0001_initial", "people")
+    repo.revision("users", "0002_cut", upgrade="op.execute(\"SELECT 'ncm-cut-here'\")")
+    repo.table("orders", "0001_initial", "orders")
+    with fault_proxy(server_url) as proxy:
+        repo.urls({"users": proxy.url(server_url), "orders": sqlite_url}, extra=FAST)
+        proxy.cut_on(b"ncm-cut-here")
+        result = repo.run("migrate", "--jobs", "2", timeout=BOUND_S)
+    assert result.code == 4, result.output
+    _one_sentence(result, "Service 'users'", "lost the connection", "applying users:0002_cut")
+    assert "orders" in result.stdout
