@@ -85,6 +85,25 @@ def test_black_hole_every_command_gives_up(
     assert f"127.0.0.1:{proxy.port}" in result.output
 
 
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy", "asyncpg", "psycopg_async"])
+def test_async_drivers_give_up_on_a_black_hole(request: pytest.FixtureRequest, driver: str) -> None:
+    """Async engines connect under one deadline (connect.timeout_s) whatever the driver does:
+    aiomysql and asyncmy, like PyMySQL, read the server's greeting without one."""
+    from ncm_migrate.backends import ConnectFailed
+    from ncm_migrate.backends.sql import SqlBackend
+    from ncm_migrate.model import ServiceConfig
+
+    mysql = driver in ("aiomysql", "asyncmy")
+    url: str = request.getfixturevalue("mysql_url" if mysql else "pg_url")
+    with fault_proxy(url, mode=BLACK_HOLE) as proxy:
+        async_url = sa.engine.make_url(proxy.url(url)).set(
+            drivername=f"{'mysql' if mysql else 'postgresql'}+{driver}"
+        ).render_as_string(hide_password=False)
+        backend = SqlBackend(ServiceConfig(name="users", root=Path("."), database_url=async_url), 1.0)
+        error = bounded(backend.open)
+    assert isinstance(error, ConnectFailed), error
+
+
 def test_mariadb_handshake_has_a_deadline_in_process(mysql_url: str) -> None:
     """PyMySQL reads the server's greeting without a bound; ours has connect.timeout_s."""
     from ncm_migrate.backends import ConnectFailed
