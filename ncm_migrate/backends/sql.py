@@ -422,7 +422,10 @@ class SqlBackend:
             self._in_driver(probe)
         except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
             self.close()
-            raise ConnectFailed(_short(exc), permanent=_refused(exc)) from None
+            reason = _short(exc)
+            if isinstance(exc, TimeoutError) and not str(exc):  # our own deadline (async)
+                reason = f"no answer within connect.timeout_s = {self._net.timeout_s:g}s"
+            raise ConnectFailed(reason, permanent=_refused(exc)) from None
 
     def _check_sqlite_folder(self) -> None:
         """A SQLite file's folder is created if missing; one that cannot be, or that is not

@@ -102,6 +102,7 @@ def test_async_drivers_give_up_on_a_black_hole(request: pytest.FixtureRequest, d
         backend = SqlBackend(ServiceConfig(name="users", root=Path("."), database_url=async_url), 1.0)
         error = bounded(backend.open)
     assert isinstance(error, ConnectFailed), error
+    assert "1s" in str(error) or "timeout" in str(error).lower(), error
 
 
 def test_mariadb_handshake_has_a_deadline_in_process(mysql_url: str) -> None:
