@@ -512,13 +512,13 @@ class SqlBackend:
     def lost_connection(self, exc: BaseException, doing: str) -> DatabaseUnreachable | None:
         """`exc` as the lost connection it is (exit 4, naming the service and the server,
         never the password), or None when the connection is fine."""
+        lost = isinstance(exc, sa.exc.DBAPIError) and (exc.connection_invalidated or _lost_text(exc))
         read_timeout = None
         deadline = _deadlines.get(self._engine) if self._engine is not None else None
         if deadline is not None and deadline.fired:
             read_timeout = deadline.limit_s
-        elif self._net.read_timeout_s > 0 and "timed out" in str(exc):  # PyMySQL's own
+        elif lost and self._net.read_timeout_s > 0 and "timed out" in str(exc):  # PyMySQL's own
             read_timeout = self._net.read_timeout_s
-        lost = isinstance(exc, sa.exc.DBAPIError) and (exc.connection_invalidated or _lost_text(exc))
         if read_timeout is None and not lost:
             return None
         why = (f"no answer within connect.read_timeout_s = {read_timeout:g}s"
