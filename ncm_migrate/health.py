@@ -104,6 +104,8 @@ def diagnose(
             out.append(replace(
                 base, heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
             ))
+        except DatabaseUnreachable as exc:  # lost after it answered: reported like the others
+            out.append(replace(base, reachable=False, error=str(exc)))
         finally:
             backend.close()
     return out

@@ -328,3 +328,16 @@ def test_cut_mid_revision_in_a_worker_process_is_exit_4(repo: Monorepo, server_u
     assert result.code == 4, result.output
     _one_sentence(result, "Service 'users'", "lost the connection", "applying users:0002_cut")
     assert "orders" in result.stdout
+
+
+def test_doctor_reports_a_connection_lost_after_it_answered(repo: Monorepo, server_url: str) -> None:
+    """Cut after the first query answered: doctor still reports every service (exit 1, as
+    for one it could not reach), not exit 4 for the whole command."""
+    repo.table("users", "0001_initial", "people")
+    with fault_proxy(server_url) as proxy:
+        _repo(repo, proxy.url(server_url))
+        proxy.cut_on(b"pg_try_advisory_lock(" if server_url.startswith("postgresql") else b"GET_LOCK(")
+        result = repo.run("doctor", timeout=BOUND_S)
+        assert proxy.triggered.is_set()
+    assert result.code == 1, result.output
+    _one_sentence(result, "Service 'users'", "lost the connection")
