@@ -23,7 +23,8 @@ from .urls import mask_url, password_of, redact
 log = logging.getLogger(__name__)
 
 MIN_ATTEMPT_S = 1.0
-"""The least time an attempt is given: none starts with less of the budget left."""
+"""The time kept for the last attempt: none starts with less of the budget left (half
+the budget, in a budget shorter than twice this)."""
 MIN_INTERVAL_S = 0.05
 """The least wait between two attempts (many retries in a short budget)."""
 
@@ -58,19 +59,20 @@ def open_with_retries(
     started = clock()
     deadline = started + budget
     last_retry = policy.retries
+    reserve = min(MIN_ATTEMPT_S, budget / 2)
 
     def attempt() -> None:
         left = deadline - clock()
-        backend.open(max(MIN_ATTEMPT_S, min(policy.timeout_s, left)))
+        backend.open(max(reserve, min(policy.timeout_s, left)))
 
     def wait(state: RetryCallState) -> float:
-        left = deadline - clock() - MIN_ATTEMPT_S
+        left = deadline - clock() - reserve
         if state.attempt_number >= last_retry:  # the last retry: as the budget runs out
             return max(0.0, left)
         return max(0.0, min(left, backoff(state.attempt_number, policy.retries, budget, max_interval_s)))
 
     def stop(state: RetryCallState) -> bool:
-        no_room = deadline - clock() - MIN_ATTEMPT_S < MIN_INTERVAL_S  # for a wait and an attempt
+        no_room = deadline - clock() - reserve < MIN_INTERVAL_S  # for a wait and an attempt
         return state.attempt_number > policy.retries or no_room
 
     def before_sleep(state: RetryCallState) -> None:

@@ -230,3 +230,19 @@ def test_an_sqlite_folder_that_cannot_hold_the_file_is_not_retried(
         assert "retrying" not in result.stderr
         assert f"SQLite file {tmp_path / where} cannot be created" in result.stderr
         assert "Traceback" not in result.output
+
+
+def test_a_short_budget_still_gets_its_retry() -> None:
+    """`retries = 1`, `max_wait_s = 1`: the retry is made within the second, not skipped
+    for want of a whole second left."""
+    from ncm_migrate.errors import DatabaseUnreachable
+    from ncm_migrate.retry import open_with_retries
+    from ncm_migrate.settings import ConnectSettings
+
+    clock = FakeClock()
+    backend = DownBackend(clock)
+    with pytest.raises(DatabaseUnreachable):
+        open_with_retries(backend, ConnectSettings(retries=1, max_wait_s=1.0),  # type: ignore[arg-type]
+                          clock=clock, sleep=clock.sleep)
+    assert len(backend.attempts) == 2
+    assert max(end for _, end in backend.attempts) <= 1.0
