@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .executor import Event, Reporter
+from .events import Event, Reporter
 from .ledger import run_context, utcnow
 from .model import RunContext
 from .urls import redact_known

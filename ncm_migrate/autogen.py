@@ -27,6 +27,7 @@ from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+from .backends.retry import open_with_retries
 from .backends.sql import SqlBackend, create_engine
 from .errors import MigrationFailed, NcmError
 from .executor import segments
@@ -36,7 +37,6 @@ from .ledger import run_context
 from .metadata import load_models_metadata
 from .model import Plan, ServiceConfig, ServiceState, Step, StepResult
 from .project import Project
-from .retry import open_with_retries
 from .urls import is_async, sync_equivalent
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ class Changes:
 
 def detect_changes(project: Project, service: str, index_concurrently: bool = False) -> Changes | None:
     """The difference between `service`'s models.py and its migrations' head, or None when
-    the service has no models.py. `index_concurrently` marks index operations to be built
-    CONCURRENTLY on PostgreSQL.
+    the service has no models.py, or one that declares no tables. `index_concurrently`
+    marks index operations to be built CONCURRENTLY on PostgreSQL.
 
     Raises `DatabaseUnreachable` when the service's server does not answer, and
     `MigrationFailed` when its migrations fail on the scratch database.
@@ -79,6 +79,11 @@ def detect_changes(project: Project, service: str, index_concurrently: bool = Fa
     config = project.service(service)
     metadata = load_models_metadata(config)
     if metadata is None:
+        return None
+    if not metadata.tables:
+        # A models.py that declares no tables (as `startservice` writes it) does not model
+        # the service yet: comparing it would call for dropping every hand-written table.
+        log.info("service '%s': its models.py declares no tables, so it is not compared", service)
         return None
     if config.database_url and is_async(config.database_url):
         # Comparing is synchronous Alembic work on a scratch database: use the driver's
@@ -138,6 +143,11 @@ def compare(
             for op in _walk(container.ops):
                 if isinstance(op, ops.CreateIndexOp | ops.DropIndexOp):
                     op.kw["postgresql_concurrently"] = True
+    described = [describe(op) for op in _walk(up.ops)]
+    # PostgreSQL: an index on a table that exists already is built CONCURRENTLY (writes go
+    # on meanwhile), which cannot run in a transaction: such indexes come last, in an
+    # autocommit block, so that the revision passes `lint` as written.
+    late = [] if index_concurrently or conn.dialect.name != "postgresql" else _pull_late_indexes(up)
     contexts: list[AutogenContext] = []
 
     def render_item(_type: str, _obj: Any, autogen_context: AutogenContext) -> Literal[False]:
@@ -147,18 +157,27 @@ def compare(
     # SQLite alters tables in batch mode; indexes it builds directly, and an index
     # revision's operations sit inside a `with` block of their own.
     batch = conn.dialect.name == "sqlite" and not index_concurrently
-    upgrades, downgrades = (
-        wrap_long_lines(
-            # Alembic's templates indent the first line themselves.
-            "    " + render_python_code(
-                container, render_as_batch=batch, render_item=render_item, migration_context=mctx
-            ),
-            LINE_LENGTH,
+
+    def rendered(container: ops.UpgradeOps | ops.DowngradeOps) -> str:
+        # Alembic's templates indent the first line themselves.
+        return "    " + render_python_code(
+            container, render_as_batch=batch, render_item=render_item, migration_context=mctx
         )
-        for container in (up, down)
-    )
+
+    upgrades = rendered(up) if up.ops else ""
+    if late:
+        block = [line for line in rendered(ops.UpgradeOps(ops=list(late))).splitlines()
+                 if not line.strip().startswith("# ###")]
+        upgrades = "\n".join([
+            *([upgrades] if upgrades else []),
+            "    # CREATE INDEX CONCURRENTLY does not block writes to an existing table, and runs",
+            "    # outside a transaction: what comes before is committed first (a failed build",
+            "    # leaves an INVALID index to drop before migrating again).",
+            "    with op.get_context().autocommit_block():",
+            *("    " + line for line in block),
+        ])
+    upgrades, downgrades = (wrap_long_lines(text, LINE_LENGTH) for text in (upgrades, rendered(down)))
     imports = {line for ctx in contexts for line in ctx.imports}
-    described = [describe(op) for op in _walk(up.ops)]
     return Changes(
         service=config.name,
         upgrades=upgrades,
@@ -371,6 +390,30 @@ def _wrap_line(line: str, width: int) -> list[str]:
         lines.extend(_wrap_line(inner, width) if len(inner) > width else [inner])
     lines.append(f"{indent}){trailing}")
     return lines
+
+
+def _pull_late_indexes(up: ops.UpgradeOps) -> list[ops.CreateIndexOp]:
+    """Take out of `up` the indexes on tables that it does not create, marked to be built
+    CONCURRENTLY; the containers they leave empty go too."""
+    created = {op.table_name for op in _walk(up.ops) if isinstance(op, ops.CreateTableOp)}
+    late: list[ops.CreateIndexOp] = []
+
+    def pull(container: ops.OpContainer) -> None:
+        kept: list[ops.MigrateOperation] = []
+        for op in container.ops:
+            if isinstance(op, ops.CreateIndexOp) and op.table_name not in created:
+                op.kw["postgresql_concurrently"] = True
+                late.append(op)
+                continue
+            if isinstance(op, ops.OpContainer):
+                pull(op)
+                if not op.ops:
+                    continue
+            kept.append(op)
+        container.ops = kept
+
+    pull(up)
+    return late
 
 
 def _walk(items: Iterable[ops.MigrateOperation]) -> Iterator[ops.MigrateOperation]:

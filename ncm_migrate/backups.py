@@ -25,6 +25,7 @@ from .errors import BackupFailed, BackupInvalid, SettingsError, ToolMissing
 from .ledger import tool_version, utcnow
 from .model import ServiceConfig
 from .sql_backup import program as program
+from .urls import dialect_of
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,6 @@ def default_dir(base: Path, environment: str, service: str) -> Path:
     return folder
 
 
-def dialect_of(config: ServiceConfig) -> str:
-    if config.backend == "mongo":
-        return "mongodb"
-    from sqlalchemy.engine import make_url
-
-    assert config.database_url is not None
-    name = make_url(config.database_url).get_backend_name()
-    return "mysql" if name == "mariadb" else name
-
-
 def backup_database(
     config: ServiceConfig,
     out_dir: Path,
@@ -103,7 +94,7 @@ def backup_database(
     """
     out_dir = Path(out_dir)
     fernet = _fernet(encryption_key) if encryption_key else None
-    dialect = dialect_of(config)
+    dialect = dialect_of(config.database_url or "")
     made = _make_folder(out_dir)
     try:
         files = _dump(config, dialect, out_dir, lock_timeout_s)
@@ -134,8 +125,26 @@ def backup_database(
     return manifest
 
 
-def _make_folder(out_dir: Path) -> Path | None:
-    """Create `out_dir` (or check that it is empty); the topmost folder created, if any."""
+def check_target(out_dir: Path, encryption_key: str | None) -> None:
+    """Refuse (exit 2) the folder or key that `backup_database` would refuse, before the
+    database is touched: a file, a folder that is not empty, a path under a file, a key
+    that is not a Fernet key."""
+    if encryption_key:
+        _fernet(encryption_key)
+    if _check_folder(Path(out_dir)):
+        return
+    ancestor = Path(out_dir).parent
+    try:
+        while not ancestor.exists() and ancestor.parent != ancestor:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise BackupInvalid(f"Cannot create backup folder {out_dir}: {ancestor} is a file.")
+    except OSError as exc:
+        raise BackupInvalid(f"Cannot create backup folder {out_dir}: {exc.strerror}.") from None
+
+
+def _check_folder(out_dir: Path) -> bool:
+    """Whether `out_dir` exists (then it is an empty folder, else `BackupInvalid`)."""
     try:
         exists = out_dir.exists()
         is_file = exists and not out_dir.is_dir()
@@ -147,6 +156,12 @@ def _make_folder(out_dir: Path) -> Path | None:
             raise BackupInvalid(f"Backup folder {out_dir} is a file; give a new folder with -o.")
         if not empty:
             raise BackupInvalid(f"Backup folder {out_dir} is not empty; give a new folder with -o.")
+    return exists
+
+
+def _make_folder(out_dir: Path) -> Path | None:
+    """Create `out_dir` (or check that it is empty); the topmost folder created, if any."""
+    if _check_folder(out_dir):
         return None
     top = out_dir
     try:
@@ -233,6 +248,21 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
             )
 
 
+def check_manifest(config: ServiceConfig, folder: Path, manifest: Manifest) -> str:
+    """Refuse (exit 2) a backup of another service or database, before anything is
+    touched; the service's dialect."""
+    dialect = dialect_of(config.database_url or "")
+    if manifest.service != config.name:
+        raise BackupInvalid(
+            f"{folder} is a backup of service '{manifest.service}', not '{config.name}'."
+        )
+    if manifest.dialect != dialect or dialect not in _FORMATS:
+        raise BackupInvalid(
+            f"{folder} is a {manifest.dialect} backup; service '{config.name}' is on {dialect} here."
+        )
+    return dialect
+
+
 def restore_database(
     config: ServiceConfig, folder: Path, *, encryption_key: str | None, lock_timeout_s: float = 30.0
 ) -> Manifest:
@@ -244,15 +274,7 @@ def restore_database(
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    dialect = dialect_of(config)
-    if manifest.service != config.name:
-        raise BackupInvalid(
-            f"{folder} is a backup of service '{manifest.service}', not '{config.name}'."
-        )
-    if manifest.dialect != dialect or dialect not in _FORMATS:
-        raise BackupInvalid(
-            f"{folder} is a {manifest.dialect} backup; service '{config.name}' is on {dialect} here."
-        )
+    dialect = check_manifest(config, folder, manifest)
     verify_files(manifest, folder)
     fmt = _FORMATS[dialect]
     names = [n.removesuffix(_ENC) if manifest.encrypted else n for n in manifest.files]

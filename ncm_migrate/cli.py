@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import inspect
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,12 +31,14 @@ from rich.progress import (
 from rich.table import Table
 
 from . import commands
-from .errors import BadInput, NcmError, ProblemsFound
-from .executor import Event, RunReport
+from .errors import BadInput, Interrupted, NcmError, ProblemsFound, signal_name
+from .events import Event, RunReport
 from .findings import Report
+from .interrupts import StopRequest, ignore_signals, stopping_on_signals
+from .ledger import tool_version
+from .loader import find_root
 from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
 from .model import Plan, StepResult
-from .project import find_root
 from .questioner import Questioner, questioner_for
 from .running import MigrateResult
 from .service_commands import ServiceCommand, find_service_commands, load_service_command
@@ -49,7 +52,6 @@ app = typer.Typer(
         "(listed under Service commands when there are any).\n\n"
         "Example: python manage.py migrate --env staging"
     ),
-    no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -71,7 +73,13 @@ class Globals:
         return {"env": self.env, "root": self.root, "settings_dir": self.settings}
 
 
-@app.callback()
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"ncm-migrate {tool_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback(invoke_without_command=True)
 def _options(
     ctx: typer.Context,
     env: Annotated[
@@ -85,6 +93,10 @@ def _options(
                           help="More output, with the SQL run (-v); repeat for debug output (-vv).")
     ] = 0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", metavar="", help="Only errors.")] = False,
+    _version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                           help="Show ncm-migrate's version and exit.")
+    ] = False,
 ) -> None:
     """Migrations for every service of a monorepo.
 
@@ -93,6 +105,9 @@ def _options(
     verbosity = -1 if quiet else verbose
     configure_logging(verbosity_levels(verbosity))
     ctx.obj = Globals(env=env, settings=settings, root=_default_root, verbosity=verbosity)
+    if ctx.invoked_subcommand is None:  # bare `manage.py`: the help, and success (as Django)
+        typer.echo(ctx.get_help(), nl=False)
+        raise typer.Exit(0)
 
 
 @contextmanager
@@ -311,16 +326,77 @@ def _summary(report: RunReport) -> None:
     out.print(table)
 
 
+def _where_each_stands(error: NcmError) -> None:
+    """After a run that was interrupted or left a service dirty: each service's state, and
+    what to run next."""
+    by_service: dict[str, list[StepResult]] = {}
+    for r in error.results:
+        by_service.setdefault(r.service, []).append(r)
+    lines = []
+    for service, results in by_service.items():
+        parts = []
+        for outcome in ("applied", "reverted", "faked"):
+            done = [r.revision for r in results if r.outcome == outcome]
+            if done:
+                parts.append(f"{outcome}: {', '.join(done)}")
+        for r in results:
+            if r.outcome != "failed":
+                continue
+            what = "interrupted" if isinstance(error, Interrupted) else "failed"
+            if r.dirty:
+                parts.append(f"{r.revision} {what} part way: DIRTY, its database cannot roll DDL "
+                             f"back; check what of it ran, then run `manage.py repair {service}`")
+            else:
+                parts.append(f"{r.revision} {what} and rolled back: nothing of it remains")
+        waiting = [r.revision for r in results if r.outcome == "not-run"]
+        if waiting:
+            parts.append(f"not run: {', '.join(waiting)}")
+        lines.append(f"  {service}: {'; '.join(parts) or 'nothing to do'}")
+    if isinstance(error, Interrupted):
+        out.print(f"Interrupted by {signal_name(error.signum)}. Where each service stands:",
+                  markup=False)
+    else:
+        out.print("Where each service stands:", markup=False)
+    _write_plain(lines)
+    dirty = list(dict.fromkeys(r.service for r in error.results if r.dirty))
+    if dirty:
+        out.print(f"Run the same command again once {', '.join(dirty)} "
+                  f"{'is' if len(dirty) == 1 else 'are'} repaired.", markup=False)
+    elif isinstance(error, Interrupted):
+        out.print("Run the same command again to continue.", markup=False)
+
+
 def _run(call: Callable[[], MigrateResult], as_json: bool, quiet: bool) -> None:
     """Run migrate/rollback, then print each step's outcome as a summary or JSON, also
-    when an error stopped the run (the error then says why, and sets the exit code)."""
+    when an error stopped the run (the error then says why, and sets the exit code).
+
+    Ctrl-C or SIGTERM stops the run once; a second one while it records where it stopped,
+    or while this prints, is only noted, and after that ignored until the process exits."""
+    stop = StopRequest()
+    try:
+        with stopping_on_signals() as stop:
+            _run_and_print(call, as_json, quiet, stop)
+    finally:
+        if stop.signum is not None:
+            ignore_signals()
+
+
+def _run_and_print(
+    call: Callable[[], MigrateResult], as_json: bool, quiet: bool, stop: StopRequest
+) -> None:
     try:
         result = call()
+    except KeyboardInterrupt:  # before the run began: planning, a prompt, a backup
+        signum = stop.signum or signal.SIGINT
+        raise Interrupted(f"Interrupted ({signal_name(signum)}) before any revision ran.",
+                          signum) from None
     except NcmError as exc:
         if as_json:
             _json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results})
         elif not quiet and exc.results:
             _summary(RunReport(exc.results))
+            if isinstance(exc, Interrupted) or any(r.dirty for r in exc.results):
+                _where_each_stands(exc)
         raise
     if as_json:
         _json({"ok": True, "error": None, "steps": result.results})
@@ -539,13 +615,22 @@ def doctor_cmd(
 
 
 def _prompt(text: str) -> str:
-    answer: str = typer.prompt(text, default="", show_default=False, err=True)
+    """The user's answer; EOFError when none comes (Ctrl-C or Ctrl-D at the prompt)."""
+    try:
+        answer: str = typer.prompt(text, default="", show_default=False, err=True)
+    except typer.Abort:  # Click's prompt turns KeyboardInterrupt and EOFError into Abort
+        err.print()
+        raise EOFError from None
     return answer
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
 
 
 def _questioner(yes: bool) -> Questioner:
     """Typed confirmation on a terminal; elsewhere only --yes confirms."""
-    return questioner_for(yes, sys.stdin.isatty() and sys.stderr.isatty(), _prompt)
+    return questioner_for(yes, _interactive(), _prompt)
 
 
 def _findings(report: Report, as_json: bool, quiet: bool) -> None:
@@ -633,9 +718,14 @@ def repair_cmd(
     with _errors():
         actions = commands.repair(service, questioner=_questioner(yes), **_g(ctx).where)
         if not actions:
-            out.print(f"Nothing to repair in service '{service}'.", markup=False)
+            out.print(f"Nothing to repair in service '{service}': no dirty mark, and every applied "
+                      "revision's file is as it was applied.", markup=False)
+            return
+        out.print(f"Repaired service '{service}' (only its ledger changed; no migration code ran "
+                  "and no table was touched):", markup=False)
         for a in actions:
-            out.print(f"{service}:{a.revision} {a.direction} {a.status}: {a.reason}", markup=False)
+            out.print(f"  {service}:{a.revision}: {a.reason} (ledger row appended: {a.direction} "
+                      f"{a.status}).", markup=False)
 
 
 @app.command("backup")
@@ -729,6 +819,8 @@ def makemigrations_cmd(
             note = " (dry run: nothing written)" if dry_run else ""
             out.print(f"Migrations for '{new.service}'{note}:", markup=False)
             out.print(f"  {_shown(new.path)}", markup=False)
+            if new.how:
+                out.print(f"    {new.how[0].upper()}{new.how[1:]}.", markup=False)
             for change in new.changes:
                 out.print(f"    - {change}", markup=False)
             if dry_run:
@@ -774,7 +866,15 @@ def startservice_cmd(
                 f"in settings/.secrets.toml or NCM_SERVICES__{name.upper()}__DATABASE_URL); until "
                 f"then commands leave '{name}' out.", markup=False)
             then = "set its database_url, then "
-        out.print(f"Next: {then}`python manage.py makemigrations {name}`.", markup=False)
+        models = next((p for p in new.paths if p.name == "models.py"), None)
+        if models is None:
+            out.print(f"Next: {then}`python manage.py makemigrations {name} --empty -m \"...\"`.",
+                      markup=False)
+            return
+        out.print(f"Next: {then}declare its tables in {_shown(models)} and run `python manage.py "
+                  f"makemigrations {name}` (while it declares none, nothing is autogenerated or "
+                  f"checked: write revisions by hand with `makemigrations {name} --empty`).",
+                  markup=False)
 
 
 @app.command("init")
@@ -793,6 +893,34 @@ def init_cmd(
         if directory is not None and directory.resolve() != Path.cwd().resolve():
             where = f"cd {_shown(directory)} && "
         out.print(f"Next: {where}python manage.py startservice NAME", markup=False)
+
+
+@app.command("help")
+def help_cmd(
+    ctx: typer.Context,
+    command: Annotated[str | None, typer.Argument(help="A command (default: all of them).")] = None,
+) -> None:
+    """Show the help of every command, or of one (the same as COMMAND --help).
+
+    Example: python manage.py help migrate
+    """
+    parent = ctx.parent
+    assert parent is not None
+    if command is None:
+        typer.echo(parent.get_help(), nl=False)
+        return
+    group: Any = parent.command  # Typer's group (a Click group it vendors)
+    found = group.get_command(parent, command)
+    if found is None:
+        with _errors():
+            known = ", ".join(sorted(group.list_commands(parent)))
+            raise BadInput(f"Unknown command '{command}'; commands: {known}.")
+    assert found is not None
+    if not found.get_params(parent) or ":" in command:
+        # A service's command parses its own arguments, --help included.
+        found.main(["--help"], prog_name=f"{parent.info_name or 'manage.py'} {command}")
+        return
+    found.make_context(command, ["--help"], parent=parent)
 
 
 # -- service commands ----------------------------------------------------------------------
@@ -838,13 +966,13 @@ def app_for(root: Path | None, argv: Sequence[str] = ()) -> typer.Typer:
     """The CLI for the monorepo at `root`: the built-in commands, plus its services'
     commands when `argv` may run or list one (no command, --help, or `svc:name`)."""
     word = _command_word(argv)
-    if word is not None and ":" not in word and word not in ("-h", "--help"):
+    if word is not None and ":" not in word and word not in ("-h", "--help", "help"):
         return app
     found = find_service_commands(root or find_root(), env=_option_value(argv, "--env"))
     if not found:
         return app
     full = typer.Typer(
-        name=app.info.name, help=app.info.help, no_args_is_help=True, add_completion=False,
+        name=app.info.name, help=app.info.help, add_completion=False,
         context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
     )
     full.registered_callback = app.registered_callback

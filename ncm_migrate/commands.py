@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +17,20 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import health
 from .audit import AuditLog
+from .backends import open_backend
 from .backups import Manifest
 from .errors import BadInput, NcmError, RevisionFileError
-from .executor import (
-    Reporter,
-    open_backend,
-    segments,
-)
+from .events import Reporter
+from .executor import segments
 from .findings import Report
 from .graph import (
     plan_upgrade,
     upgrade_targets,
 )
+from .loader import PathArg, as_path, load_project, project_root
 from .model import LedgerRow, Plan, ServiceConfig, ServiceState
 from .planning import left_out, plan_migrate, plan_rollback, read_states
-from .project import PathArg, Project, as_path, load_project, project_root
+from .project import Project
 from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
 from .running import MigrateResult, confirm_protected, run_plan, take_backup
@@ -313,6 +313,8 @@ def migrate_sql(
     with a comment in its place and named in `unrendered`; the rest is still rendered.
     """
     project = load_project(root, env, settings_dir)
+    for named in project.select(services) if services else ():
+        _require_sql(named, "migrate --sql")  # before any database is reached
     steps, states = plan_migrate(project, services, target, cascade=False)
     from .backends.sql import SqlBackend
 
@@ -341,6 +343,9 @@ def migrate_sql(
     return SqlScript("\n".join(chunks), tuple(unrendered))
 
 
+_MAX_ROWS = 2**31 - 1  # the largest LIMIT every database takes
+
+
 def history(
     services: Sequence[str] = (),
     *,
@@ -353,6 +358,10 @@ def history(
     revision file that cannot be read: the ledger does not need it)."""
     from .validation import load_readable_project
 
+    if limit is not None and limit < 1:
+        raise BadInput(f"The history limit must be at least 1, not {limit}.")
+    if limit is not None and limit > _MAX_ROWS:
+        limit = None  # more rows than any ledger holds: all of them (and no SQL overflow)
     project, unreadable = load_readable_project(project_root(root), env, as_path(settings_dir))
     for name, why in unreadable.items():
         log.warning("service '%s' has a revision file that cannot be read: %s", name, why)
@@ -377,9 +386,11 @@ def wait(
 ) -> dict[str, float]:
     """Wait until every selected database accepts a real query (default budget:
     `connect.max_wait_s`); the seconds each took. `DatabaseUnreachable` (exit 4) otherwise."""
+    if timeout is not None and (math.isnan(timeout) or timeout < 0):
+        raise BadInput(f"The wait timeout must be a number of seconds, 0 or more, not {timeout}.")
     project = load_project(root, env, settings_dir)
     budget = project.settings.connect.max_wait_s if timeout is None else timeout
-    return health.wait_for(project, project.select(services), budget)
+    return health.wait_for_databases(project, project.select(services), budget)
 
 
 def doctor(
@@ -515,7 +526,7 @@ def restore(
     settings_dir: PathArg | None = None,
 ) -> Manifest:
     """Replace one service's database with a backup (confirmed first where protected)."""
-    from .backups import read_manifest, restore_database
+    from .backups import check_manifest, read_manifest, restore_database
 
     _refuse_inside_event_loop("restore")
     folder = Path(folder)
@@ -523,6 +534,7 @@ def restore(
     svc = project.select([service])[0]
     settings = project.settings
     manifest = read_manifest(folder)
+    check_manifest(svc, folder, manifest)  # before the lock: a wrong folder touches nothing
     if settings.protected:
         (questioner or NonInteractiveQuestioner()).confirm(
             settings.env, svc.name, [f"replaces its whole database with the backup in {folder}"]

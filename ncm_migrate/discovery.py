@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from .errors import Interrupted, RevisionFileError
-from .model import MIGRATION_TYPES, Revision
+from .model import MIGRATION_TYPES, Revision, split_reference
 from .pyfiles import import_file, one_line
 
 # At most 47 characters: `alembic_version_<svc>` (the version table of services sharing a
@@ -217,11 +217,10 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
     check_name(revision, f"{where}: the revision id of this file of service '{service}'")
     for key, names in header.items():
         for name in names:
-            svc, colon, ident = name.rpartition(":")
-            if key in ("depends_on", "requires") and colon:
-                name = ident
-            if key == "requires" and not (colon and svc and ident):
-                continue  # the graph says how to write it: service:revision
+            if key in ("depends_on", "requires"):
+                svc, name = split_reference(name)
+                if key == "requires" and not (svc and name):
+                    continue  # the graph says how to write it: service:revision
             check_name(name, f"{path}:{lines.get(key, 1)}: {key} in service '{service}'")
     return Revision(
         service=service,

@@ -6,6 +6,7 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -109,6 +110,16 @@ class MigrationFailed(NcmError):
         self.revision = revision
         self.results = list(results or [])
         super().__init__(message)
+
+
+def signal_name(signum: int) -> str:
+    """How messages name the signal that stopped a run: Ctrl-C for SIGINT, else its name."""
+    if signum == signal.SIGINT:
+        return "Ctrl-C"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class Interrupted(NcmError):

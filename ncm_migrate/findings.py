@@ -1,19 +1,22 @@
 """What `validate`, `lint` and `check` report: findings, and the exit code they add up to.
 
-Pure values: no I/O.
+Pure values: no I/O beyond resolving a path that is not plainly under the root.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Severity = Literal["error", "warning"]
 
 # Findings that mean the input cannot be used at all: a cycle or a missing revision is bad
 # input (exit 2) in every command, so validate and check exit 2 on these too.
-BAD_INPUT_RULES = frozenset({"cycle", "missing-revision", "duplicate-revision", "malformed-revision"})
+BAD_INPUT_RULES = frozenset({
+    "cycle", "missing-revision", "duplicate-revision", "duplicate-label", "malformed-revision",
+})
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,21 @@ class Finding:
 
     def where(self) -> str:
         return f"{self.file}:{self.line}" if self.line else self.file
+
+
+def relative_file(path: Path, root: Path | None) -> str:
+    """`path` as a finding names it: relative to the project's `root` when inside it, else
+    whole (as given when `root` is None)."""
+    if root is None:
+        return str(path)
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        pass
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -70,3 +88,11 @@ class Report:
     def summary(self) -> str:
         e, w = len(self.errors), len(self.warnings)
         return f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}"
+
+
+def first_few(items: Sequence[str], shown: int = 5) -> str:
+    """`a, b, c` or, past `shown` items, `a, b, c, d, e and 7 more`: a message stays one
+    line however many there are."""
+    if len(items) <= shown:
+        return ", ".join(items)
+    return f"{', '.join(items[:shown])} and {len(items) - shown} more"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from .errors import GraphError, UnknownRevision
-from .model import Direction, Plan, Revision, RevisionKey, Step, StepResult
+from .errors import UnknownRevision
+from .findings import Finding, relative_file
+from .model import Direction, Plan, Revision, RevisionKey, Step, StepResult, split_reference
 
 ZERO = ("zero", "base")
 HEAD = ("head", "heads")
@@ -163,52 +165,62 @@ class Graph:
 def build_graph(
     revisions: Mapping[str, Sequence[Revision]],
     service_depends: Mapping[str, Sequence[str]] | None = None,
-) -> Graph:
-    """Resolve every edge and check the whole graph for cycles.
+    *,
+    root: Path | None = None,
+    unreadable: Mapping[str, Collection[str]] | None = None,
+) -> tuple[Graph, list[Finding]]:
+    """Resolve every edge and look for a cycle: the graph, and what is wrong with it.
 
-    Raises `GraphError` (exit 2) for a `down_revision`, `depends_on` or `requires` that
-    points nowhere, and for a cycle, printed as a path.
+    The findings (errors, rule `missing-revision` or `cycle`) name each `down_revision`,
+    `depends_on` or `requires` that points nowhere, and a cycle, printed as a path; the
+    graph leaves those edges out, so the rest can still be checked. `migrate` raises the
+    first (`rules.raise_first`: `GraphError`, exit 2), `validate` lists them all.
+
+    A reference that a file which cannot be read may hold (`unreadable`: per service, the
+    ids such files seem to hold, "" for one that says none) is not reported: that file's
+    own finding says what to fix. `root` makes the findings' paths relative to the project.
     """
     depends = {k: tuple(v) for k, v in (service_depends or {}).items()}
     nodes = {rev.key: rev for revs in revisions.values() for rev in revs}
     by_service = {svc: sorted(r.revision for r in revs) for svc, revs in revisions.items()}
     graph = Graph(nodes, {}, {}, by_service, depends)
+    found = _Findings(root, unreadable or {})
+    for revs in revisions.values():
+        found.labels(revs)
     for key, rev in nodes.items():
         intra: list[RevisionKey] = []
         for down in rev.down_revisions:
-            if RevisionKey(key.service, down) not in nodes:
-                raise GraphError(
-                    f"Revision {key} ({rev.path}) has down_revision '{down}', which does "
-                    f"not exist in service '{key.service}'."
-                )
-            intra.append(RevisionKey(key.service, down))
+            if RevisionKey(key.service, down) in nodes:
+                intra.append(RevisionKey(key.service, down))
+            else:
+                found.missing(rev, "down_revision", key.service, down,
+                              f"has down_revision '{down}', which does not exist in service "
+                              f"'{key.service}'")
+        if len(intra) < len(rev.down_revisions):
+            # left out, so that heads and lineages can still be read (the value of an
+            # existing key changes: the loop goes on)
+            nodes[key] = replace(rev, down_revisions=tuple(k.revision for k in intra))
         for dep in rev.depends_on:
-            target = dep.split(":", 1) if ":" in dep else (key.service, dep)
-            try:
-                intra.append(RevisionKey(target[0], graph.resolve(target[0], target[1])))
-            except UnknownRevision:
-                raise GraphError(
-                    f"Revision {key} ({rev.path}) depends_on '{dep}', which does not exist."
-                ) from None
+            svc, ident = split_reference(dep, key.service)
+            target = _resolved(graph, svc, ident)
+            if target is None:
+                found.missing(rev, "depends_on", svc, ident, f"depends_on '{dep}', which does not exist")
+            else:
+                intra.append(target)
         cross: list[RevisionKey] = []
         for req in rev.requires:
-            svc, sep, ident = req.partition(":")
-            if not sep or not ident:
-                raise GraphError(
-                    f"Revision {key} ({rev.path}) requires '{req}'; write it as service:revision."
-                )
-            if svc not in by_service:
-                raise GraphError(
-                    f"Revision {key} ({rev.path}) requires '{req}', but there is no service "
-                    f"'{svc}'."
-                )
-            try:
-                cross.append(RevisionKey(svc, graph.resolve(svc, ident)))
-            except UnknownRevision:
-                raise GraphError(
-                    f"Revision {key} ({rev.path}) requires '{req}', which does not exist "
-                    f"in service '{svc}'."
-                ) from None
+            svc, ident = split_reference(req)
+            target = _resolved(graph, svc, ident)
+            if target is not None:
+                cross.append(target)
+            elif not svc or not ident:
+                found.missing(rev, "requires", svc, "", f"requires '{req}'; write it as service:revision")
+            elif svc not in by_service:
+                found.missing(rev, "requires", svc, ident,
+                              f"requires '{req}', but there is no service '{svc}'")
+            else:
+                found.missing(rev, "requires", svc, ident,
+                              f"requires '{req}', which does not exist in service '{svc}'")
         graph.intra_parents[key] = _edges(intra)
         graph.parents[key] = _edges(intra + cross) if cross else graph.intra_parents[key]
     graph.required_parents = dict(graph.parents)
@@ -224,12 +236,62 @@ def build_graph(
             graph.parents[base] = tuple(sorted(set(graph.parents[base]) | before))
     cycle = find_cycle(graph)
     if cycle:
-        raise GraphError(
-            "Cycle in the migration graph: "
-            + " -> ".join(str(k) for k in cycle)
-            + " (each needs the next); break it by removing one requires/depends_on."
-        )
-    return graph
+        found.cycle(nodes[cycle[0]], cycle)
+    return graph, found.findings
+
+
+class _Findings:
+    """What `build_graph` finds, each a sentence naming the revision and its file."""
+
+    def __init__(self, root: Path | None, unreadable: Mapping[str, Collection[str]]) -> None:
+        self.root = root
+        self.unreadable = unreadable
+        self.findings: list[Finding] = []
+
+    def missing(self, rev: Revision, header: str, service: str, ident: str, what: str) -> None:
+        held = self.unreadable.get(service, ())
+        if ident and ("" in held or any(h.startswith(ident) for h in held)):
+            return
+        file = relative_file(rev.path, self.root)
+        self.findings.append(Finding(rev.service, rev.revision, "missing-revision", "error",
+                                     f"Revision {rev.key} ({file}) {what}", file,
+                                     dict(rev.line_of).get(header)))
+
+    def labels(self, revs: Sequence[Revision]) -> None:
+        """A branch label names one revision of its service, and is no revision's id (as
+        Alembic's revision map requires; it failed only once a migration ran)."""
+        owner = {r.revision: r for r in revs}
+        for rev in revs:
+            for label in rev.branch_labels:
+                other = owner.setdefault(label, rev)
+                if other is rev:
+                    continue
+                what = "the id of revision" if other.revision == label else "also a branch label of"
+                file = relative_file(rev.path, self.root)
+                self.findings.append(Finding(
+                    rev.service, rev.revision, "duplicate-label", "error",
+                    f"Revision {rev.key} ({file}) has branch label '{label}', which is {what} "
+                    f"{other.key} ({relative_file(other.path, self.root)}); give it a label of "
+                    "its own", file, dict(rev.line_of).get("branch_labels"),
+                ))
+
+    def cycle(self, first: Revision, cycle: Sequence[RevisionKey]) -> None:
+        self.findings.append(Finding(
+            first.service, first.revision, "cycle", "error",
+            "Cycle in the migration graph: " + " -> ".join(map(str, cycle))
+            + " (each needs the next); break it by removing one requires/depends_on",
+            relative_file(first.path, self.root), dict(first.line_of).get("requires"),
+        ))
+
+
+def _resolved(graph: Graph, service: str, ident: str) -> RevisionKey | None:
+    """`service`'s revision named `ident` (an id, a unique prefix or a label), or None."""
+    if not service or not ident:
+        return None
+    try:
+        return RevisionKey(service, graph.resolve(service, ident))
+    except UnknownRevision:
+        return None
 
 
 def _edges(keys: list[RevisionKey]) -> tuple[RevisionKey, ...]:
@@ -374,10 +436,15 @@ def last_applied(
 ) -> set[RevisionKey]:
     """The `steps` most recently applied revisions of `service` (a suffix of its order)."""
     mine = applied.get(service, frozenset())
-    keys = [RevisionKey(service, h) for h in graph.heads(service)]
-    everything = plan_upgrade(_intra_only(graph), {}, keys).steps
-    order = [s.key for s in everything if s.revision in mine]
+    order = [RevisionKey(service, r) for r in run_order(graph, service) if r in mine]
     return set(order[len(order) - steps :]) if steps > 0 else set()
+
+
+def run_order(graph: Graph, service: str) -> list[str]:
+    """`service`'s revisions in the order they are applied (deterministic, whatever their
+    ids: hash ids sort in no useful order)."""
+    keys = [RevisionKey(service, h) for h in graph.heads(service)]
+    return [s.revision for s in plan_upgrade(_intra_only(graph), {}, keys).steps]
 
 
 def _intra_only(graph: Graph) -> Graph:

@@ -1,6 +1,6 @@
 """Is each database there, and how is it: `wait` and `doctor`.
 
-Both go through the one retry policy (`retry.open_with_retries`): `wait` with its own
+Both go through the one retry policy (`backends.retry.open_with_retries`): `wait` with its own
 time budget, `doctor` with a single attempt so that it answers quickly.
 """
 
@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .backends import make_backend
+from .backends.retry import open_with_retries
 from .errors import DatabaseUnreachable, LockTimeout, SettingsError
 from .graph import plan_upgrade, upgrade_targets
 from .model import ServiceConfig
 from .project import Project
-from .retry import open_with_retries
 from .urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ class Diagnosis:
     error: str | None = None
 
 
-def wait_for(project: Project, services: Sequence[ServiceConfig], timeout_s: float) -> dict[str, float]:
+def wait_for_databases(
+    project: Project, services: Sequence[ServiceConfig], timeout_s: float
+) -> dict[str, float]:
     """Block until every service's database answers a real query; seconds each took.
 
     Raises `DatabaseUnreachable` (exit 4) naming the first service still down after

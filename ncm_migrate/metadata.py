@@ -28,6 +28,11 @@ def target_metadata(config: ServiceConfig) -> sa.MetaData | None:
     return load_models_metadata(config)
 
 
+def has_models(config: ServiceConfig) -> bool:
+    """Whether the service has a models module (`models` setting, else models.py)."""
+    return bool(config.models) or (config.root / "models.py").is_file()
+
+
 def load_models_metadata(config: ServiceConfig) -> sa.MetaData | None:
     if config.models:
         module_name, _, attr = config.models.partition(":")
@@ -62,5 +67,5 @@ def _metadata_of(module: ModuleType, attr: str, path: Path, setting: str = "") -
 def _load(path: Path, service: str) -> ModuleType:
     try:
         return import_file(path, f"ncm_models_{service}")
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # user code: sys.exit() is a failed import too
         raise SettingsError(f"{path} failed to import: {type(exc).__name__}: {exc}.") from exc

@@ -26,6 +26,15 @@ class RevisionKey(NamedTuple):
         return f"{self.service}:{self.revision}"
 
 
+def split_reference(text: str, service: str = "") -> tuple[str, str]:
+    """A revision named in `depends_on`, `requires` or `--requires`, as (service, revision):
+    `svc:rev` is ("svc", "rev"), split at the first colon; a bare `rev` is (`service`, "rev"),
+    `service` being the naming revision's own (or "" where a service must be named). The one
+    reading of these references: the graph, discovery and the commands all use it."""
+    named, colon, ident = text.partition(":")
+    return (named, ident) if colon else (service, text)
+
+
 @dataclass(frozen=True)
 class Revision:
     """A revision file's header, read without importing the module."""
@@ -119,6 +128,9 @@ class StepResult:
     outcome: Outcome
     duration_ms: float = 0.0
     error: str | None = None
+    # A failed step on a database that cannot roll DDL back: part of it may have run, and
+    # its service is dirty until `repair`.
+    dirty: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .errors import BadInput, MultipleHeads, RevisionFileError, RollbackRefused, ServiceNotConfigured
-from .executor import open_backend
+from .backends import open_backend
+from .config import ConnectSettings
+from .errors import BadInput, RevisionFileError, RollbackRefused, ServiceNotConfigured
 from .graph import (
     HEAD,
     ZERO,
@@ -23,8 +24,7 @@ from .graph import (
 )
 from .model import Plan, Revision, RevisionKey, ServiceConfig, ServiceState
 from .project import Project
-from .rules import check_known, check_state
-from .settings import ConnectSettings
+from .rules import check_known, check_state, heads_findings, raise_first
 
 
 def read_states(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
@@ -68,13 +68,8 @@ def plan_migrate(
     if target is not None and len(names) != 1:
         raise BadInput("A TARGET needs exactly one service: `migrate SVC TARGET`.")
     selected = project.select(names)
-    for svc in selected:
-        heads = project.graph.conflicting_heads(svc.name)
-        if heads and not (target and target not in HEAD):
-            raise MultipleHeads(
-                f"Service '{svc.name}' has several heads that fork without a merge: "
-                f"{', '.join(heads)}; run `manage.py makemigrations {svc.name} --merge`."
-            )
+    if not (target and target not in HEAD):
+        raise_first(heads_findings(project.graph, [s.name for s in selected], project.root))
     states = states_for(project, [s.name for s in selected])
     applied = {name: st.applied for name, st in states.items()}
     if target is not None and target not in HEAD:
@@ -83,7 +78,7 @@ def plan_migrate(
         keep = keep_for_target(project.graph, svc.name, target)
         remove = removal_set(project.graph, applied, svc.name, keep)
         if target in ZERO or remove:
-            return downgrade_plan(project, states, remove, cascade), states
+            return plan_removal(project, states, remove, cascade), states
         rev = project.graph.resolve(svc.name, target)
         targets = [RevisionKey(svc.name, rev)]
     else:
@@ -121,19 +116,27 @@ def plan_rollback(
         remove = last_applied(project.graph, applied, svc.name, steps or 1)
     else:
         keep = keep_for_target(project.graph, svc.name, target)
+        if target not in ZERO:
+            wanted = project.graph.resolve(svc.name, target)
+            if wanted not in applied.get(svc.name, frozenset()):
+                raise BadInput(
+                    f"Revision {svc.name}:{wanted} is not applied, so rollback cannot go back to "
+                    f"it (rollback only moves backwards; to apply it: migrate {svc.name} {wanted})."
+                )
         remove = removal_set(project.graph, applied, svc.name, keep)
-    return downgrade_plan(project, states, remove, cascade)
+    return plan_removal(project, states, remove, cascade)
 
 
-def downgrade_plan(
+def plan_removal(
     project: Project,
     states: Mapping[str, ServiceState],
     remove: set[RevisionKey],
     cascade: bool,
 ) -> Plan:
-    """Steps that revert `remove`; refused (exit 1) while applied revisions of other
-    services need it (by `requires`, or because their service `depends_on` this one),
-    unless `cascade` reverts those first."""
+    """Steps that revert `remove` under the cross-service rule: refused (exit 1) while
+    applied revisions of other services need it (by `requires`, or because their service
+    `depends_on` this one), unless `cascade` reverts those first. (`graph.plan_downgrade`
+    only orders the steps.)"""
     if project.unreadable:
         name, exc = min(project.unreadable.items())
         raise RevisionFileError(

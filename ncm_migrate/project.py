@@ -1,9 +1,9 @@
-"""A monorepo loaded for one environment: settings, every service's revisions, the graph.
+"""A monorepo for one environment: its settings, every service's revisions, the graph.
 
-Loading reads only disk: no database is touched, and no revision module is imported but
-one whose header is computed. A service whose revision files cannot all be read is left
-out of the graph, with the services that need it; a command raises that error only when
-it works on one of them.
+Reading it from its settings (`loader.load_project` loads those) reads only disk: no
+database is touched, and no revision module is imported but one whose header is computed.
+A service whose revision files cannot all be read is left out of the graph, with the
+services that need it; a command raises that error only when it works on one of them.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import Settings
 from .discovery import HeaderCache, read_revisions
 from .errors import BadInput, RevisionFileError, ServiceNotConfigured
 from .graph import Graph, build_graph
-from .model import Revision, ServiceConfig
-from .settings import Settings, load_settings
+from .model import Revision, ServiceConfig, split_reference
+from .rules import raise_first
 
 log = logging.getLogger(__name__)
-# A path as Python callers give it: text or any path-like object.
-PathArg = str | os.PathLike[str]
 # Parsed revision headers, keyed on each file's content hash (see `discovery.HeaderCache`).
 HEADER_CACHE = Path("var", "cache", "ncm-headers.json")
 
@@ -97,34 +96,9 @@ def select_services(settings: Settings, names: Sequence[str] = ()) -> list[Servi
     return active
 
 
-def find_root(start: PathArg | None = None) -> Path:
-    """`NCM_ROOT`, else the nearest folder upwards holding `manage.py` or
-    `settings/settings.toml`, else the current folder."""
-    explicit = os.environ.get("NCM_ROOT")
-    if explicit:
-        return Path(explicit).resolve()
-    here = (Path(start) if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "manage.py").is_file() or (folder / "settings" / "settings.toml").is_file():
-            return folder
-    return here
-
-
-def as_path(value: PathArg | None) -> Path | None:
-    """`value` as a `Path` (None stays None)."""
-    return None if value is None else Path(value)
-
-
-def project_root(root: PathArg | None) -> Path:
-    """The project's root: `root` if given, else `find_root()`."""
-    return Path(root) if root is not None else find_root()
-
-
-def load_project(
-    root: PathArg | None = None, env: str | None = None, settings_dir: PathArg | None = None
-) -> Project:
-    """Settings for `env`, every service's revision headers, and the checked graph."""
-    settings = load_settings(project_root(root), env, as_path(settings_dir))
+def read_project(settings: Settings) -> Project:
+    """Every service's revision headers, and the checked graph (its first error raised:
+    `GraphError`, exit 2)."""
     cache = HeaderCache(settings.root / HEADER_CACHE)
     revisions: dict[str, dict[str, Revision]] = {}
     unreadable: dict[str, RevisionFileError] = {}
@@ -138,10 +112,12 @@ def load_project(
     cache.save(svc.migrations_dir for svc in settings.services if svc.name in revisions)
     unreadable = _needing(settings, revisions, unreadable)
     readable = {name: revs for name, revs in revisions.items() if name not in unreadable}
-    graph = build_graph(
+    graph, problems = build_graph(
         {name: list(revs.values()) for name, revs in readable.items()},
         {svc.name: svc.depends_on for svc in settings.services if svc.name in readable},
+        root=settings.root,
     )
+    raise_first(problems)
     return Project(settings, readable, graph, unreadable)
 
 
@@ -158,8 +134,7 @@ def _needing(
     needs = {svc.name: set(svc.depends_on) for svc in settings.services}
     for name, revs in revisions.items():
         for rev in revs.values():
-            needs[name].update(r.partition(":")[0] for r in rev.requires)
-            needs[name].update(d.split(":", 1)[0] for d in rev.depends_on if ":" in d)
+            needs[name].update(split_reference(r)[0] for r in (*rev.requires, *rev.depends_on))
     out = dict(unreadable)
     grew = True
     while grew:

@@ -16,6 +16,7 @@ from .errors import ConfirmationRefused
 from .linting import DESTRUCTIVE, lint_revision
 from .model import Plan, Revision, ServiceConfig
 
+# The user's answer to a question; KeyboardInterrupt or EOFError when none comes.
 Prompt = Callable[[str], str]
 
 
@@ -49,10 +50,16 @@ class InteractiveQuestioner:
     def confirm(self, environment: str, service: str, reasons: Sequence[str]) -> None:
         if self.yes:
             return
-        answer = self.prompt(
-            f"Environment '{environment}' is protected. On service '{service}' this "
-            f"{'; '.join(reasons)}.\nType the service name '{service}' to go on"
-        )
+        try:
+            answer = self.prompt(
+                f"Environment '{environment}' is protected. On service '{service}' this "
+                f"{'; '.join(reasons)}.\nType the service name '{service}' to go on"
+            )
+        except (KeyboardInterrupt, EOFError):
+            raise ConfirmationRefused(
+                f"Not confirmed (no answer: the prompt was interrupted); nothing was done to "
+                f"service '{service}'."
+            ) from None
         if answer.strip() != service:
             raise ConfirmationRefused(
                 f"Not confirmed (typed {answer.strip()!r}, not '{service}'); nothing was done "

@@ -39,13 +39,17 @@ def repair_service(
                 recorded[state.dirty] = rev.checksum
                 actions.append(RepairAction(
                     state.dirty, "up", "faked",
-                    "cleared the dirty mark; the version table has it applied, so it is recorded as applied",
+                    "cleared its dirty mark: the version table has it applied, so it now counts "
+                    "as applied and will not run again",
                 ))
             else:
                 backend.record(state.dirty, "down", "reverted", None, ctx)
+                again = ("the next migrate runs it again (undo what its failed run left first)"
+                         if rev is not None else
+                         "its file is gone, so nothing runs it again until the file is back")
                 actions.append(RepairAction(
                     state.dirty, "down", "reverted",
-                    "cleared the dirty mark; it is not applied and will run again on the next migrate",
+                    f"cleared its dirty mark: the version table does not have it applied, so {again}",
                 ))
         for rev_id, checksum in sorted(recorded.items()):
             rev = revisions.get(rev_id)
@@ -53,6 +57,7 @@ def repair_service(
                 backend.record(rev_id, "up", "faked", rev.checksum, ctx)
                 actions.append(RepairAction(
                     rev_id, "up", "faked",
-                    f"re-recorded the checksum of the edited file {rev.path.name}",
+                    f"accepted the edit of {rev.path.name}: its checksum is now {rev.checksum[:12]} "
+                    f"(was {checksum[:12]}); the edit is not run against the database",
                 ))
     return actions

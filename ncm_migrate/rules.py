@@ -11,9 +11,10 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import ChecksumMismatch, DirtyService, GraphError, NcmError, SettingsError
-from .findings import Finding
-from .model import LedgerRow, Revision, ServiceConfig, ServiceState
+from .errors import ChecksumMismatch, DirtyService, GraphError, MultipleHeads, NcmError, SettingsError
+from .findings import Finding, relative_file
+from .graph import Graph
+from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
 from .urls import DatabaseIdentity, database_identity
 
 LEDGER_TABLE = "ncm_migrations"
@@ -25,6 +26,10 @@ _ERRORS: Mapping[str, type[NcmError]] = {
     "missing-file": GraphError,
     "checksum-drift": ChecksumMismatch,
     "version-table-clash": SettingsError,
+    "missing-revision": GraphError,
+    "cycle": GraphError,
+    "duplicate-label": GraphError,
+    "multiple-heads": MultipleHeads,
 }
 
 
@@ -50,7 +55,7 @@ def state_findings(
     whose file changed. `rows` (the ledger) only adds when each was applied; `root` makes
     paths relative to the project."""
     name = config.name
-    migrations = _rel(config.migrations_dir, root)
+    migrations = relative_file(config.migrations_dir, root)
     when = _applied_when(rows)
     findings: list[Finding] = []
     if state.dirty:
@@ -76,10 +81,10 @@ def state_findings(
             if rev is not None and checksum and checksum != rev.checksum:
                 findings.append(Finding(
                     name, rev_id, "checksum-drift", "error",
-                    f"Revision {name}:{rev_id} ({_rel(rev.path, root)}) was edited after it was "
+                    f"Revision {name}:{rev_id} ({relative_file(rev.path, root)}) was edited after it was "
                     f"applied{when.get(rev_id, '')}; revert the edit, or run `manage.py repair "
                     f"{name}` if it was deliberate (`manage.py validate {name}` shows it)",
-                    _rel(rev.path, root),
+                    relative_file(rev.path, root),
                 ))
     return findings
 
@@ -103,6 +108,23 @@ def check_known(config: ServiceConfig, state: ServiceState, revisions: Mapping[s
                 if f.rule == "missing-file")
 
 
+def heads_findings(graph: Graph, services: Iterable[str], root: Path | None = None) -> list[Finding]:
+    """Services whose heads fork from a common revision without a merge (or a branch label
+    of their own): nothing can say which head comes first."""
+    findings: list[Finding] = []
+    for name in services:
+        heads = graph.conflicting_heads(name)
+        if heads:
+            rev = graph.nodes[RevisionKey(name, heads[-1])]
+            findings.append(Finding(
+                name, heads[-1], "multiple-heads", "error",
+                f"Service '{name}' has several heads that fork without a merge: "
+                f"{', '.join(heads)}; run `manage.py makemigrations {name} --merge`",
+                relative_file(rev.path, root),
+            ))
+    return findings
+
+
 def version_table_findings(services: Sequence[ServiceConfig], root: Path) -> list[Finding]:
     """SQL services that reach one database (however their URLs are spelled: driver,
     `localhost` or `127.0.0.1`, default port) and share a version table, and version tables
@@ -112,7 +134,7 @@ def version_table_findings(services: Sequence[ServiceConfig], root: Path) -> lis
     for svc in services:
         if svc.backend != "sql" or svc.database_url is None or not svc.active:
             continue
-        where = _rel(svc.root, root)
+        where = relative_file(svc.root, root)
         if svc.version_table == LEDGER_TABLE:
             findings.append(Finding(
                 svc.name, "", "version-table-clash", "error",
@@ -158,12 +180,3 @@ def _applied_when(rows: Iterable[LedgerRow]) -> dict[str, str]:
         if row.direction == "up" and row.status in ("applied", "faked"):
             when[row.revision] = f" on {(row.finished_at or row.started_at)[:19]} by {row.actor}"
     return when
-
-
-def _rel(path: Path, root: Path | None) -> str:
-    if root is None:
-        return str(path)
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)

@@ -9,10 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit import AuditLog
+from .backends import open_backend
 from .backups import Manifest
-from .executor import Event, Reporter, RunReport, SegmentJob, apply_plan, open_backend, segments
+from .errors import Interrupted
+from .events import Event, Reporter, RunReport
+from .executor import SegmentJob, apply_plan, segments
 from .graph import undo_plan
-from .model import Plan, ServiceConfig, StepResult
+from .interrupts import stopping_on_signals
+from .model import Plan, RevisionKey, ServiceConfig, StepResult
 from .project import Project
 from .questioner import NonInteractiveQuestioner, Questioner, confirm_plan
 
@@ -27,6 +31,7 @@ class MigrateResult:
     plan: Plan
     report: RunReport = field(default_factory=RunReport)
     undo: RunReport | None = None
+    kept: list[str] = field(default_factory=list)  # not rolled back: a dirty service needs them
 
     @property
     def ok(self) -> bool:
@@ -48,7 +53,26 @@ class MigrateResult:
             if self.undo.error is not None:
                 note += f" Could not roll back further: {self.undo.error}"
             error.args = (f"{error}{note}",)
+        if self.undo is not None or self.kept:
+            for service in self.left_dirty():
+                error.args = (f"{error} {self._kept_note(service)}",)
+        if self.kept:
+            error.args = (f"{error} Also not rolled back, as those revisions require them: "
+                          f"{', '.join(self.kept)}.",)
         raise error
+
+    def _kept_note(self, service: str) -> str:
+        failed = next(r for r in self.report.results if r.service == service and r.dirty)
+        applied = [r.revision for r in self.report.results
+                   if r.service == service and r.outcome == "applied"]
+        then = (f", then roll back what this run applied there ({', '.join(applied)}) with "
+                f"`manage.py rollback {service}`" if applied else "")
+        return (f"Service '{service}' is left as it is, dirty at {failed.revision} (part of it "
+                f"may have run): check the database, run `manage.py repair {service}`{then}.")
+
+    def left_dirty(self) -> list[str]:
+        """The services whose failed step this run left dirty."""
+        return list(dict.fromkeys(r.service for r in self.report.results if r.dirty))
 
 
 def confirm_protected(
@@ -65,10 +89,11 @@ def take_backup(
     project: Project, svc: ServiceConfig, out: Path | None, audit: AuditLog
 ) -> tuple[Path, Manifest]:
     """A backup of one service, taken under its lock and written to the audit log."""
-    from .backups import backup_database, default_dir
+    from .backups import backup_database, check_target, default_dir
 
     settings = project.settings
     folder = out or default_dir(settings.backup.dir, settings.env, svc.name)
+    check_target(folder, settings.backup.encryption_key)
     backend = open_backend(svc, settings.connect)
     try:
         with backend.lock(settings.lock.timeout_s):
@@ -119,15 +144,37 @@ def run_plan(
     parallel = jobs if jobs is not None else settings.jobs
     if rollback_on_failure is None:
         rollback_on_failure = settings.rollback_on_failure
-    with audit.held_open():
-        run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report)
+    with audit.held_open(), stopping_on_signals() as stop:
+        run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report, stop)
         result = MigrateResult(steps, run)
-        if run.error is not None and rollback_on_failure:
-            undo = undo_plan(run.results)
+        if isinstance(run.error, Interrupted):
+            if rollback_on_failure:
+                log.warning("interrupted: nothing is rolled back (that is more work after being "
+                            "asked to stop); run `manage.py migrate` again, or roll back by hand")
+        elif run.error is not None and rollback_on_failure:
+            kept = kept_by_dirty(project, run.results)
+            undo = undo_plan([r for r in run.results
+                              if RevisionKey(r.service, r.revision) not in kept])
+            dirty = set(result.left_dirty())
+            result.kept = [f"{r.service}:{r.revision}" for r in run.results
+                           if r.outcome == "applied" and r.service not in dirty
+                           and RevisionKey(r.service, r.revision) in kept]
             if undo.steps:
                 log.warning("rolling back the %d revision(s) this run applied", len(undo.steps))
-                result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report)
+                result.undo = apply_plan(undo, project.graph, jobs_for(undo), 1, report, stop)
+            elif dirty:
+                result.undo = RunReport()  # nothing to roll back: say so, and why
     return result
+
+
+def kept_by_dirty(project: Project, results: list[StepResult]) -> set[RevisionKey]:
+    """What rolling back must leave alone after a failure that left a service dirty: that
+    service's revisions (what its failed step left behind needs a person first: `repair`),
+    and every revision they require."""
+    dirty = {r.service for r in results if r.dirty}
+    keep = [RevisionKey(r.service, r.revision) for r in results
+            if r.service in dirty and r.outcome in ("applied", "failed")]
+    return project.graph.ancestors(keep, intra_only=False) if keep else set()
 
 
 def _ignore(_event: Event) -> None:

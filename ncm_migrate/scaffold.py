@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,19 +55,25 @@ def init_project(directory: Path) -> list[Path]:
             f"{directory} already looks like an ncm-migrate monorepo."
         )
     written: list[Path] = []
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    manage.write_text(render_scaffold("manage.py"), encoding="utf-8")
-    manage.chmod(0o755)
-    settings.write_text(render_scaffold("settings.toml"), encoding="utf-8")
-    written += [manage, settings]
-    services = directory / "services"
-    if not services.exists():
-        services.mkdir()
-        (services / ".gitkeep").touch()
-        written.append(services)
-    gitignore = directory / ".gitignore"
-    if _add_gitignore_entries(gitignore):
-        written.append(gitignore)
+    try:
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        manage.write_text(render_scaffold("manage.py"), encoding="utf-8")
+        manage.chmod(0o755)
+        settings.write_text(render_scaffold("settings.toml"), encoding="utf-8")
+        written += [manage, settings]
+        services = directory / "services"
+        if not services.exists():
+            services.mkdir()
+            (services / ".gitkeep").touch()
+            written.append(services)
+        gitignore = directory / ".gitignore"
+        if _add_gitignore_entries(gitignore):
+            written.append(gitignore)
+    except OSError as exc:
+        done = f" (written so far: {', '.join(str(p) for p in written)})" if written else ""
+        raise BadInput(
+            f"Cannot write into {directory}: {exc.strerror or exc}; make it writable{done}."
+        ) from None
     return written
 
 
@@ -112,22 +119,32 @@ def start_service(
     if folder.exists():
         raise BadInput(f"Refusing to overwrite {folder}: service '{name}' already exists.")
     migrations = folder / "migrations"
-    migrations.mkdir(parents=True)
-    (migrations / ".gitkeep").touch()
-    written = [folder, migrations]
-    if kind == "sql":
-        (folder / "models.py").write_text(render_scaffold("models.py", name=name), encoding="utf-8")
-        written.append(folder / "models.py")
-    configured = load_settings(root, env, settings_dir).service(name)
-    url = database_url
-    if url is None and configured.database_url is None and kind == "sql":
-        url = f"sqlite:///var/{settings.env}/{name}.db"
     service_settings = folder / "settings.toml"
-    service_settings.write_text(
-        render_scaffold("service_settings.toml", name=name, env=settings.env, database_url=url,
-                        backend=kind),
-        encoding="utf-8",
-    )
+    written = [folder, migrations]
+    try:
+        migrations.mkdir(parents=True)
+        (migrations / ".gitkeep").touch()
+        if kind == "sql":
+            (folder / "models.py").write_text(render_scaffold("models.py", name=name), encoding="utf-8")
+            written.append(folder / "models.py")
+        configured = load_settings(root, env, settings_dir).service(name)
+        url = database_url
+        if url is None and configured.database_url is None and kind == "sql":
+            url = f"sqlite:///var/{settings.env}/{name}.db"
+        service_settings.write_text(
+            render_scaffold("service_settings.toml", name=name, env=settings.env, database_url=url,
+                            backend=kind),
+            encoding="utf-8",
+        )
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)  # it did not exist: all of it is ours
+        raise BadInput(
+            f"Cannot create service '{name}' in {settings.services_dir}: "
+            f"{exc.strerror or exc}; make that folder writable (nothing was created)."
+        ) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     written.append(service_settings)
     final = load_settings(root, env, settings_dir).service(name)
     log.info("created service '%s' in %s (settings: %s)", name, folder,

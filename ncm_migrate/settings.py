@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 from dynaconf import Dynaconf
 from dynaconf.utils.inspect import get_history
 
+from .config import BackupSettings, ConnectSettings, LockSettings, Settings
 from .discovery import find_service_dirs
 from .environments import (
     DEFAULT_ENV,
@@ -74,62 +75,6 @@ _TABLE_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class ConnectSettings:
-    """Connecting and staying connected: `retries` attempts after the first, spread over
-    `max_wait_s` in total; `timeout_s` per attempt; `read_timeout_s` for one wait on the
-    server once connected (0: none); `keepalive_s` of silence before TCP keepalive probes
-    (0: the system's), which also bounds unacknowledged data (TCP user timeout)."""
-
-    retries: int = 5
-    max_wait_s: float = 30.0
-    timeout_s: float = 5.0
-    read_timeout_s: float = 0.0
-    keepalive_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class LockSettings:
-    timeout_s: float = 60.0
-    lease_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class BackupSettings:
-    before_migrate: bool = False
-    dir: Path = Path("var/backups")
-    encryption_key: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything ncm-migrate reads from settings, for one environment."""
-
-    root: Path
-    env: str
-    services: tuple[ServiceConfig, ...]
-    connect: ConnectSettings = ConnectSettings()
-    lock: LockSettings = LockSettings()
-    backup: BackupSettings = BackupSettings()
-    protected: bool = False
-    jobs: int = 1
-    rollback_on_failure: bool = False
-    allow_checksum_drift: bool = False
-    lint_severity: Literal["warning", "error"] = "warning"
-    lint_squawk: bool = False
-    audit_log_path: Path | None = None
-    known_envs: tuple[str, ...] = ()
-    services_dir: Path = Path("services")
-
-    def service(self, name: str) -> ServiceConfig:
-        for svc in self.services:
-            if svc.name == name:
-                return svc
-        from .errors import UnknownService
-
-        raise UnknownService(name, [s.name for s in self.services])
-
-
 def settings_dir_of(root: Path, settings_dir: Path | None = None) -> Path:
     return (settings_dir or root / "settings").resolve()
 
@@ -173,6 +118,11 @@ def chosen_environment(env: str | None, environ: Mapping[str, str]) -> str:
 
 def _check_actor(environ: Mapping[str, str]) -> None:
     actor = environ.get("NCM_ACTOR") or ""
+    if not actor.isprintable():
+        raise SettingsError(
+            "NCM_ACTOR holds a control character (a line break, a tab...); the ledger and the "
+            "audit log record it as the actor: set a plain name."
+        )
     if len(actor) > ACTOR_LENGTH:
         raise SettingsError(
             f"NCM_ACTOR is {len(actor)} characters long; the ledger records at most "
@@ -291,9 +241,14 @@ def load_settings(
         raise SettingsError(f"The settings folder {sdir} (--settings) does not exist.")
     env = chosen_environment(env, environ)
     _check_actor(environ)
+    for name in PROJECT_FILES:
+        if (sdir / name).exists() and not (sdir / name).is_file():
+            raise SettingsError(f"Settings file {sdir / name} is not a file; make it one, or remove it.")
     files = [str(_DEFAULTS)] + [str(sdir / n) for n in PROJECT_FILES if (sdir / n).is_file()]
     for name in files[1:]:
-        _read_toml(Path(name))  # a clear error naming the file and line, before Dynaconf's own
+        # Clear errors naming the file (and line), before Dynaconf's own (a top-level
+        # `development = 5` is an AttributeError inside Dynaconf).
+        _check_sections(Path(name), _read_toml(Path(name)), service_file=False)
     project = _dynaconf(files, env)
     env_layer = _lower_keys(_env_layer(environ))
     merged = _deep_merge(_lower_keys(project.as_dict()), env_layer)
@@ -349,7 +304,7 @@ def load_settings(
         severity = "error" if protected else "warning"
     if severity not in ("warning", "error"):
         raise _bad(("lint", "severity"), severity, "'warning' or 'error'", sources)
-    audit = _get(merged, ("audit", "log_path"))
+    audit = _opt_str(merged, "audit.log_path", sources)
     backup_dir = Path(_str(merged, "backup.dir", sources))
     return Settings(
         root=root,
@@ -377,7 +332,7 @@ def load_settings(
         allow_checksum_drift=_bool(merged, "allow_checksum_drift", sources),
         lint_severity=cast(Literal["warning", "error"], severity),
         lint_squawk=_bool(merged, "lint.squawk", sources),
-        audit_log_path=(root / str(audit)) if audit else None,
+        audit_log_path=(root / audit) if audit else None,
         known_envs=tuple(known),
         services_dir=root / services_dir,
     )
@@ -422,8 +377,9 @@ def _service_config(
         raise _bad((*prefix, "backend"), backend, "'sql' or 'mongo'", sources)
     version_default = "alembic_version" if own_url is not None else f"alembic_version_{name}"
     version_table = raw.get("version_table", version_default)
-    if not isinstance(version_table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", version_table):
-        raise _bad((*prefix, "version_table"), version_table, "a table name", sources)
+    if not isinstance(version_table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", version_table):
+        raise _bad((*prefix, "version_table"), version_table,
+                   "a table name of at most 63 letters, digits and _ (PostgreSQL's limit)", sources)
     depends_on = raw.get("depends_on", [])
     if isinstance(depends_on, str):
         depends_on = [depends_on]
@@ -534,6 +490,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"Settings file {path} is not valid TOML: {exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"Settings file {path} is not valid TOML: it is not UTF-8 text (byte {exc.start})."
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"Settings file {path} cannot be read: {exc.strerror or exc}.") from None
 
 
 def _lower_keys(value: Any) -> Any:

@@ -100,6 +100,10 @@ def render_revision(config: ServiceConfig, settings_dir: Path, text: RevisionTex
     except jinja2.TemplateError as exc:
         where = f"{path}:{exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else str(path)
         raise BadInput(f"Template {where} cannot be rendered: {exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"Template {path} cannot be read: it is not UTF-8 text (byte {exc.start}).") from None
+    except OSError as exc:
+        raise BadInput(f"Template {path} cannot be read: {exc.strerror or exc}.") from None
     return _fill_imports(rendered, [*BASE_IMPORTS, *text.imports])
 
 

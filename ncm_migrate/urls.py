@@ -67,11 +67,17 @@ _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 _LOOPBACK = {"", "localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"}
 
 
+def dialect_of(url: str) -> str:
+    """The database a URL speaks, without its driver: `postgresql`, `mysql` (for `mariadb`
+    too), `sqlite`, `mongodb` (for `mongodb+srv` too)."""
+    dialect = scheme_of(url).split("+", 1)[0]
+    return "mysql" if dialect == "mariadb" else dialect
+
+
 def database_identity(url: str) -> DatabaseIdentity:
     """The database a SQL URL reaches (for SQLite, the file's resolved path)."""
-    scheme, _, rest = url.partition("://")
-    dialect = scheme.split("+", 1)[0].lower()
-    dialect = "mysql" if dialect == "mariadb" else dialect
+    rest = url.partition("://")[2]
+    dialect = dialect_of(url)
     if dialect == "sqlite":
         file = sqlite_file(url)
         return DatabaseIdentity(dialect, "", None, str(file.resolve()) if file else url)

@@ -15,18 +15,19 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from .backends import open_backend
+from .config import Settings
 from .discovery import read_revision, revision_files
-from .errors import GraphError, NcmError, RevisionFileError
-from .executor import open_backend
-from .findings import Finding
-from .graph import Graph, find_cycle
+from .errors import NcmError, RevisionFileError
+from .findings import Finding, first_few, relative_file
+from .graph import Graph, build_graph, run_order
 from .linting import lint_service
+from .loader import load_project
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
 from .planning import read_state
-from .project import Project, load_project, select_services
+from .project import Project, select_services
 from .pyfiles import load_revision_module, one_line
-from .rules import state_findings
-from .settings import Settings
+from .rules import heads_findings, raise_first, state_findings
 
 log = logging.getLogger(__name__)
 # `revision = "..."` in a file that cannot be parsed: which applied revision it holds.
@@ -51,7 +52,7 @@ def read_inventory(settings: Settings) -> Inventory:
     for svc in settings.services:
         found: dict[str, Revision] = {}
         for path in revision_files(svc.migrations_dir):
-            rel = _rel(path, settings.root)
+            rel = relative_file(path, settings.root)
             try:
                 rev = read_revision(svc.name, path)
             except NcmError as exc:
@@ -63,7 +64,7 @@ def read_inventory(settings: Settings) -> Inventory:
                 findings.append(Finding(
                     svc.name, rev.revision, "duplicate-revision", "error",
                     f"revision id '{rev.revision}' is also used by "
-                    f"{_rel(found[rev.revision].path, settings.root)}; give one of them a new id",
+                    f"{relative_file(found[rev.revision].path, settings.root)}; give one of them a new id",
                     rel, dict(rev.line_of).get("revision"),
                 ))
                 continue
@@ -98,9 +99,7 @@ def load_readable_project(
         why = f.message if f.rule == "malformed-revision" else f"{f.file}: {f.message}"
         unreadable.setdefault(f.service, why)
     findings, graph = graph_findings(settings, inventory.revisions, inventory.unreadable)
-    for f in findings:
-        if f.rule == "cycle":
-            raise GraphError(f"{f.message[0].upper()}{f.message[1:]}.")
+    raise_first(f for f in findings if f.rule == "cycle")
     return Project(settings, inventory.revisions, graph), unreadable
 
 
@@ -109,88 +108,24 @@ def graph_findings(
     revisions: Mapping[str, Mapping[str, Revision]],
     unreadable: Mapping[str, set[str]] | None = None,
 ) -> tuple[list[Finding], Graph]:
-    """Missing revisions, cycles, forked heads and missing functions; and the graph with the
-    dangling edges left out (so the rest can still be checked). A revision that may be in a
-    file that cannot be read (`Inventory.unreadable`) is not reported missing: that file's
-    own finding says what to fix."""
-    findings: list[Finding] = []
+    """The graph's findings (`graph.build_graph`: missing revisions and cycles) with forked
+    heads and missing functions; and the graph with the dangling edges left out (so the rest
+    can still be checked). A revision that may be in a file that cannot be read
+    (`Inventory.unreadable`) is not reported missing: that file's own finding says what to fix."""
     root = settings.root
-    every = {rev.key: rev for revs in revisions.values() for rev in revs.values()}
-    nodes = {
-        key: dataclasses.replace(rev, down_revisions=tuple(
-            d for d in rev.down_revisions if RevisionKey(key.service, d) in every
-        ))
-        for key, rev in every.items()
-    }
-    by_service = {svc: sorted(revs) for svc, revs in revisions.items()}
-    graph = Graph(nodes, {}, {}, by_service)
-
-    def missing(rev: Revision, what: str, key: str, service: str, ident: str) -> None:
-        held = (unreadable or {}).get(service, set())
-        if ident and ("" in held or any(h.startswith(ident) for h in held)):
-            return
-        findings.append(Finding(rev.service, rev.revision, "missing-revision", "error",
-                                f"{what}, which does not exist", _rel(rev.path, root),
-                                dict(rev.line_of).get(key)))
-
-    for key, rev in nodes.items():
-        intra: set[RevisionKey] = set()
-        for down in every[key].down_revisions:
-            if RevisionKey(key.service, down) in nodes:
-                intra.add(RevisionKey(key.service, down))
-            else:
-                missing(rev, f"down_revision '{down}' names a revision of '{key.service}'", "down_revision",
-                        key.service, down)
-        for dep in rev.depends_on:
-            svc, _, ident = dep.rpartition(":")
-            target = _resolve(graph, svc or key.service, ident)
-            if target is None:
-                missing(rev, f"depends_on '{dep}' names a revision", "depends_on", svc or key.service, ident)
-            else:
-                intra.add(target)
-        cross: set[RevisionKey] = set()
-        for req in rev.requires:
-            svc, sep, ident = req.partition(":")
-            target = _resolve(graph, svc, ident) if sep and ident else None
-            if target is None:
-                missing(rev, f"requires '{req}' names a revision (write service:revision)", "requires",
-                        svc, ident)
-            else:
-                cross.add(target)
-        graph.intra_parents[key] = tuple(sorted(intra))
-        graph.parents[key] = tuple(sorted(intra | cross))
-    # what each revision really needs, before the ordering edges of service-level depends_on
-    graph.required_parents = dict(graph.parents)
-    for config in settings.services:
-        dep_heads = {RevisionKey(d, h) for d in config.depends_on for h in graph.heads(d)}
-        for key in nodes:
-            if key.service == config.name and not nodes[key].down_revisions:
-                graph.parents[key] = tuple(sorted(set(graph.parents[key]) | dep_heads))
-    cycle = find_cycle(graph)
-    if cycle:
-        first = nodes[cycle[0]]
-        findings.append(Finding(
-            first.service, first.revision, "cycle", "error",
-            "cycle in the migration graph: " + " -> ".join(str(k) for k in cycle)
-            + "; break it by removing one requires/depends_on",
-            _rel(first.path, root), dict(first.line_of).get("requires"),
-        ))
-    for config in settings.services:
-        heads = graph.conflicting_heads(config.name)
-        if heads:
-            rev = nodes[RevisionKey(config.name, heads[-1])]
-            findings.append(Finding(
-                config.name, heads[-1], "multiple-heads", "error",
-                f"several heads fork without a merge: {', '.join(heads)}; run "
-                f"`manage.py makemigrations {config.name} --merge`",
-                _rel(rev.path, root), None,
-            ))
-    for rev in nodes.values():
+    graph, findings = build_graph(
+        {name: list(revs.values()) for name, revs in revisions.items()},
+        {svc.name: svc.depends_on for svc in settings.services},
+        root=root,
+        unreadable=unreadable,
+    )
+    findings += heads_findings(graph, [svc.name for svc in settings.services], root)
+    for rev in graph.nodes.values():
         for fn in ("upgrade", "downgrade"):
             if fn not in rev.defines:
                 findings.append(Finding(rev.service, rev.revision, "missing-function", "error",
                                         f"the revision defines no {fn}() function",
-                                        _rel(rev.path, root), None))
+                                        relative_file(rev.path, root), None))
     return findings, graph
 
 
@@ -206,7 +141,7 @@ def import_findings(settings: Settings, revisions: Mapping[str, Revision]) -> li
             findings.append(Finding(
                 rev.service, rev.revision, "import-error", "error",
                 f"the revision cannot be imported: {one_line(cause)}",
-                _rel(rev.path, settings.root), _line_in(cause, rev.path),
+                relative_file(rev.path, settings.root), _line_in(cause, rev.path),
             ))
     return findings
 
@@ -239,12 +174,13 @@ def database_findings(
     # validate reports drift even where migrate is told to allow it
     findings = state_findings(config, state, revisions, settings.root, rows=rows)
     if pending:
-        todo = [r for r in graph.by_service.get(config.name, []) if r not in state.applied]
+        todo = [r for r in run_order(graph, config.name) if r not in state.applied]
         if todo:
+            count = f"{len(todo)} revision{'s' * (len(todo) != 1)}"
             findings.append(Finding(
                 config.name, todo[0], "pending", "error",
-                f"{len(todo)} revision(s) not applied yet: {', '.join(todo)}; run `manage.py migrate`",
-                _rel(config.migrations_dir, settings.root),
+                f"{count} not applied yet: {first_few(todo)}; run `manage.py migrate`",
+                relative_file(config.migrations_dir, settings.root),
             ))
     return state, findings
 
@@ -275,7 +211,7 @@ def requirement_findings(
                     f"{key} is applied but {need}, which it requires, is not applied in "
                     f"{need.service}'s database; run `manage.py migrate {need.service}`, or "
                     f"check that services.{need.service}.database_url is the right database",
-                    _rel(rev.path, settings.root),
+                    relative_file(rev.path, settings.root),
                 ))
     return findings
 
@@ -339,22 +275,8 @@ def models_findings(project: Project) -> list[Finding]:
         svc = project.service(name)
         findings.append(Finding(
             name, "", "models-changed", "error",
-            f"models.py has changes that no revision holds yet ({', '.join(changes)}); run "
+            f"models.py has changes that no revision holds yet ({first_few(changes)}); run "
             f"`manage.py makemigrations {name}`",
-            _rel(svc.root / "models.py", project.root),
+            relative_file(svc.root / "models.py", project.root),
         ))
     return findings
-
-
-def _resolve(graph: Graph, service: str, ident: str) -> RevisionKey | None:
-    try:
-        return RevisionKey(service, graph.resolve(service, ident))
-    except NcmError:
-        return None
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,29 @@ def create_table(table: str) -> tuple[str, str]:
         f"op.create_table({table!r}, sa.Column('id', sa.Integer, primary_key=True))",
         f"op.drop_table({table!r})",
     )
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` cannot be written to, even by root (these tests often run as root, whom
+    permissions do not stop: then the immutable attribute, `chattr +i`)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        mode = folder.stat().st_mode
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(mode)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr +i: cannot make a folder read-only")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], check=True)
 
 
 @dataclass

@@ -152,6 +152,68 @@ def test_use_env_py_hands_over_the_connection(repo: Monorepo, db_url: str, tmp_p
     assert ledger(db_url, "shop")[-1]["status"] == "reverted"
 
 
+
+def stock_env_py() -> str:
+    """The env.py that `alembic init` writes, from the installed Alembic's own template."""
+    import alembic
+
+    return (Path(alembic.__file__).parent / "templates" / "generic" / "env.py").read_text()
+
+
+def test_use_env_py_with_the_stock_env_py(repo: Monorepo, db_url: str) -> None:
+    """The env.py of `alembic init`, unchanged: it opens its own connection from
+    `sqlalchemy.url`, and the service's version table is the one used."""
+    env = classic(repo, db_url)
+    (repo.root / "services/shop/migrations/env.py").write_text(stock_env_py())
+    env["NCM_SERVICES__SHOP__USE_ENV_PY"] = "true"
+    env["NCM_SERVICES__SHOP__VERSION_TABLE"] = "shop_version"
+    result = repo.cli("migrate", env=env)
+    assert result.code == 0, result.output
+    assert tables(db_url) >= SHOP_TABLES
+    assert "alembic_version" not in tables(db_url)
+    assert version_heads(db_url, "shop_version") == {HOSTS}
+    assert [r["status"] for r in ledger(db_url, "shop")] == ["applied"] * 7
+    back = repo.cli("rollback", "shop", env=env)
+    assert back.code == 0, back.output
+    assert version_heads(db_url, "shop_version") == {MERGE, "d747a8a8879b"}
+    assert ledger(db_url, "shop")[-1]["status"] == "reverted"
+
+
+def test_stock_env_py_failure_is_recorded(repo: Monorepo, sqlite_url: str) -> None:
+    """A revision that raises under the stock env.py: exit 1, its transaction rolled back,
+    a `failed` row in the ledger, the earlier revisions kept."""
+    repo.table("shop", "0001_a", "a_t")
+    repo.revision("shop", "0002_bad", down="0001_a", upgrade="op.create_table('b_t', "
+                  "sa.Column('id', sa.Integer, primary_key=True))\nraise RuntimeError('boom')")
+    repo.write("services/shop/migrations/env.py", stock_env_py())
+    repo.urls({"shop": sqlite_url})
+    env = {"NCM_SERVICES__SHOP__USE_ENV_PY": "true"}
+    result = repo.cli("migrate", env=env)
+    assert result.code == 1, result.output
+    assert "shop:0002_bad" in result.stderr and "boom" in result.stderr
+    assert "Traceback" not in result.output
+    assert version_heads(sqlite_url) == {"0001_a"}
+    assert [(r["revision"], r["status"]) for r in ledger(sqlite_url, "shop")] == [
+        ("0001_a", "applied"), ("0002_bad", "failed"),
+    ]
+
+
+@pytest.mark.postgres
+def test_stock_env_py_gets_the_url_but_never_shows_its_password(repo: Monorepo, pg_url: str) -> None:
+    """sqlalchemy.url carries the password env.py needs to connect; no output shows it
+    (the test server trusts local connections, so any password connects)."""
+    url = sa.engine.make_url(pg_url).set(password="Sekr1tEnvPy").render_as_string(hide_password=False)
+    env = classic(repo, url)
+    (repo.root / "services/shop/migrations/env.py").write_text(stock_env_py())
+    env["NCM_SERVICES__SHOP__USE_ENV_PY"] = "true"
+    result = repo.cli("-vv", "migrate", env=env)
+    assert result.code == 0, result.output
+    assert version_heads(pg_url) == {HOSTS}
+    assert "Sekr1tEnvPy" not in result.output
+    history = repo.cli("-vv", "history", "shop", env=env)
+    assert history.code == 0 and "Sekr1tEnvPy" not in history.output
+
+
 # -- naming conventions ----------------------------------------------------------------
 
 CONVENTION = {

@@ -17,7 +17,7 @@ from monorepo import REPO, Monorepo, version_heads
 import ncm_migrate
 from ncm_migrate import commands
 from ncm_migrate.errors import BadInput, NcmError, ServiceNotConfigured
-from ncm_migrate.project import load_project
+from ncm_migrate.loader import load_project
 
 
 class PathLikeOnly(os.PathLike[str]):

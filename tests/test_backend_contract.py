@@ -31,7 +31,7 @@ from ncm_migrate.backends import make_backend
 from ncm_migrate.backends import mongo as mongo_backend
 from ncm_migrate.errors import LockTimeout
 from ncm_migrate.ledger import COLUMNS
-from ncm_migrate.project import load_project
+from ncm_migrate.loader import load_project
 
 SVC = "orders"
 
@@ -251,7 +251,7 @@ HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from ncm_migrate.backends import make_backend
-    from ncm_migrate.project import load_project
+    from ncm_migrate.loader import load_project
 
     project = load_project(Path(sys.argv[1]))
     backend = make_backend(project.service(sys.argv[2]), 5.0, float(sys.argv[3]))

@@ -209,3 +209,41 @@ def test_backup_made_before_checksums_still_restores(repo: Monorepo, sqlite_url:
     assert result.code == 0, result.output
     assert "not verified" in result.stderr
     assert _snapshot(sqlite_url) == before
+
+
+def test_backup_without_the_dump_program_leaves_nothing_on_mariadb(
+    repo: Monorepo, mysql_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No mariadb-dump/mysqldump on PATH: exit 1 naming them, no folder left (neither -o's
+    nor the default one), the database untouched."""
+    repo.table("users", "0001_initial", "people")
+    repo.settings(f'[development]\ndatabase_url = "{mysql_url}"\n')
+    assert repo.cli("migrate").code == 0
+    before = tables(mysql_url)
+    monkeypatch.setenv("PATH", str(tmp_path / "no_programs_here"))
+    given = repo.cli("backup", "users", "-o", str(tmp_path / "a" / "bk"))
+    assert given.code == 1, given.output
+    assert "mysqldump" in given.stderr and "Traceback" not in given.output
+    assert len(given.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+    default = repo.cli("backup", "users")
+    assert default.code == 1 and not (repo.root / "var" / "backups").exists()
+    assert tables(mysql_url) == before
+
+
+def test_backup_into_a_read_only_folder_is_one_sentence(
+    repo: Monorepo, sqlite_url: str, tmp_path: Path
+) -> None:
+    from monorepo import read_only
+
+    repo.table("users", "0001_initial", "people")
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    assert repo.cli("migrate").code == 0
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        result = repo.cli("backup", "users", "-o", str(locked / "bk"))
+    assert result.code == 2, result.output
+    assert "Cannot create backup folder" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (locked / "bk").exists()

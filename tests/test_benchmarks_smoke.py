@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from ncm_migrate.graph import upgrade_targets
-from ncm_migrate.project import load_project
+from ncm_migrate.loader import load_project
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))

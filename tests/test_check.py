@@ -97,3 +97,18 @@ def test_a_service_left_out_is_named_once(repo: Monorepo, sqlite_url: str) -> No
     result = repo.cli("check")
     assert result.code == 0, result.output
     assert result.stderr.count("skipping service 'mail'") == 1
+
+
+def test_many_pending_revisions_are_counted_in_run_order(repo: Monorepo, sqlite_url: str) -> None:
+    """A count and the first five in the order they run, whatever their ids sort as (hash
+    ids here, in reverse order of the chain): one line however many there are."""
+    ids = [f"{n:x}" * 12 for n in range(15, 3, -1)]  # fffff..., eeeee..., ..., 44444...
+    for i, rev in enumerate(ids):
+        repo.revision("users", rev[:12], down=ids[i - 1][:12] if i else None)
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    code, rules, data = _check(repo)
+    assert code == 1 and rules == {("users", "pending")}
+    message = data["findings"][0]["message"]
+    first = ", ".join(r[:12] for r in ids[:5])
+    assert message == f"12 revisions not applied yet: {first} and 7 more; run `manage.py migrate`"
+    assert data["findings"][0]["revision"] == ids[0][:12]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ncm_migrate.errors import GraphError, UnknownRevision
+from ncm_migrate.findings import Finding
 from ncm_migrate.graph import (
     Graph,
     build_graph,
@@ -19,7 +20,8 @@ from ncm_migrate.graph import (
     removal_set,
     upgrade_targets,
 )
-from ncm_migrate.model import Revision, RevisionKey
+from ncm_migrate.model import Revision, RevisionKey, split_reference
+from ncm_migrate.rules import raise_first
 
 
 def rev(
@@ -39,6 +41,15 @@ def rev(
 
 
 def graph(*revs: Revision, depends: dict[str, Sequence[str]] | None = None) -> Graph:
+    """The graph of `revs`, refused as `migrate` refuses it: with its first finding."""
+    g, found = graph_and_findings(*revs, depends=depends)
+    raise_first(found)
+    return g
+
+
+def graph_and_findings(
+    *revs: Revision, depends: dict[str, Sequence[str]] | None = None
+) -> tuple[Graph, list[Finding]]:
     by_service: dict[str, list[Revision]] = {}
     for r in revs:
         by_service.setdefault(r.service, []).append(r)
@@ -173,6 +184,22 @@ def test_labelled_branches_and_separate_bases_are_not_conflicts() -> None:
     assert g.resolve("shop", "feature") == "0002b"
 
 
+def test_a_branch_label_names_one_revision_and_no_id() -> None:
+    """
+    0001 -> 0002 [0001]          a label that is another revision's id
+    0001 -> 0002 [x] -> 0003 [x] a label on two revisions
+    Alembic refuses both only once a migration runs; here they are bad input up front.
+    """
+    _, found = graph_and_findings(rev("shop:0001"), rev("shop:0002", "0001", labels=["0001"]))
+    assert [(f.rule, f.revision) for f in found] == [("duplicate-label", "0002")]
+    assert "branch label '0001', which is the id of revision shop:0001" in found[0].message
+    with pytest.raises(GraphError, match="also a branch label of shop:0002"):
+        graph(rev("shop:0001"), rev("shop:0002", "0001", labels=["x"]),
+              rev("shop:0003", "0002", labels=["x"]))
+    # One revision may repeat its own label, and labels of different services never clash.
+    graph(rev("shop:0001", labels=["x", "x"]), rev("billing:0001", labels=["x"]))
+
+
 def test_resolve_prefixes() -> None:
     """
     shop: 1975ea83b712 -> 1a2b3c4d5e6f
@@ -198,6 +225,40 @@ def test_missing_down_revision_and_requires() -> None:
         graph(rev("users:0001", requires=["billing:0001"]))
     with pytest.raises(GraphError, match="depends_on 'x'"):
         graph(rev("users:0001", depends_on=["x"]))
+
+
+def test_every_missing_reference_is_a_finding_and_the_first_is_raised() -> None:
+    """
+    users:   0001 -> 0002 -> (0009 missing)
+             0003 --requires--> billing:0001 (missing), --depends_on--> x (missing)
+    users:0002 depends_on ':0001' (no service named: `split_reference` gives "")
+    """
+    revs = (
+        rev("users:0001"), rev("users:0002", "0009", depends_on=[":0001"]),
+        rev("users:0003", "0002", requires=["billing:0001"], depends_on=["x"]),
+    )
+    g, found = graph_and_findings(*revs)
+    assert [(f.revision, f.rule, f.severity) for f in found] == [
+        ("0002", "missing-revision", "error"), ("0002", "missing-revision", "error"),
+        ("0003", "missing-revision", "error"), ("0003", "missing-revision", "error"),
+    ]
+    named = ("down_revision '0009'", "depends_on ':0001'", "depends_on 'x'", "requires 'billing:0001'")
+    for finding, what in zip(found, named, strict=True):
+        assert what in finding.message
+    # the graph leaves the dangling edges out: the rest can still be read
+    assert g.heads("users") == ("0001", "0003")
+    assert g.parents[RevisionKey("users", "0003")] == (RevisionKey("users", "0002"),)
+    with pytest.raises(GraphError) as info:
+        graph(*revs)
+    assert str(info.value) == found[0].message + "."
+
+
+def test_a_reference_splits_at_its_first_colon() -> None:
+    assert split_reference("billing:0001") == ("billing", "0001")
+    assert split_reference("0001", "users") == ("users", "0001")
+    assert split_reference(":0001", "users") == ("", "0001")
+    assert split_reference("a:b:c") == ("a", "b:c")
+    assert split_reference("0001") == ("", "0001")
 
 
 def test_cycle_is_reported_as_a_path() -> None:

@@ -12,7 +12,8 @@ from monorepo import Monorepo
 from ncm_migrate import discovery
 from ncm_migrate.discovery import HeaderCache, read_revisions
 from ncm_migrate.errors import RevisionFileError
-from ncm_migrate.project import HEADER_CACHE, load_project
+from ncm_migrate.loader import load_project
+from ncm_migrate.project import HEADER_CACHE
 
 
 def _two_revisions(repo: Monorepo, tmp_path: Path) -> Path:

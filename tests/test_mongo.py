@@ -37,9 +37,9 @@ from ncm_migrate.backends.mongo_lease import Lease
 from ncm_migrate.discovery import read_revision
 from ncm_migrate.errors import LockLost, SettingsError
 from ncm_migrate.ledger import run_context
+from ncm_migrate.loader import load_project
 from ncm_migrate.model import ServiceConfig, Step
 from ncm_migrate.mongo_backup import backup_mongo, restore_mongo
-from ncm_migrate.project import load_project
 from ncm_migrate.templates import RevisionText, render_revision
 
 REPO = Path(__file__).resolve().parents[1]

@@ -125,3 +125,87 @@ def test_questioner_choice() -> None:
 def test_help_mentions_yes(command: str) -> None:
     result = Monorepo(Path.cwd()).cli(command, "--help")
     assert result.code == 0 and "Example:" in result.stdout and "--yes" in result.stdout
+
+
+def test_no_answer_at_the_prompt_is_a_refusal(
+    repo: Monorepo, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-D (end of input) at the typed confirmation: exit 2, one sentence, nothing done."""
+    from ncm_migrate import cli
+
+    _repo(repo, sqlite_url)
+    assert repo.cli("migrate", "--env", "production").code == 0
+    before = (tables(sqlite_url), ledger(sqlite_url))
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    result = repo.cli("rollback", "users", "--env", "production")  # stdin is empty: EOF
+    assert result.code == 2, result.output
+    assert "Not confirmed" in result.stderr and "nothing was done" in result.stderr
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+    assert (tables(sqlite_url), ledger(sqlite_url)) == before
+
+
+def test_ctrl_c_at_the_prompt_exits_2(repo: Monorepo, sqlite_url: str) -> None:
+    """A real terminal (a pty): Ctrl-C while the prompt waits refuses, exit 2, not 1."""
+    import contextlib
+    import os
+    import pty
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _repo(repo, sqlite_url)
+    assert repo.cli("migrate", "--env", "production").code == 0
+    before = (tables(sqlite_url), ledger(sqlite_url))
+    repo.run("--version")  # writes manage.py
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCM_")}
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(repo.root / "manage.py"), "rollback", "users", "--env", "production"],
+        cwd=repo.root, env=env, stdin=secondary, stdout=secondary, stderr=secondary,
+        # A terminal's process gets SIGINT; one started from a background job inherits it
+        # ignored, and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    os.close(secondary)
+    seen = b""
+    try:
+        while b"to go on" not in seen:
+            ready, _, _ = select.select([primary], [], [], 60)
+            assert ready, f"no prompt within 60 s: {seen!r}"
+            seen += os.read(primary, 4096)
+        # What a terminal's Ctrl-C does: SIGINT to the foreground process; pressed again
+        # every few seconds, as a user would, and the terminal read all along (a child
+        # writing to a full pty blocks).
+        deadline = time.monotonic() + 60
+        next_press = 0.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            if time.monotonic() >= next_press:
+                proc.send_signal(signal.SIGINT)
+                next_press = time.monotonic() + 5
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                with contextlib.suppress(OSError):  # EIO once the child has gone
+                    seen += os.read(primary, 4096)
+        code = proc.poll()
+        assert code is not None, f"still running 60 s after SIGINT: {seen!r}"
+        while True:
+            ready, _, _ = select.select([primary], [], [], 1)
+            if not ready:
+                break
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    text = seen.decode(errors="replace")
+    assert code == 2, text
+    assert "Not confirmed" in text and "Traceback" not in text and "Aborted" not in text
+    assert (tables(sqlite_url), ledger(sqlite_url)) == before

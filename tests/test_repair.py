@@ -46,7 +46,8 @@ def test_repair_after_a_deliberate_edit_lets_migrate_go_on(repo: Monorepo, db_ur
 
     result = repo.cli("repair", "users")
     assert result.code == 0, result.output
-    assert "0001_initial up faked" in result.stdout and "checksum" in result.stdout
+    assert "users:0001_initial: accepted the edit of 0001_initial.py" in result.stdout
+    assert "ledger row appended: up faked" in result.stdout and "no table was touched" in result.stdout
     row = ledger(db_url)[-1]
     assert (row["revision"], row["direction"], row["status"]) == ("0001_initial", "up", "faked")
     assert row["checksum"] == checksum_text(path.read_text())
@@ -72,6 +73,8 @@ def test_repair_clears_a_dirty_mark(repo: Monorepo, db_url: str) -> None:
 
     result = repo.cli("repair", "users")
     assert result.code == 0, result.output
+    assert "users:0002_more: cleared its dirty mark" in result.stdout
+    assert "the next migrate runs it again" in result.stdout
     row = ledger(db_url)[-1]
     assert (row["revision"], row["direction"], row["status"]) == ("0002_more", "down", "reverted")
     assert _audit(repo)[-1]["outcome"] == "reverted"
@@ -84,7 +87,9 @@ def test_dirty_revision_the_version_table_has_is_recorded_as_applied(repo: Monor
     assert repo.cli("migrate").code == 0
     _running_row(sqlite_url, "0001_initial")
     assert repo.cli("migrate").code == 1
-    assert repo.cli("repair", "users").code == 0
+    repaired = repo.cli("repair", "users")
+    assert repaired.code == 0, repaired.output
+    assert "has it applied, so it now counts as applied" in repaired.stdout
     row = ledger(sqlite_url)[-1]
     assert (row["revision"], row["direction"], row["status"]) == ("0001_initial", "up", "faked")
     assert repo.cli("check").code == 0
@@ -115,3 +120,17 @@ def test_mariadb_failure_then_manual_fix_then_repair(repo: Monorepo, mysql_url: 
 def test_repair_help() -> None:
     result = Monorepo(Path.cwd()).cli("repair", "--help")
     assert result.code == 0 and "Example:" in result.stdout
+
+
+def test_repair_of_a_dirty_revision_whose_file_is_gone(repo: Monorepo, sqlite_url: str) -> None:
+    """It used to say the revision "will run again on the next migrate": with no file,
+    nothing runs it; repair says so."""
+    _repo(repo, sqlite_url)
+    gone = repo.table("users", "0002_more", "more_t", down="0001_initial")
+    assert repo.cli("migrate", "users", "0001_initial").code == 0
+    _running_row(sqlite_url, "0002_more")
+    gone.unlink()
+    result = repo.cli("repair", "users")
+    assert result.code == 0, result.output
+    assert "its file is gone, so nothing runs it again" in result.stdout
+    assert "runs it again (undo" not in result.stdout

@@ -81,11 +81,14 @@ def test_rollback_steps_beyond_what_is_applied(repo: Monorepo, sqlite_url: str) 
     assert version_heads(sqlite_url, "alembic_version_users") == set()
 
 
-def test_rollback_to_a_target_not_yet_applied_does_nothing(repo: Monorepo, sqlite_url: str) -> None:
+def test_rollback_to_a_target_not_yet_applied_is_refused(repo: Monorepo, sqlite_url: str) -> None:
+    """As Alembic's `downgrade` refuses a target ahead of the database: rollback only moves
+    backwards, and says how to move forwards (it used to answer "Nothing to do", exit 0)."""
     users_and_billing(repo, sqlite_url)
     assert repo.cli("migrate", "users", "0001").code == 0
     result = repo.cli("rollback", "users", "0003_c")
-    assert result.code == 0 and "Nothing to do" in result.stdout
+    assert result.code == 2, result.output
+    assert "users:0003_c is not applied" in result.stderr and "migrate users 0003_c" in result.stderr
     assert version_heads(sqlite_url, "alembic_version_users") == {"0001_a"}
 
 

@@ -146,3 +146,56 @@ def test_startservice_in_a_one_database_project_writes_no_url(repo: Monorepo, tm
 def test_help(repo: Monorepo, command: str) -> None:
     result = repo.cli(command, "--help")
     assert result.code == 0 and "Example:" in result.stdout
+
+
+def test_unwritable_folders_are_one_sentence(repo: Monorepo, tmp_path: Path) -> None:
+    """startservice and init into a folder that cannot be written: exit 2, one sentence,
+    nothing left behind."""
+    from monorepo import read_only
+
+    repo.settings("[development]\n")
+    (repo.root / "services").mkdir()
+    with read_only(repo.root / "services"):
+        result = repo.cli("startservice", "orders")
+    assert result.code == 2, result.output
+    assert "Cannot create service 'orders'" in result.stderr and "writable" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert not (repo.root / "services/orders").exists()
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        made = repo.cli("init", str(locked / "repo"))
+    assert made.code == 2, made.output
+    assert "Cannot write into" in made.stderr and "Traceback" not in made.output
+    assert not (locked / "repo").exists()
+
+
+def test_scaffolded_models_py_leaves_hand_written_tables_alone(repo: Monorepo) -> None:
+    """startservice's models.py declares no tables: a service whose revisions are written by
+    hand passes `check`, and makemigrations does not write a revision dropping its tables
+    (it used to demand `drop table` for every one)."""
+    repo.settings("[development]\n")
+    started = repo.cli("startservice", "shop")
+    assert started.code == 0, started.output
+    assert "Next: declare its tables in " in started.stdout and "services/shop/models.py" in started.stdout
+    assert "makemigrations shop --empty" in started.stdout
+    written = repo.cli("makemigrations", "shop", "--empty", "-m", "products")
+    assert written.code == 0, written.output
+    path = repo.root / "services/shop/migrations/0001_products.py"
+    text = path.read_text()
+    path.write_text(text.replace(
+        "def upgrade() -> None:\n",
+        "def upgrade() -> None:\n"
+        "    op.create_table('products', sa.Column('id', sa.Integer, primary_key=True))\n",
+        1,
+    ))
+    assert "op.create_table('products'" in path.read_text()
+    assert repo.cli("migrate").code == 0
+    check = repo.cli("check")
+    assert check.code == 0, check.output
+    assert "models-changed" not in check.stdout
+    again = repo.cli("makemigrations", "shop")
+    assert again.code == 0, again.output
+    assert "Skipped shop: its models.py declares no tables" in again.stdout
+    assert sorted(p.name for p in path.parent.glob("*.py")) == ["0001_products.py"]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from monorepo import Monorepo
 
+from ncm_migrate.config import Settings
 from ncm_migrate.errors import SettingsError, UnknownEnvironment
-from ncm_migrate.settings import Settings, load_settings
+from ncm_migrate.settings import load_settings
 
 
 def load(repo: Monorepo, env: str | None = None, **environ: str) -> Settings:

@@ -255,3 +255,26 @@ def test_broken_templates_are_clear_errors(repo: Monorepo, sqlite_url: str) -> N
     wrong = repo.cli("makemigrations", "users", "--empty")
     assert wrong.code == 2 and "revision | pyrepr" in wrong.stderr
     assert list((repo.root / "services/users/migrations").glob("*.py")) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "dialect", "in_templates"),
+    [
+        ("postgresql+psycopg://app@localhost/shop", "postgresql", "postgresql"),
+        ("mariadb+pymysql://root@localhost/shop", "mysql", "mysql"),
+        ("sqlite:///var/shop.db", "sqlite", "sqlite"),
+        ("mongodb+srv://app@cluster.example.com/shop", "mongodb", "mongo"),
+    ],
+)
+def test_one_dialect_of_a_url_and_the_name_templates_are_given(
+    tmp_path: Path, url: str, dialect: str, in_templates: str
+) -> None:
+    """`urls.dialect_of` is the database a URL speaks (as backup manifests record it);
+    templates are told `mongo` for a MongoDB service, as they always were."""
+    from ncm_migrate.new_revisions import template_dialect
+    from ncm_migrate.urls import backend_of, dialect_of
+
+    config = ServiceConfig(name="shop", root=tmp_path, backend="mongo" if "mongo" in url else "sql",
+                           database_url=url)
+    assert backend_of(url) == config.backend
+    assert (dialect_of(url), template_dialect(config)) == (dialect, in_templates)

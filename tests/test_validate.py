@@ -129,6 +129,40 @@ def test_cycle_and_missing_revision_are_findings_and_exit_2(repo: Monorepo, sqli
     assert repo.cli("migrate").code == 2
 
 
+def test_migrate_and_validate_read_a_reference_alike(repo: Monorepo, sqlite_url: str) -> None:
+    """`depends_on = ":0001_initial"` names no service: validate once read it (`rpartition`)
+    as the revision's own service and found nothing wrong, while migrate (`split`) refused
+    it. One builder and one reader of references: both refuse it, in the same words."""
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("users", "0002_more", "more", down="0001_initial", depends_on=[":0001_initial"])
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    code, findings = _validate(repo)
+    assert code == 2
+    assert _rules(findings) == {("users", "0002_more", "missing-revision")}
+    message = findings[0]["message"]
+    assert "depends_on ':0001_initial'" in message
+    refused = repo.cli("migrate")
+    assert refused.code == 2 and message in refused.stderr
+
+
+def test_validate_lists_every_graph_problem_and_migrate_stops_at_the_first(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    repo.table("users", "0001_initial", "users_t")
+    repo.table("users", "0002_more", "more", down="0001_nothere")
+    repo.table("users", "0003_next", "next", down="0002_more", requires=["billing:0009"])
+    repo.table("billing", "0001_initial", "invoices", depends_on=["0000_gone"])
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    code, findings = _validate(repo)
+    assert code == 2
+    missing = sorted((f["service"], f["revision"]) for f in findings if f["rule"] == "missing-revision")
+    assert missing == [("billing", "0001_initial"), ("users", "0002_more"), ("users", "0003_next")]
+    refused = repo.cli("migrate")
+    assert refused.code == 2
+    said = [f["message"] for f in findings if f["message"] in refused.stderr]
+    assert len(said) == 1, refused.stderr
+
+
 def test_duplicate_ids_and_malformed_files_exit_2(repo: Monorepo, sqlite_url: str) -> None:
     repo.table("users", "0001_initial", "users_t")
     repo.write("services/users/migrations/0001_copy.py",
@@ -192,6 +226,10 @@ def test_forked_heads_are_an_error(repo: Monorepo, sqlite_url: str) -> None:
     assert code == 1
     assert [f["rule"] for f in findings] == ["multiple-heads"]
     assert "0002_a, 0002_b" in findings[0]["message"] and "--merge" in findings[0]["message"]
+    # one rule: migrate and makemigrations refuse in the words validate reports
+    for args in (("migrate",), ("makemigrations", "users", "--empty", "-m", "more")):
+        refused = repo.cli(*args)
+        assert refused.code == 1 and findings[0]["message"] in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""One protocol that every database backend implements, and the factory that picks one.
+"""One protocol that every database backend implements, the factory that picks one, and
+opening one with the connect retry policy (`retry.py`).
 
 The protocol speaks only in ncm-migrate's own value objects, so SQL and MongoDB services
 go through the same executor.
@@ -11,8 +12,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from ..config import ConnectSettings
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..settings import ConnectSettings
 
 Phase = Literal["start", "done"]
 StepCallback = Callable[[Step, Phase, StepResult | None], None]
@@ -81,6 +82,11 @@ class Backend(Protocol):
                ctx: RunContext) -> None:
         """Append one finished ledger row (used by `repair`)."""
 
+    def interrupt(self) -> None:
+        """After a signal cut a step short on this side: stop what the server still runs
+        for this backend's connection (MySQL goes on with a statement whose client left,
+        DDL included); the connection is not used again. A no-op where nothing runs on."""
+
 
 def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
     """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
@@ -93,3 +99,13 @@ def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_
     from .sql import SqlBackend
 
     return SqlBackend(config, connect)
+
+
+def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
+    """`make_backend`, opened: connecting retried by the one policy
+    (`retry.open_with_retries`: `DatabaseUnreachable`, exit 4, when it never answers)."""
+    from .retry import open_with_retries
+
+    backend = make_backend(config, connect)
+    open_with_retries(backend, connect)
+    return backend

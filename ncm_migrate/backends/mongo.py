@@ -33,15 +33,23 @@ from pymongo.errors import (
 from .. import ledger as ledger_rules
 from ..errors import (
     DatabaseUnreachable,
+    Interrupted,
     LockLost,
     LockTimeout,
     MigrationFailed,
+    NcmError,
     RevisionFileError,
     SettingsError,
+    signal_name,
 )
 from ..locking import wait_for
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..pyfiles import load_revision_module
+from ..pyfiles import (
+    exit_call,
+    load_revision_module,
+    signal_of,
+    stopped_error,
+)
 from ..urls import mask_url, password_of, redact
 from . import ConnectFailed, ServerInfo, StepCallback
 from .mongo_lease import COLLECTION as LOCK_COLLECTION
@@ -162,6 +170,9 @@ class MongoBackend:
     def open(self, timeout_s: float | None = None) -> None:
         if self._client is None:
             self._client = connect(self.config, self._timeout if timeout_s is None else timeout_s)
+
+    def interrupt(self) -> None:
+        """Nothing to stop: an operation ends with its client (closed by `close`)."""
 
     def close(self) -> None:
         if self._client is not None:
@@ -323,7 +334,14 @@ class MongoBackend:
         for step in steps:
             rev = revisions[step.revision]
             up = step.direction == "up"
-            module = None if fake else load_revision_module(rev)
+            run = _StepRun(self, step, rev, ctx, _outcome(step, fake))
+            try:
+                module = None if fake else load_revision_module(rev, to_apply=True)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Its top-level code exited: no function of it had the database, so the
+                # failed step left nothing behind (recorded as such: not dirty).
+                run.record_failure(transactional=True)
+                raise self._failed(run, exc, results, on_step) from exc
             fn = None if module is None else getattr(module, "upgrade" if up else "downgrade", None)
             if module is not None and not callable(fn):
                 raise RevisionFileError(
@@ -338,7 +356,7 @@ class MongoBackend:
                 in_txn = False
             self._confirm_lease(step, results)
             on_step(step, "start", None)
-            run = _StepRun(self, step, rev, ctx, _outcome(step, fake), in_txn)
+            run.in_txn = in_txn
             try:
                 run.execute(fn, check)
             except _Claimed as claimed:
@@ -348,21 +366,33 @@ class MongoBackend:
                     f"active, run `manage.py repair {step.service}`.",
                     step.service, step.revision, list(results),
                 ) from None
-            except Exception as exc:
-                message = f"{type(exc).__name__}: {_short(exc)}"
-                results.append(StepResult(step.service, step.revision, step.direction, "failed",
-                                          run.elapsed_ms(), message))
-                on_step(step, "done", results[-1])
-                log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
-                raise MigrationFailed(
-                    f"Revision {step.service}:{step.revision} failed "
-                    f"({'upgrade' if up else 'downgrade'}): {message}",
-                    step.service, step.revision, results,
-                ) from exc
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:  # user code ran
+                raise self._failed(run, exc, results, on_step) from exc
             results.append(StepResult(step.service, step.revision, step.direction, run.outcome,
                                       run.duration_ms))
             on_step(step, "done", results[-1])
         return results
+
+    def _failed(self, run: _StepRun, exc: BaseException, results: list[StepResult],
+                on_step: StepCallback) -> NcmError:
+        """The error a failed step (already recorded, if it could be) stops the run with."""
+        step = run.step
+        message = f"{type(exc).__name__}: {_short(exc)}" if str(exc) else type(exc).__name__
+        results.append(StepResult(step.service, step.revision, step.direction, "failed",
+                                  run.elapsed_ms(), message))
+        on_step(step, "done", results[-1])
+        log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
+        stopped = stopped_error(exc, step.service, step.revision, run.phase, results,
+                                dirty=run.dirty, unrecorded=run.unrecorded)
+        if stopped is not None:
+            return stopped
+        unrecorded = (f"; the failure could not be recorded in {ledger_rules.TABLE} "
+                      f"({run.unrecorded})" if run.unrecorded else "")
+        return MigrationFailed(
+            f"Revision {step.service}:{step.revision} failed "
+            f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}{unrecorded}",
+            step.service, step.revision, results,
+        )
 
     def verify(self, revision: Revision) -> str | None:
         check = getattr(load_revision_module(revision), "verify", None)
@@ -371,8 +401,19 @@ class MongoBackend:
         try:
             check(self.db)
             return None
+        except Interrupted:
+            raise
         except Exception as exc:
             return f"{type(exc).__name__}: {_short(exc)}"
+        except SystemExit as exc:
+            return f"SystemExit: verify() called {exit_call(exc)}"
+        except KeyboardInterrupt as exc:
+            signum = signal_of(exc)
+            raise Interrupted(
+                f"Interrupted ({signal_name(signum)}) while verifying revision "
+                f"{revision.service}:{revision.revision}; nothing was changed.",
+                signum, revision.service, revision.revision,
+            ) from None
 
     # -- server -------------------------------------------------------------------
 
@@ -438,13 +479,19 @@ class _StepRun:
     """One step: claim its marker, record it, run it, record the outcome."""
 
     def __init__(self, backend: MongoBackend, step: Step, rev: Revision, ctx: RunContext,
-                 outcome: Literal["applied", "reverted", "faked"], in_txn: bool) -> None:
+                 outcome: Literal["applied", "reverted", "faked"], in_txn: bool = False) -> None:
         self.backend = backend
         self.step = step
         self.rev = rev
         self.ctx = ctx
         self.outcome = outcome
         self.in_txn = in_txn
+        # Where the step is, for a message if user code exits there.
+        self.phase = "while it was imported"
+        # After a failure: whether it may have left part of the step behind, and why it
+        # could not be recorded (if it could not).
+        self.dirty = False
+        self.unrecorded = ""
         self.marker = _marker_id(step.service, step.revision)
         now = ledger_rules.utcnow()
         self.started = now.replace(microsecond=now.microsecond // 1000 * 1000)  # BSON keeps ms
@@ -463,9 +510,7 @@ class _StepRun:
             self._claim()
             if fn is not None:
                 self.seq = self.backend._insert_row(self._fields("running"))
-                fn(self.backend.db)
-                if check is not None:
-                    check(self.backend.db)
+                self._call(fn, check)
             self._settle()
             if self.seq is None:
                 self.duration_ms = self.elapsed_ms()
@@ -474,9 +519,20 @@ class _StepRun:
                 self.duration_ms = self.backend._finish_row(self.seq, self.outcome, self.t0)
         except _Claimed:
             raise
-        except Exception:
-            self._record_failure(transactional=False)
+        except BaseException:  # user code ran: SystemExit and KeyboardInterrupt too
+            self.record_failure(transactional=False)
             raise
+
+    def _call(self, fn: Callable[..., Any] | None, check: Callable[..., Any] | None) -> None:
+        """The revision's function, then its verify(), each with the database."""
+        db = self.backend.db
+        if fn is not None:
+            self.phase = f"in {'upgrade' if self.step.direction == 'up' else 'downgrade'}()"
+            fn(db)
+        if check is not None:
+            self.phase = "in verify()"
+            check(db)
+        self.phase = "while it was recorded"
 
     def _in_transaction(self, fn: Callable[..., Any] | None, check: Callable[..., Any] | None) -> None:
         """Claim, run, verify and record in one transaction: a failure leaves nothing behind."""
@@ -488,17 +544,14 @@ class _StepRun:
                 session.start_transaction(),
             ):
                 self._claim()
-                if fn is not None:
-                    fn(self.backend.db)
-                if check is not None:
-                    check(self.backend.db)
+                self._call(fn, check)
                 self._settle()
                 self.duration_ms = self.elapsed_ms()
                 self.backend._insert_row(self._fields(self.outcome, finished=True))
         except _Claimed:
             raise
-        except Exception:
-            self._record_failure(transactional=True)
+        except BaseException:  # user code ran: SystemExit and KeyboardInterrupt too
+            self.record_failure(transactional=True)
             raise
 
     def _claim(self) -> None:
@@ -525,9 +578,12 @@ class _StepRun:
         else:
             self.backend.markers.delete_one({"_id": self.marker})
 
-    def _record_failure(self, transactional: bool) -> None:
+    def record_failure(self, transactional: bool) -> None:
         """After a failed step: give this step's claim back (if an aborted transaction has not
-        already) and append (or finish) a `failed` row."""
+        already) and append (or finish) a `failed` row; `transactional`: the failure left
+        nothing behind. Guarded: when this fails too (the server is gone, say), the step's own
+        error is the one to report, with `unrecorded` saying why this failed."""
+        self.dirty = not transactional
         mine = {"_id": self.marker, "at": self.started}
         try:  # a transaction, if any, has ended: these writes stand on their own
             if self.step.direction == "up":
@@ -541,9 +597,10 @@ class _StepRun:
                 self.backend._insert_row(
                     self._fields("failed", finished=True, transactional=transactional)
                 )
-        except PyMongoError:
-            log.warning("could not record the failure of %s:%s in %s", self.step.service,
-                        self.step.revision, ledger_rules.TABLE, exc_info=True)
+        except Exception as exc:
+            log.debug("could not record the failure of %s:%s in %s", self.step.service,
+                      self.step.revision, ledger_rules.TABLE, exc_info=True)
+            self.unrecorded = f"{type(exc).__name__}: {_short(exc)}"
 
     def _fields(self, status: str, finished: bool = False, transactional: bool | None = None) -> Document:
         now = ledger_rules.utcnow() if finished else None

@@ -1,13 +1,9 @@
 """SQL services on SQLAlchemy and Alembic: engine, lock, ledger, and applying revisions.
 
 Each service's `migrations/` is a plain Alembic script directory and needs no `env.py`:
-the environment is built here. Alembic's own `RevisionStep`s run every revision, so its
-version table (and `alembic current`) always agrees. Each step's ledger row is written in
-the step's transaction: by an `on_version_apply` callback in Alembic's loop (MySQL, or a
-service's own env.py); on PostgreSQL and SQLite our loop runs the steps in Alembic's
-context and writes a plain step's version row itself (on PostgreSQL in one statement with
-the ledger row), leaving every branch insert, delete, merge or split to Alembic's own
-bookkeeping.
+the environment is built here. Alembic's own steps run every revision, so its version
+table (and `alembic current`) always agrees; `_SqlRun` runs one `apply`, and reaches
+Alembic's internals only through `alembic_bridge`.
 """
 
 from __future__ import annotations
@@ -27,35 +23,58 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from io import StringIO
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
 from .. import ledger as ledger_rules
+from ..config import ConnectSettings
 from ..discovery import versions_dir
-from ..errors import DatabaseUnreachable, DriverMissing, MigrationFailed, NcmError, RevisionFileError
+from ..errors import (
+    DatabaseUnreachable,
+    DriverMissing,
+    Interrupted,
+    MigrationFailed,
+    NcmError,
+    RevisionFileError,
+    signal_name,
+)
 from ..locking import file_lock, lock_key, lock_name, wait_for
 from ..metadata import target_metadata
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ..pyfiles import load_revision_module
-from ..settings import ConnectSettings
+from ..pyfiles import STOPPED, exit_call, load_revision_module, signal_of, stopped_error
 from ..urls import is_async, sqlite_file, sync_equivalent
-from . import ConnectFailed, ServerInfo, StepCallback
+from . import ConnectFailed, ServerInfo, StepCallback, alembic_bridge
 from .sockets import Deadline, keepalive_params, psycopg_connect, pymysql_connect
 
 if TYPE_CHECKING:
     # Imported where they are used: Alembic and SQLAlchemy's asyncio extension (which pulls
     # in the ORM) cost read-only commands (showmigrations, a no-op migrate) ~0.1 s to load.
     from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext, RevisionStep
+    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
-    from alembic.script.revision import Revision as AlembicRevision
-    from alembic.script.revision import RevisionMap
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger(__name__)
+
+
+class _LedgerTime(sa.DateTime):
+    """The ledger's times: microseconds everywhere, also on MySQL/MariaDB, whose plain
+    DATETIME keeps whole seconds (steps of one second would show in any order)."""
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+
+@compiles(_LedgerTime, "mysql")
+@compiles(_LedgerTime, "mariadb")
+def _ledger_time_mysql(_type: _LedgerTime, _compiler: Any, **_kw: Any) -> str:
+    return "DATETIME(6)"
+
 
 _ledger_md = sa.MetaData()
 LEDGER = sa.Table(
@@ -67,8 +86,8 @@ LEDGER = sa.Table(
     sa.Column("direction", sa.String(4), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("checksum", sa.String(64)),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", _LedgerTime(), nullable=False),
+    sa.Column("finished_at", _LedgerTime()),
     sa.Column("duration_ms", sa.Float),
     sa.Column("actor", sa.String(ledger_rules.ACTOR_LENGTH), nullable=False),
     sa.Column("host", sa.String(255), nullable=False),
@@ -81,6 +100,12 @@ _LEDGER_INSERT = LEDGER.insert()
 # The same without fetching the new row's id (no RETURNING): for rows never updated later.
 _LEDGER_RECORD = LEDGER.insert().inline()
 _LEDGER_FINISH = LEDGER.update().where(LEDGER.c.id == sa.bindparam("row_id"))
+# MySQL/MariaDB: the ledger's time columns' fractional digits (None: no ledger yet).
+_MYSQL_TIME_PRECISION = sa.text(
+    "SELECT MIN(DATETIME_PRECISION) FROM information_schema.COLUMNS "
+    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table "
+    "AND COLUMN_NAME IN ('started_at', 'finished_at')"
+)
 _STATE_ROWS = sa.text(
     f"SELECT revision, direction, status, checksum FROM {ledger_rules.TABLE} "
     "WHERE service = :service ORDER BY id"
@@ -260,90 +285,12 @@ def create_async_engine(url: str, timeouts: Timeouts) -> AsyncEngine:
     return engine
 
 
-def alembic_revision_map(revisions: Mapping[str, Revision]) -> RevisionMap:
-    """Alembic's revision map built from headers, with no module imported."""
-    from alembic.script.revision import Revision as AlembicRevision
-    from alembic.script.revision import RevisionMap
-
-    def load() -> list[AlembicRevision]:
-        return [
-            AlembicRevision(
-                rev.revision,
-                _down(rev),
-                dependencies=rev.depends_on or None,
-                branch_labels=rev.branch_labels or None,
-            )
-            for rev in revisions.values()
-        ]
-
-    return RevisionMap(load)
-
-
-@functools.cache
-def _step_class() -> Callable[[RevisionMap, AlembicRevision, bool, Any, str], RevisionStep]:
-    """Alembic's step for one revision, running the function we give it (a class made on
-    first use, so that importing this module does not import Alembic)."""
-    from alembic.runtime.migration import RevisionStep
-
-    class Step(RevisionStep):
-        def __init__(
-            self, rmap: RevisionMap, rev: AlembicRevision, is_upgrade: bool, fn: Any, doc: str
-        ) -> None:
-            # Not RevisionStep.__init__: it reads the function off an imported module, and
-            # these revisions come from headers; the module (if any) is ours to import.
-            self.revision_map = rmap
-            self.revision = rev  # type: ignore[assignment]
-            self.is_upgrade = is_upgrade
-            self.migration_fn = fn
-            self._doc = doc
-
-        @property
-        def doc(self) -> str:
-            return self._doc
-
-    return Step
-
-
 def _noop(**_kw: Any) -> None:
     return None
 
 
 def _no_steps(_heads: Any, _mctx: Any) -> tuple[()]:
     return ()
-
-
-def _plain_version_update(step: RevisionStep, heads: set[str]) -> bool:
-    """Whether Alembic's HeadMaintainer would move one row of the version table from one
-    revision to another for `step` (its last case: no branch to insert, delete, merge or
-    split)."""
-    return not (
-        step.should_delete_branch(heads)
-        or step.should_create_branch(heads)
-        or step.should_merge_branches(heads)
-        or step.should_unmerge_branches(heads)
-    )
-
-
-def _version_update(version_table: str, with_ledger_row: bool) -> sa.Update:
-    """A plain step's version-table UPDATE (parameters old_version, new_version), compiled
-    once: Alembic writes it with the revision ids as literals, a statement SQLAlchemy
-    compiles anew for every step. With `with_ledger_row` (PostgreSQL), the step's ledger
-    row is inserted by the same statement, in a data-modifying CTE (parameters: the ledger
-    columns): one round trip for both."""
-    version = sa.Table(
-        version_table, sa.MetaData(), sa.Column("version_num", sa.String(32), nullable=False)
-    )
-    update = (
-        sa.update(version)
-        .where(version.c.version_num == sa.bindparam("old_version"))
-        .values(version_num=sa.bindparam("new_version"))
-    )
-    if not with_ledger_row:
-        return update
-    ledger_row = LEDGER.insert().values(
-        {c.name: sa.bindparam(c.name, type_=c.type) for c in LEDGER.c if c.name != "id"}
-    ).cte("ncm_ledger_row")
-    return update.add_cte(ledger_row)
 
 
 class SqlBackend:
@@ -575,6 +522,7 @@ class SqlBackend:
             def try_my() -> bool:
                 got = conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": mname}).scalar()
                 conn.commit()
+                self._session_id = _thread_id(conn)
                 return got == 1
 
             wait_for(lambda: self._locking(try_my), timeout_s, what)
@@ -615,12 +563,40 @@ class SqlBackend:
     # -- state --------------------------------------------------------------------
 
     def _ensure_ledger(self) -> None:
+        """The ledger table, created if missing (and on MySQL/MariaDB, one made by a version
+        that kept whole seconds widened to microseconds), under a lock of its own: every
+        service of the database writes to it."""
         conn = self.conn
+        if self.dialect in ("mysql", "mariadb"):
+            self._ensure_mysql_ledger()
+            return
         if sa.inspect(conn).has_table(ledger_rules.TABLE):
             conn.commit()
             return
         with self._named_lock(ledger_rules.TABLE, 60.0):
             _ledger_md.create_all(conn, tables=[LEDGER], checkfirst=True)
+            conn.commit()
+
+    def _ensure_mysql_ledger(self) -> None:
+        conn = self.conn
+
+        def precision() -> int | None:
+            found = conn.execute(_MYSQL_TIME_PRECISION, {"table": ledger_rules.TABLE}).scalar()
+            return None if found is None else int(found)
+
+        if (precision() or 0) >= 6:
+            conn.commit()
+            return
+        with self._named_lock(ledger_rules.TABLE, 60.0):
+            found = precision()  # again, under the lock: another runner may have done it
+            if found is None:
+                _ledger_md.create_all(conn, tables=[LEDGER], checkfirst=True)
+            elif found < 6:
+                log.info("widening %s's times to microseconds (DATETIME(6))", ledger_rules.TABLE)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {ledger_rules.TABLE} MODIFY started_at DATETIME(6) NOT NULL, "
+                    "MODIFY finished_at DATETIME(6) NULL"
+                )
             conn.commit()
 
     def _rows(self, service: str | None = None, limit: int | None = None) -> list[LedgerRow]:
@@ -733,6 +709,34 @@ class SqlBackend:
             conn.rollback()
             return False, ()
 
+    # MySQL: the session that took this service's lock, to stop should a signal cut it short
+    # (SQLAlchemy then drops that connection, and `conn` would be a new one).
+    _session_id: int | None = None
+
+    def interrupt(self) -> None:
+        """MySQL runs a statement to its end after its client was interrupted (an ALTER
+        TABLE would go on changing the table after the run said it stopped, holding the
+        lock): the session is killed from another connection; its connection is dropped."""
+        session, self._session_id = self._session_id, None
+        if self.dialect not in ("mysql", "mariadb"):
+            return
+        if self._conn is not None and not self._async:
+            # Dropped without the rollback that closing sends: on a session the kill did
+            # not reach, that would wait for the statement to finish.
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+            self._conn = None
+        if session is None:
+            return
+        try:
+            with self._engine_().connect() as killer:
+                killer.exec_driver_sql(f"KILL {int(session)}")
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "args", (None,))[:1] == (1094,):  # no such session: it ended
+                return
+            log.warning("service '%s': could not stop the interrupted statement on the server: "
+                        "%s", self.config.name, _short(exc))
+
     # -- applying -----------------------------------------------------------------
 
     @_driver_call
@@ -745,180 +749,7 @@ class SqlBackend:
         on_step: StepCallback,
     ) -> list[StepResult]:
         self._ensure_ledger()
-        conn = self.conn
-        rmap = alembic_revision_map(revisions)
-        results: list[StepResult] = []
-        current: dict[str, Any] = {}
-        transactional = self.transactional
-
-        run_values = dict(actor=ctx.actor, host=ctx.host, environment=ctx.environment,
-                          tool_version=ctx.tool_version)
-
-        def ledger_values(step: Step, **columns: Any) -> dict[str, Any]:
-            return dict(run_values, service=step.service, revision=step.revision,
-                        direction=step.direction, checksum=revisions[step.revision].checksum,
-                        **columns)
-
-        def ledger_insert(step: Step, status: str, started: datetime, **extra: Any) -> Any:
-            """The step's ledger row; its id is fetched only for a `running` row, the one
-            row that is updated later."""
-            values = ledger_values(step, status=status, started_at=started, **extra)
-            if status != "running":
-                conn.execute(_LEDGER_RECORD, values)
-                return None
-            return conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
-
-        # PostgreSQL and SQLite without the service's env.py: the steps run in `run_steps`.
-        own_loop = transactional and not self.config.use_env_py
-        # PostgreSQL: the steps' commits do not wait for their WAL flush (several ms each);
-        # `_flush_commits` then makes them all durable at once before apply returns. Each
-        # step still commits on its own, atomically; only a server crash during the run
-        # could lose its latest steps, whole, as if the run had stopped before them.
-        relaxed = own_loop and self.dialect == "postgresql" and len(steps) > 1
-        if relaxed:
-            conn.exec_driver_sql("SET synchronous_commit TO OFF")
-
-        def start(step: Step) -> RevisionStep:
-            """Import the step's revision and report it started (with its `running` row
-            committed first where DDL cannot be rolled back): Alembic's step to run."""
-            rev = revisions[step.revision]
-            # The previous step is committed: a file that cannot be imported must not be
-            # recorded against it (nor against itself: it never started).
-            current.clear()
-            module = None if fake else load_revision_module(rev)
-            up = step.direction == "up"
-            fn = _noop if module is None else getattr(module, "upgrade" if up else "downgrade", None)
-            if fn is None:
-                raise RevisionFileError(
-                    f"{rev.path}: revision {step.service}:{step.revision} defines no "
-                    f"{'upgrade' if up else 'downgrade'}() function."
-                )
-            current.update(step=step, module=module, started=ledger_rules.utcnow(),
-                           t0=time.perf_counter(), row_id=None)
-            on_step(step, "start", None)
-            if not transactional:
-                current["row_id"] = ledger_insert(step, "running", current["started"])
-                conn.commit()
-            alembic_rev = rmap.get_revision(step.revision)
-            return _step_class()(rmap, alembic_rev, up, fn, rev.doc)  # type: ignore[arg-type]
-
-        def outcome(step: Step) -> dict[str, Any]:
-            """After the step's function: its verify(), then the ledger row's last columns."""
-            module = current["module"]
-            if step.direction == "up" and module is not None and hasattr(module, "verify"):
-                module.verify()
-            duration = (time.perf_counter() - current["t0"]) * 1000
-            current["duration_ms"] = duration
-            return dict(status=_outcome(step, fake), finished_at=ledger_rules.utcnow(),
-                        duration_ms=duration)
-
-        def record(step: Step, values: dict[str, Any]) -> None:
-            if current["row_id"] is None:
-                ledger_insert(step, started=current["started"], **values)
-            else:
-                conn.execute(_LEDGER_FINISH, dict(row_id=current["row_id"], **values))
-
-        def finished(step: Step) -> None:
-            result = StepResult(step.service, step.revision, step.direction,
-                                _outcome(step, fake), current["duration_ms"])
-            results.append(result)
-            on_step(step, "done", result)
-
-        def steps_fn(_heads: Any, mctx: MigrationContext) -> Iterator[RevisionStep]:
-            """The steps for Alembic's own loop, which writes the version table; the ledger
-            row follows in `on_version_applied`, in the same transaction."""
-            if on_version_applied not in mctx.on_version_apply_callbacks:
-                mctx.on_version_apply_callbacks = (
-                    *mctx.on_version_apply_callbacks, on_version_applied
-                )
-            for step in steps:
-                yield start(step)
-                finished(step)
-
-        def on_version_applied(**_kw: Any) -> None:
-            step: Step = current["step"]
-            record(step, outcome(step))
-
-        with_ledger_row = self.dialect == "postgresql"
-        version_update = _version_update(self.config.version_table, with_ledger_row)
-
-        def run_steps(mctx: MigrationContext) -> None:
-            """The steps in our own loop, each in a transaction of Alembic's context (opened
-            as its own loop opens them), so that a plain step's version row is written by a
-            statement compiled once and, on PostgreSQL, with the step's ledger row (see
-            `_version_update`); any other version change (a branch inserted, deleted,
-            merged or split) is Alembic's own."""
-            from alembic.runtime.migration import HeadMaintainer
-
-            heads = set(mctx.get_current_heads())
-            for step in steps:
-                alembic_step = start(step)
-                with mctx.begin_transaction():
-                    log.info("Running %s", alembic_step)
-                    alembic_step.migration_fn()
-                    values = outcome(step)
-                    if _plain_version_update(alembic_step, heads):
-                        heads = move_version(alembic_step, heads, step, values)
-                    else:
-                        maintainer = HeadMaintainer(mctx, heads)
-                        maintainer.update_to_step(alembic_step)
-                        heads = set(maintainer.heads)
-                        record(step, values)
-                finished(step)
-
-        def move_version(
-            alembic_step: RevisionStep, heads: set[str], step: Step, values: dict[str, Any]
-        ) -> set[str]:
-            """A plain step's version row (and ledger row), checked as Alembic checks its own."""
-            old, new = alembic_step.update_version_num(heads)
-            params: dict[str, Any] = dict(old_version=old, new_version=new)
-            if with_ledger_row:
-                params.update(ledger_values(step, started_at=current["started"], **values))
-            found = conn.execute(version_update, params).rowcount
-            if conn.dialect.supports_sane_rowcount and found != 1:
-                raise NcmError(
-                    f"expected one row of {self.config.version_table} at {old} to move to "
-                    f"{new}, found {found}"
-                )
-            if not with_ledger_row:
-                record(step, values)
-            return (heads - {old}) | {new}
-
-        try:
-            self._run_alembic(steps_fn, run_steps if own_loop else None)
-        except RevisionFileError as exc:
-            self._abandon(current, ledger_insert, "failed")
-            exc.results = results
-            raise
-        except Exception as exc:
-            step = current.get("step")
-            if step is None:
-                raise
-            lost = self.lost_connection(exc, f"applying {step.service}:{step.revision}")
-            if lost is None:
-                self._abandon(current, ledger_insert, "failed")
-            duration = (time.perf_counter() - current["t0"]) * 1000
-            message = f"{type(exc).__name__}: {_short(exc)}"
-            results.append(
-                StepResult(step.service, step.revision, step.direction, "failed", duration, message)
-            )
-            on_step(step, "done", results[-1])
-            log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
-            if lost is not None:  # nothing can be recorded: the connection is gone
-                lost.args = (f"{lost.args[0]} {self._unknown_outcome(step)}",)
-                lost.results = results
-                raise lost from None
-            raise MigrationFailed(
-                f"Revision {step.service}:{step.revision} failed "
-                f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}",
-                step.service,
-                step.revision,
-                results,
-            ) from exc
-        finally:
-            if relaxed and not self.conn.invalidated:
-                self._flush_commits()
-        return results
+        return _SqlRun(self, steps, revisions, ctx, fake, on_step).run()
 
     def _unknown_outcome(self, step: Step) -> str:
         if self.transactional:
@@ -941,23 +772,6 @@ class SqlBackend:
         except sa.exc.DBAPIError as exc:
             log.warning("service '%s': could not confirm that this run's commits reached the "
                         "disk: %s", self.config.name, _short(exc))
-
-    def _abandon(self, current: dict[str, Any], ledger_insert: Any, status: str) -> None:
-        """After a failed step: roll back what is left and record the failure."""
-        step = current.get("step")
-        conn = self.conn
-        if conn.in_transaction():
-            conn.rollback()
-        if step is None:
-            return
-        finished = ledger_rules.utcnow()
-        duration = (time.perf_counter() - current["t0"]) * 1000
-        values = dict(status=status, finished_at=finished, duration_ms=duration)
-        if current.get("row_id") is not None:
-            conn.execute(_LEDGER_FINISH, dict(row_id=current["row_id"], **values))
-        else:
-            ledger_insert(step, started=current["started"], **values)
-        conn.commit()
 
     def _run_alembic(
         self, steps_fn: Any, run_steps: Callable[[MigrationContext], None] | None = None
@@ -995,20 +809,28 @@ class SqlBackend:
             )
             env.run_migrations()
             if run_steps is not None:
-                from alembic.operations import Operations
-
                 mctx = env.get_context()
-                with Operations.context(mctx):
+                with alembic_bridge.operations(mctx):
                     run_steps(mctx)
 
     def _run_env_py(self, config: Config, script: ScriptDirectory, steps_fn: Any) -> None:
-        """The service's own env.py, handed our connection as Alembic's cookbook describes."""
-        from alembic.runtime.environment import EnvironmentContext
-
+        """The service's own env.py, handed our connection as Alembic's cookbook describes,
+        and `sqlalchemy.url` for one that opens its own (as the env.py that `alembic init`
+        writes does); what it leaves out of `configure()` (the version table) comes from
+        the service's settings."""
+        assert self.config.database_url is not None
         if self.conn.in_transaction():
             self.conn.commit()
         config.attributes["connection"] = self.conn
-        with EnvironmentContext(config, script, fn=steps_fn):
+        # The real URL, which env.py needs to connect; Alembic's Config is never logged, and
+        # an error that quotes it is redacted before it is shown (`urls.redact_known`).
+        config.set_main_option("sqlalchemy.url", self.config.database_url.replace("%", "%%"))
+        from alembic.runtime.environment import EnvironmentContext
+
+        # Options given here are the defaults of env.py's `configure()` (Alembic documents
+        # them as passed on to it): a stock env.py names no version table, and a service
+        # sharing a database keeps its own `alembic_version_<svc>`.
+        with EnvironmentContext(config, script, fn=steps_fn, version_table=self.config.version_table):
             script.run_env()
 
     @_driver_call
@@ -1023,7 +845,7 @@ class SqlBackend:
             return None
         steps_run: list[str] = []
 
-        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[RevisionStep]:
+        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[alembic_bridge.AlembicStep]:
             steps_run.append(revision.revision)
             return iter(())
 
@@ -1033,13 +855,22 @@ class SqlBackend:
             with EnvironmentContext(config, script, fn=steps_fn) as env:
                 env.configure(connection=self.conn, version_table=self.config.version_table,
                               target_metadata=target_metadata(self.config))
-                from alembic.operations import Operations
-
-                with Operations.context(env.get_context()):
+                with alembic_bridge.operations(env.get_context()):
                     check()
             return None
+        except Interrupted:
+            raise
         except Exception as exc:
             return f"{type(exc).__name__}: {_short(exc)}"
+        except SystemExit as exc:
+            return f"SystemExit: verify() called {exit_call(exc)}"
+        except KeyboardInterrupt as exc:
+            signum = signal_of(exc)
+            raise Interrupted(
+                f"Interrupted ({signal_name(signum)}) while verifying revision "
+                f"{revision.service}:{revision.revision}; nothing was changed.",
+                signum, revision.service, revision.revision,
+            ) from None
         finally:
             if self.conn.in_transaction():
                 self.conn.rollback()
@@ -1069,24 +900,24 @@ class SqlBackend:
         from alembic.runtime.environment import EnvironmentContext
         from alembic.script import ScriptDirectory
 
-        rmap = alembic_revision_map(revisions)
+        rmap = alembic_bridge.revision_map(revisions)
         buffer = StringIO()
 
         current: list[str] = []
 
-        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[RevisionStep]:
+        def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[alembic_bridge.AlembicStep]:
             for step in steps:
                 rev = revisions[step.revision]
                 current[:] = [step.revision]
                 module = load_revision_module(rev)
                 up = step.direction == "up"
                 fn = getattr(module, "upgrade" if up else "downgrade")
-                yield _step_class()(rmap, rmap.get_revision(step.revision), up, fn, rev.doc)  # type: ignore[arg-type]
+                yield alembic_bridge.revision_step(rmap, step.revision, up, fn, rev.doc)
 
         cfg = self.config
         config = Config()
         script = ScriptDirectory(str(cfg.migrations_dir))
-        script.revision_map = rmap
+        alembic_bridge.use_revision_map(script, rmap)
         env = EnvironmentContext(
             config, script, fn=steps_fn, as_sql=True,
             starting_rev=",".join(start_heads) or None, output_buffer=buffer,
@@ -1105,6 +936,15 @@ class SqlBackend:
                 env.run_migrations()
             except RevisionFileError:
                 raise  # the file cannot be imported: it says so, naming the file
+            except (SystemExit, KeyboardInterrupt) as exc:
+                if current:
+                    stopped = stopped_error(
+                        exc, cfg.name, current[0], "while it was rendered as SQL", [],
+                        dirty=False, recorded_as_failed=False,
+                    )
+                    assert stopped is not None
+                    raise stopped from None
+                raise
             except Exception as exc:
                 # The cause's first sentence only: Alembic's explanations run to a paragraph.
                 cause = _short(exc).split(". ", 1)[0].rstrip(".")
@@ -1116,12 +956,290 @@ class SqlBackend:
         return buffer.getvalue()
 
 
-def _down(rev: Revision) -> str | tuple[str, ...] | None:
-    if not rev.down_revisions:
-        return None
-    if len(rev.down_revisions) == 1:
-        return rev.down_revisions[0]
-    return rev.down_revisions
+def _thread_id(conn: Connection) -> int | None:
+    """The MySQL session of `conn` (PyMySQL's and mysqlclient's public `thread_id()`: its
+    CONNECTION_ID(), read without a query); None for drivers without it."""
+    thread_id = getattr(conn.connection.dbapi_connection, "thread_id", None)
+    return int(thread_id()) if callable(thread_id) else None
+
+
+class _SqlRun:
+    """One `apply`: each step imported, reported, run (by Alembic's loop or ours) and
+    recorded, one phase per method; a failed step rolled back and recorded `failed`.
+
+    On PostgreSQL and SQLite without the service's env.py, `run_steps` runs the steps in
+    Alembic's context, each in its own transaction with its version and ledger rows. On
+    MySQL (or with env.py), Alembic's own loop runs them from `steps_fn`, and the ledger row
+    follows in `on_version_applied`, in the step's transaction.
+    """
+
+    def __init__(self, backend: SqlBackend, steps: Sequence[Step],
+                 revisions: Mapping[str, Revision], ctx: RunContext, fake: bool,
+                 on_step: StepCallback) -> None:
+        self.backend = backend
+        self.conn = backend.conn
+        # The connection the steps run on, which their ledger rows share: ours, or the one
+        # a service's own env.py opened from `sqlalchemy.url` (as Alembic's stock one does).
+        self.steps_conn = self.conn
+        self.steps = steps
+        self.revisions = revisions
+        self.fake = fake
+        self.on_step = on_step
+        self.rmap = alembic_bridge.revision_map(revisions)
+        self.transactional = backend.transactional
+        self.run_values = dict(actor=ctx.actor, host=ctx.host, environment=ctx.environment,
+                               tool_version=ctx.tool_version)
+        self.results: list[StepResult] = []
+        self.own_loop = self.transactional and not backend.config.use_env_py
+        # PostgreSQL: the plain step's ledger row goes in its version UPDATE (one statement).
+        self.with_ledger_row = backend.dialect == "postgresql"
+        # PostgreSQL: the steps' commits do not wait for their WAL flush (several ms each);
+        # `_flush_commits` then makes them all durable at once before apply returns. Each
+        # step still commits on its own, atomically; only a server crash during the run
+        # could lose its latest steps, whole, as if the run had stopped before them.
+        self.relaxed = self.own_loop and backend.dialect == "postgresql" and len(steps) > 1
+        # The step under way: None between steps (a failure then is no step's).
+        self.step: Step | None = None
+        self.module: ModuleType | None = None
+        self.phase = ""  # where it is, for a message if user code exits there
+        self.started = ledger_rules.utcnow()
+        self.t0 = 0.0
+        self.row_id: Any = None  # its `running` row, where DDL cannot be rolled back
+        self.duration_ms = 0.0
+        # What its code raised: the error to report, also when rolling back its
+        # transaction raised another on the way out (the server went away, say).
+        self.raised: BaseException | None = None
+
+    def run(self) -> list[StepResult]:
+        if self.relaxed:
+            self.conn.exec_driver_sql("SET synchronous_commit TO OFF")
+        try:
+            self.backend._run_alembic(self.steps_fn, self.run_steps if self.own_loop else None)
+        except RevisionFileError as exc:
+            self.steps_conn = self.conn  # env.py's own connection is closed, rolled back
+            self.abandon(record=False)
+            exc.results = self.results
+            raise
+        except BaseException as exc:  # user code ran: SystemExit and KeyboardInterrupt too
+            self.steps_conn = self.conn
+            error = self.failed(exc)
+            if error is None:
+                raise
+            raise error from exc
+        finally:
+            if self.relaxed and not self.conn.invalidated:
+                self.backend._flush_commits()
+        return self.results
+
+    # -- the phases of a step ---------------------------------------------------------------
+
+    def start(self, step: Step) -> alembic_bridge.AlembicStep:
+        """Import the step's revision and report it started (with its `running` row
+        committed first where DDL cannot be rolled back): Alembic's step to run."""
+        rev = self.revisions[step.revision]
+        up = step.direction == "up"
+        # The previous step is committed: from here on a failure is this step's. A file
+        # that cannot be imported is not recorded (it never started); one whose top-level
+        # code exits or is interrupted is recorded as failed (see `failed`).
+        self.step, self.module, self.row_id, self.raised = step, None, None, None
+        self.phase = "while it was imported"
+        self.started, self.t0 = ledger_rules.utcnow(), time.perf_counter()
+        module = None if self.fake else load_revision_module(rev, to_apply=True)
+        fn = _noop if module is None else getattr(module, "upgrade" if up else "downgrade", None)
+        if fn is None:
+            raise RevisionFileError(
+                f"{rev.path}: revision {step.service}:{step.revision} defines no "
+                f"{'upgrade' if up else 'downgrade'}() function."
+            )
+        self.module, self.phase = module, f"in {'upgrade' if up else 'downgrade'}()"
+        self.on_step(step, "start", None)
+        if not self.transactional:
+            self.row_id = self.ledger_insert(step, "running", self.started)
+            self.steps_conn.commit()
+        return alembic_bridge.revision_step(self.rmap, step.revision, up, self.watched(fn),
+                                            rev.doc)
+
+    def watched(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` (the revision's code), noting what it raises in `raised`."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                self.raised = exc
+                raise
+
+        return call
+
+    def outcome(self, step: Step) -> dict[str, Any]:
+        """After the step's function: its verify(), then the ledger row's last columns."""
+        module = self.module
+        if step.direction == "up" and module is not None and hasattr(module, "verify"):
+            self.phase = "in verify()"
+            self.watched(module.verify)()
+        self.phase = "while it was recorded"
+        self.duration_ms = (time.perf_counter() - self.t0) * 1000
+        return dict(status=_outcome(step, self.fake), finished_at=ledger_rules.utcnow(),
+                    duration_ms=self.duration_ms)
+
+    def record(self, step: Step, values: dict[str, Any]) -> None:
+        if self.row_id is None:
+            self.ledger_insert(step, started=self.started, **values)
+        else:
+            self.steps_conn.execute(_LEDGER_FINISH, dict(row_id=self.row_id, **values))
+
+    def finished(self, step: Step) -> None:
+        result = StepResult(step.service, step.revision, step.direction,
+                            _outcome(step, self.fake), self.duration_ms)
+        self.step = None  # committed: nothing after this (Ctrl-C, say) is this step's
+        self.results.append(result)
+        self.on_step(step, "done", result)
+
+    # -- the two loops ------------------------------------------------------------------------
+
+    def steps_fn(self, _heads: Any, mctx: MigrationContext) -> Iterator[alembic_bridge.AlembicStep]:
+        """The steps for Alembic's own loop, which writes the version table; the ledger
+        row follows in `on_version_applied`, in the same transaction."""
+        self.steps_conn = mctx.connection if mctx.connection is not None else self.conn
+        alembic_bridge.add_version_callback(mctx, self.on_version_applied)
+        for step in self.steps:
+            yield self.start(step)
+            self.finished(step)
+
+    def on_version_applied(self, **_kw: Any) -> None:
+        assert self.step is not None
+        self.record(self.step, self.outcome(self.step))
+
+    def run_steps(self, mctx: MigrationContext) -> None:
+        """The steps in our own loop, each in a transaction of Alembic's context (opened
+        as its own loop opens them), so that a plain step's version row is written by a
+        statement compiled once and, on PostgreSQL, with the step's ledger row (see
+        `alembic_bridge.move_statement`); any other version change (a branch inserted,
+        deleted, merged or split) is Alembic's own."""
+        ledger = LEDGER if self.with_ledger_row else None
+        statement = alembic_bridge.move_statement(self.backend.config.version_table, ledger)
+        heads = set(mctx.get_current_heads())
+        for step in self.steps:
+            alembic_step = self.start(step)
+            with mctx.begin_transaction():
+                log.info("Running %s", alembic_step)
+                alembic_step.migration_fn()
+                values = self.outcome(step)
+                if alembic_bridge.is_plain_move(alembic_step, heads):
+                    heads = self.move_version(statement, alembic_step, heads, step, values)
+                else:
+                    heads = alembic_bridge.move_heads(mctx, heads, alembic_step)
+                    self.record(step, values)
+            self.finished(step)
+
+    def move_version(self, statement: sa.Update, alembic_step: alembic_bridge.AlembicStep,
+                     heads: set[str], step: Step, values: dict[str, Any]) -> set[str]:
+        """A plain step's version row (and ledger row), checked as Alembic checks its own."""
+        old, new = alembic_bridge.version_move(alembic_step, heads)
+        params: dict[str, Any] = dict(old_version=old, new_version=new)
+        if self.with_ledger_row:
+            params.update(self.ledger_values(step, started_at=self.started, **values))
+        found = self.conn.execute(statement, params).rowcount
+        if self.conn.dialect.supports_sane_rowcount and found != 1:
+            raise NcmError(
+                f"expected one row of {self.backend.config.version_table} at {old} to move "
+                f"to {new}, found {found}"
+            )
+        if not self.with_ledger_row:
+            self.record(step, values)
+        return (heads - {old}) | {new}
+
+    # -- the ledger ---------------------------------------------------------------------------
+
+    def ledger_values(self, step: Step, **columns: Any) -> dict[str, Any]:
+        return dict(self.run_values, service=step.service, revision=step.revision,
+                    direction=step.direction, checksum=self.revisions[step.revision].checksum,
+                    **columns)
+
+    def ledger_insert(self, step: Step, status: str, started: datetime, **extra: Any) -> Any:
+        """The step's ledger row; its id is fetched only for a `running` row, the one row
+        that is updated later."""
+        values = self.ledger_values(step, status=status, started_at=started, **extra)
+        if status != "running":
+            self.steps_conn.execute(_LEDGER_RECORD, values)
+            return None
+        return self.steps_conn.execute(_LEDGER_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
+
+    # -- failure ------------------------------------------------------------------------------
+
+    def failed(self, exc: BaseException) -> NcmError | None:
+        """After `exc` stopped the run: the step under way rolled back and recorded
+        `failed`, and the error to raise (None: re-raise `exc` as it is). The revision's own
+        error is the one reported, also when rolling back its transaction raised another
+        (as it does on MySQL when the server went away meanwhile)."""
+        step = self.step
+        config = self.backend.config
+        if step is not None and self.raised is not None and self.raised is not exc:
+            log.debug("step %s:%s: rolling back after its error failed too", step.service,
+                      step.revision, exc_info=True)
+            exc = self.raised
+        if step is None:
+            self.abandon(record=False)
+            if isinstance(exc, SystemExit):  # the service's env.py: no revision was running
+                return MigrationFailed(
+                    f"Service '{config.name}': its env.py called {exit_call(exc)} while "
+                    f"no revision was running, which stops the migration; a migration "
+                    f"environment fails by raising an exception, not by exiting.",
+                    config.name, "", self.results,
+                )
+            return None
+        lost = (self.backend.lost_connection(exc, f"applying {step.service}:{step.revision}")
+                if isinstance(exc, Exception) else None)
+        # A lost connection: nothing can be rolled back or recorded from here.
+        unrecorded = "" if lost is not None else self.abandon(record=True)
+        duration = (time.perf_counter() - self.t0) * 1000
+        message = f"{type(exc).__name__}: {_short(exc)}" if str(exc) else type(exc).__name__
+        self.results.append(
+            StepResult(step.service, step.revision, step.direction, "failed", duration, message)
+        )
+        self.on_step(step, "done", self.results[-1])
+        log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
+        if lost is not None:
+            lost.args = (f"{lost.args[0]} {self.backend._unknown_outcome(step)}",)
+            lost.results = self.results
+            return lost
+        if isinstance(exc, STOPPED):
+            return stopped_error(exc, step.service, step.revision, self.phase, self.results,
+                                 dirty=not self.transactional, unrecorded=unrecorded)
+        if not isinstance(exc, Exception):
+            return None  # GeneratorExit and the like: not a migration's failure
+        return MigrationFailed(
+            f"Revision {step.service}:{step.revision} failed "
+            f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}"
+            + (f"; the failure could not be recorded in {ledger_rules.TABLE} ({unrecorded})"
+               if unrecorded else ""),
+            step.service, step.revision, self.results,
+        )
+
+    def abandon(self, record: bool) -> str:
+        """Roll back what is left and, with `record`, record the step under way as `failed`.
+        Guarded: when that fails too (the connection is gone, say), the step's own error is
+        the one to report, so this returns why instead of raising ("" if not)."""
+        step = self.step
+        conn = self.conn
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            if step is None or not record:
+                return ""
+            values: dict[str, Any] = dict(
+                status="failed", finished_at=ledger_rules.utcnow(),
+                duration_ms=(time.perf_counter() - self.t0) * 1000,
+            )
+            if self.row_id is not None:
+                conn.execute(_LEDGER_FINISH, dict(row_id=self.row_id, **values))
+            else:
+                self.ledger_insert(step, started=self.started, **values)
+            conn.commit()
+        except Exception as exc:
+            log.debug("could not record the failure of %s", step, exc_info=True)
+            return f"{type(exc).__name__}: {_short(exc)}"
+        return ""
 
 
 def _applied_from_heads(heads: Sequence[str], revisions: Mapping[str, Revision]) -> set[str]:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from .backends import Backend, ConnectFailed
-from .errors import DatabaseUnreachable, SettingsError
-from .settings import ConnectSettings
-from .urls import mask_url, password_of, redact
+from ..config import ConnectSettings
+from ..errors import DatabaseUnreachable, SettingsError
+from ..urls import mask_url, password_of, redact
+from . import Backend, ConnectFailed
 
 log = logging.getLogger(__name__)
 
