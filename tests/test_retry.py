@@ -171,9 +171,9 @@ class DownBackend:
 def test_max_wait_s_is_the_bound_that_holds(black_hole: bool) -> None:
     """`connect.max_wait_s = 30` (the default) means trying for 30 s, not ~3: the retries
     are spread over the budget, the last as it runs out, and no attempt ends past it."""
+    from ncm_migrate.backends.retry import MIN_ATTEMPT_S, open_with_retries
+    from ncm_migrate.config import ConnectSettings
     from ncm_migrate.errors import DatabaseUnreachable
-    from ncm_migrate.retry import MIN_ATTEMPT_S, open_with_retries
-    from ncm_migrate.settings import ConnectSettings
 
     policy = ConnectSettings()
     assert (policy.retries, policy.max_wait_s) == (5, 30.0)
@@ -193,10 +193,10 @@ def test_max_wait_s_is_the_bound_that_holds(black_hole: bool) -> None:
 def test_many_retries_in_a_short_budget_do_not_spin() -> None:
     """`wait --timeout 5` (a retry count without end): attempts at least 50 ms apart, at
     most 2 s apart, and none past the timeout."""
+    from ncm_migrate.backends.retry import MIN_INTERVAL_S, open_with_retries
+    from ncm_migrate.config import ConnectSettings
     from ncm_migrate.errors import DatabaseUnreachable
     from ncm_migrate.health import WAIT_INTERVAL_S
-    from ncm_migrate.retry import MIN_INTERVAL_S, open_with_retries
-    from ncm_migrate.settings import ConnectSettings
 
     clock = FakeClock()
     backend = DownBackend(clock)
@@ -235,9 +235,9 @@ def test_an_sqlite_folder_that_cannot_hold_the_file_is_not_retried(
 def test_a_short_budget_still_gets_its_retry() -> None:
     """`retries = 1`, `max_wait_s = 1`: the retry is made within the second, not skipped
     for want of a whole second left."""
+    from ncm_migrate.backends.retry import open_with_retries
+    from ncm_migrate.config import ConnectSettings
     from ncm_migrate.errors import DatabaseUnreachable
-    from ncm_migrate.retry import open_with_retries
-    from ncm_migrate.settings import ConnectSettings
 
     clock = FakeClock()
     backend = DownBackend(clock)

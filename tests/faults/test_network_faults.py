@@ -190,7 +190,7 @@ def test_keepalive_settings_reach_the_driver_and_the_server(server_url: str) -> 
     """`connect.keepalive_s` reaches libpq's parameters, PyMySQL's socket, and PostgreSQL's
     side of the connection: a peer that is gone is noticed without limiting query time."""
     from ncm_migrate.backends.sql import create_engine
-    from ncm_migrate.settings import ConnectSettings
+    from ncm_migrate.config import ConnectSettings
 
     engine = create_engine(server_url, ConnectSettings(keepalive_s=6.0))
     try:
