@@ -16,11 +16,16 @@ from .model import ServiceConfig
 
 @dataclass(frozen=True)
 class ConnectSettings:
-    """Connecting: attempts, the whole wait they may take, and each attempt's timeout."""
+    """Connecting and staying connected: `retries` attempts after the first, spread over
+    `max_wait_s` in total; `timeout_s` per attempt; `read_timeout_s` for one wait on the
+    server once connected (0: none); `keepalive_s` of silence before TCP keepalive probes
+    (0: the system's), which also bounds unacknowledged data (TCP user timeout)."""
 
     retries: int = 5
     max_wait_s: float = 30.0
     timeout_s: float = 5.0
+    read_timeout_s: float = 0.0
+    keepalive_s: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
 
 
 def _backend(job: SegmentJob) -> Backend:
-    return make_backend(job.config, job.connect.timeout_s, job.lock_lease_s)
+    return make_backend(job.config, job.connect, job.lock_lease_s)
 
 
 class _Tracker:

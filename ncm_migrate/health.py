@@ -13,13 +13,16 @@ from dataclasses import dataclass, replace
 
 from .backends import make_backend
 from .backends.retry import open_with_retries
-from .errors import DatabaseUnreachable, LockTimeout
+from .errors import DatabaseUnreachable, LockTimeout, SettingsError
 from .graph import plan_upgrade, upgrade_targets
 from .model import ServiceConfig
 from .project import Project
 from .urls import mask_url
 
 log = logging.getLogger(__name__)
+
+WAIT_INTERVAL_S = 2.0
+"""`wait` tries at least this often: a database that comes up is seen soon after."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,10 @@ def wait_for_databases(
     policy = replace(project.settings.connect, retries=1_000_000)
     for svc in services:
         remaining = max(0.0, timeout_s - (time.monotonic() - started))
-        backend = make_backend(svc, project.settings.connect.timeout_s)
+        backend = make_backend(svc, project.settings.connect)
         t0 = time.monotonic()
         try:
-            open_with_retries(backend, policy, max_wait_s=remaining)
+            open_with_retries(backend, policy, max_wait_s=remaining, max_interval_s=WAIT_INTERVAL_S)
             took[svc.name] = time.monotonic() - t0
             log.info("%s: %s is up (%.1fs)", svc.name, mask_url(svc.database_url), took[svc.name])
         finally:
@@ -76,10 +79,10 @@ def diagnose(
     for svc in services:
         base = Diagnosis(svc.name, svc.backend, mask_url(svc.database_url), reachable=False,
                          version_table=svc.version_table if svc.backend == "sql" else None)
-        backend = make_backend(svc, project.settings.connect.timeout_s)
+        backend = make_backend(svc, project.settings.connect)
         try:
             open_with_retries(backend, policy)
-        except DatabaseUnreachable as exc:
+        except (DatabaseUnreachable, SettingsError) as exc:
             out.append(replace(base, error=str(exc)))
             backend.close()
             continue
@@ -103,6 +106,8 @@ def diagnose(
             out.append(replace(
                 base, heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
             ))
+        except DatabaseUnreachable as exc:  # lost after it answered: reported like the others
+            out.append(replace(base, reachable=False, error=str(exc)))
         finally:
             backend.close()
     return out

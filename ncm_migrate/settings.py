@@ -67,7 +67,7 @@ _SERVICE_KEYS = {
     "revision_ids", "use_env_py", "enabled", "database",
 }
 _TABLE_KEYS = {
-    "connect": {"retries", "max_wait_s", "timeout_s"},
+    "connect": {"retries", "max_wait_s", "timeout_s", "read_timeout_s", "keepalive_s"},
     "lock": {"timeout_s", "lease_s"},
     "backup": {"before_migrate", "dir", "encryption_key"},
     "lint": {"severity", "squawk"},
@@ -314,6 +314,8 @@ def load_settings(
             retries=_int(merged, "connect.retries", sources, minimum=0),
             max_wait_s=_float(merged, "connect.max_wait_s", sources),
             timeout_s=_float(merged, "connect.timeout_s", sources),
+            read_timeout_s=_float(merged, "connect.read_timeout_s", sources, minimum=0.0),
+            keepalive_s=_float(merged, "connect.keepalive_s", sources, minimum=0.0),
         ),
         lock=LockSettings(
             timeout_s=_float(merged, "lock.timeout_s", sources, minimum=0.0),

@@ -23,12 +23,14 @@ class ConnectFailed(Exception):
     """One connection attempt failed; the retry policy decides whether to try again.
 
     `permanent` when the server answered and refused (wrong password, no such database):
-    waiting will not help, so it is not retried.
+    waiting will not help, so it is not retried. `setting` when the URL itself cannot work
+    (a SQLite file whose folder cannot be written): not retried either, and bad input.
     """
 
-    def __init__(self, reason: str, permanent: bool = False) -> None:
+    def __init__(self, reason: str, permanent: bool = False, setting: bool = False) -> None:
         super().__init__(reason)
-        self.permanent = permanent
+        self.permanent = permanent or setting
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ class Backend(Protocol):
     def transactional(self) -> bool:
         """True when a failed step leaves nothing behind (so a failure is not dirty)."""
 
-    def open(self) -> None:
-        """Connect once; raise `ConnectFailed` if the database does not answer a query."""
+    def open(self, timeout_s: float | None = None) -> None:
+        """Connect once; raise `ConnectFailed` if the database does not answer a query
+        within `timeout_s` (default: the backend's `connect.timeout_s`)."""
 
     def close(self) -> None: ...
 
@@ -85,15 +88,17 @@ class Backend(Protocol):
         DDL included); the connection is not used again. A no-op where nothing runs on."""
 
 
-def make_backend(config: ServiceConfig, connect_timeout_s: float, lease_s: float = 30.0) -> Backend:
-    """The backend for a service's URL scheme; `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
+def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
+    """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
+    a connect timeout); `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
     if config.backend == "mongo":
         from .mongo.backend import MongoBackend
 
-        return MongoBackend(config, connect_timeout_s, lease_s)
+        timeout = connect.timeout_s if isinstance(connect, ConnectSettings) else connect
+        return MongoBackend(config, timeout, lease_s)
     from .sql.backend import SqlBackend
 
-    return SqlBackend(config, connect_timeout_s)
+    return SqlBackend(config, connect)
 
 
 def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
@@ -101,6 +106,6 @@ def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
     (`retry.open_with_retries`: `DatabaseUnreachable`, exit 4, when it never answers)."""
     from .retry import open_with_retries
 
-    backend = make_backend(config, connect.timeout_s)
+    backend = make_backend(config, connect)
     open_with_retries(backend, connect)
     return backend

@@ -23,6 +23,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
     ConfigurationError,
+    ConnectionFailure,
     DuplicateKeyError,
     InvalidURI,
     OperationFailure,
@@ -31,6 +32,7 @@ from pymongo.errors import (
 
 from ... import ledger as ledger_rules
 from ...errors import (
+    DatabaseUnreachable,
     Interrupted,
     LockLost,
     LockTimeout,
@@ -48,7 +50,7 @@ from ...pyfiles import (
     signal_of,
     stopped_error,
 )
-from ...urls import password_of, redact
+from ...urls import mask_url, password_of, redact
 from .. import ConnectFailed, ServerInfo, StepCallback
 from .lease import COLLECTION as LOCK_COLLECTION
 from .lease import Lease
@@ -114,6 +116,21 @@ def connect(config: ServiceConfig, timeout_s: float) -> MongoClient[Document]:
     return client
 
 
+@contextmanager
+def _connection_errors(config: ServiceConfig, doing: str) -> Iterator[None]:
+    """A lost or unreachable server outside a step, `doing` something: `DatabaseUnreachable`
+    (exit 4) naming the service and the server, never the password."""
+    try:
+        yield
+    except ConnectionFailure as exc:  # AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
+        url = config.database_url or ""
+        raise DatabaseUnreachable(
+            f"Service '{config.name}': lost the connection to the database at {mask_url(url)} "
+            f"while {doing} ({redact(_short(exc), [password_of(url)])}); check the network and "
+            "the server, then run the command again."
+        ) from None
+
+
 class MongoBackend:
     """One MongoDB service's database."""
 
@@ -150,9 +167,9 @@ class MongoBackend:
     def db(self) -> Database[Document]:
         return self.client[self.database]
 
-    def open(self) -> None:
+    def open(self, timeout_s: float | None = None) -> None:
         if self._client is None:
-            self._client = connect(self.config, self._timeout)
+            self._client = connect(self.config, self._timeout if timeout_s is None else timeout_s)
 
     def interrupt(self) -> None:
         """Nothing to stop: an operation ends with its client (closed by `close`)."""
@@ -186,7 +203,8 @@ class MongoBackend:
     def lock(self, timeout_s: float) -> Iterator[None]:
         lease = Lease(self.db[LOCK_COLLECTION], self.config.name, self.lease_s)
         try:
-            wait_for(lease.try_acquire, timeout_s, f"service '{self.config.name}'")
+            with _connection_errors(self.config, "taking its migration lock"):
+                wait_for(lease.try_acquire, timeout_s, f"service '{self.config.name}'")
         except LockTimeout as exc:
             holder = lease.holder()
             raise LockTimeout(f"{exc} It is held by a {holder}." if holder else str(exc)) from None
@@ -231,7 +249,8 @@ class MongoBackend:
         return list(query.sort("seq", ASCENDING))
 
     def read_state(self, revisions: Mapping[str, Revision]) -> ServiceState:
-        docs = self._docs()
+        with _connection_errors(self.config, "reading its migration state"):
+            docs = self._docs()
         rows = [_row(d) for d in docs]
         sums = ledger_rules.applied_checksums(rows)
         known = {r for r in sums if r in revisions}
@@ -248,7 +267,8 @@ class MongoBackend:
         )
 
     def history(self, limit: int | None = None) -> list[LedgerRow]:
-        return [_row(d) for d in self._docs(limit)]
+        with _connection_errors(self.config, "reading its ledger"):
+            return [_row(d) for d in self._docs(limit)]
 
     def _insert_row(self, fields: Document) -> int:
         """Append one ledger document with the service's next `seq`; returns the seq."""
@@ -274,11 +294,12 @@ class MongoBackend:
 
     def record(self, revision: str, direction: str, status: str, checksum: str | None,
                ctx: RunContext) -> None:
-        self._ensure_collections()
-        now = ledger_rules.utcnow()
-        self._insert_row(_fields(revision, direction, status, checksum, ctx, now,
-                                 finished=now, duration_ms=0.0))
-        self._reconcile_markers()
+        with _connection_errors(self.config, "recording in its ledger"):
+            self._ensure_collections()
+            now = ledger_rules.utcnow()
+            self._insert_row(_fields(revision, direction, status, checksum, ctx, now,
+                                     finished=now, duration_ms=0.0))
+            self._reconcile_markers()
 
     def _reconcile_markers(self) -> None:
         """Make the markers say what the ledger says is applied (after `repair`)."""
@@ -307,7 +328,8 @@ class MongoBackend:
         fake: bool,
         on_step: StepCallback,
     ) -> list[StepResult]:
-        self._ensure_collections()
+        with _connection_errors(self.config, "preparing its ledger"):
+            self._ensure_collections()
         results: list[StepResult] = []
         for step in steps:
             rev = revisions[step.revision]
@@ -396,6 +418,10 @@ class MongoBackend:
     # -- server -------------------------------------------------------------------
 
     def server_info(self) -> ServerInfo:
+        with _connection_errors(self.config, "reading the server's version and privileges"):
+            return self._server_info()
+
+    def _server_info(self) -> ServerInfo:
         start = time.perf_counter()
         self.db.command("ping")
         latency = (time.perf_counter() - start) * 1000

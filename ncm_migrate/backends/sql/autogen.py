@@ -199,14 +199,14 @@ def reference_database(
     with scratch_database(config, project) as scratch_url:
         if scratch_url is not None:
             owned = migrate_scratch(project, config, scratch_url)
-            engine = create_engine(scratch_url, connect.timeout_s)
+            engine = create_engine(scratch_url, connect)
             try:
                 with engine.connect() as conn:
                     yield conn, owned
             finally:
                 engine.dispose()
             return
-        live = SqlBackend(config, connect.timeout_s)
+        live = SqlBackend(config, connect)
         open_with_retries(live, connect)
         try:
             state: ServiceState = live.read_state(project.revisions[config.name])
@@ -239,12 +239,12 @@ def scratch_database(config: ServiceConfig, project: Project) -> Iterator[str | 
             yield url.set(database=str(path), query={}).render_as_string(hide_password=False)
         return
     connect = project.settings.connect
-    probe = SqlBackend(config, connect.timeout_s)
+    probe = SqlBackend(config, connect)
     open_with_retries(probe, connect)
     options = _create_options(probe.conn)
     probe.close()
     name = f"ncm_scratch_{secrets.token_hex(6)}"
-    admin = create_engine(config.database_url, connect.timeout_s).execution_options(
+    admin = create_engine(config.database_url, connect).execution_options(
         isolation_level="AUTOCOMMIT"
     )
     quoted = admin.dialect.identifier_preparer.quote(name)
@@ -283,7 +283,7 @@ def migrate_scratch(project: Project, config: ServiceConfig, scratch_url: str) -
     # (`executor.segments`): grouped here so the backend does not import the engine above it.
     for name, seg in groupby(steps.steps, key=lambda step: step.service):
         scratch = replace(project.service(name), database_url=scratch_url)
-        backend = SqlBackend(scratch, project.settings.connect.timeout_s)
+        backend = SqlBackend(scratch, project.settings.connect)
         backend.open()
         try:
             backend.apply(list(seg), project.revisions[name], ctx, False, _ignore_step)

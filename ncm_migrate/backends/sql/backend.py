@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from io import StringIO
 from types import ModuleType
@@ -29,8 +32,10 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
 from ... import ledger as ledger_rules
+from ...config import ConnectSettings
 from ...discovery import versions_dir
 from ...errors import (
+    DatabaseUnreachable,
     DriverMissing,
     Interrupted,
     MigrationFailed,
@@ -45,6 +50,7 @@ from ...urls import is_async, sqlite_file, sync_equivalent
 from .. import ConnectFailed, ServerInfo, StepCallback
 from . import alembic_bridge
 from .metadata import target_metadata
+from .sockets import Deadline, keepalive_params, psycopg_connect, pymysql_connect
 
 if TYPE_CHECKING:
     # Imported where they are used: Alembic and SQLAlchemy's asyncio extension (which pulls
@@ -110,21 +116,47 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+_DOING = {
+    "read_state": "reading its migration state",
+    "current_heads": "reading its version table",
+    "history": "reading its ledger",
+    "server_info": "reading the server's version and privileges",
+    "apply": "preparing its ledger",
+    "verify": "verifying a revision",
+    "record": "recording in its ledger",
+}
+
+
 def _driver_call(
     method: Callable[Concatenate[SqlBackend, P], T],
 ) -> Callable[Concatenate[SqlBackend, P], T]:
-    """Run a public method inside the async driver's context (see `SqlBackend._in_driver`)."""
+    """Run a public method inside the async driver's context (see `SqlBackend._in_driver`);
+    a database error that escapes it becomes one sentence and an exit code."""
+    doing = _DOING.get(method.__name__, method.__name__)
 
     def wrapper(self: SqlBackend, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._in_driver(lambda: method(self, *args, **kwargs))
+        with self.database_errors(doing):
+            return self._in_driver(lambda: method(self, *args, **kwargs))
 
     functools.update_wrapper(wrapper, method)
     return wrapper
 
 
-def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, Any]]:
-    """The URL (bare `mysql://` gets PyMySQL) and driver arguments: a connect timeout, for
-    SQLite a busy timeout and its folder created, for psycopg no automatic prepares."""
+Timeouts = ConnectSettings | float
+"""`connect.*` settings, or just a connect timeout (the other settings their defaults)."""
+
+
+def _settings(timeouts: Timeouts) -> ConnectSettings:
+    if isinstance(timeouts, ConnectSettings):
+        return timeouts
+    return ConnectSettings(timeout_s=timeouts)
+
+
+def _engine_args(url: str, timeouts: Timeouts) -> tuple[sa.URL, dict[str, Any]]:
+    """The URL (bare `mysql://` gets PyMySQL) and driver arguments: a connect timeout, TCP
+    keepalives and a read timeout where the driver has them (`connect.*`), for SQLite a
+    busy timeout, for psycopg no automatic prepares."""
+    net = _settings(timeouts)
     parsed = sa.engine.make_url(url)
     backend = parsed.get_backend_name()
     if backend in ("mysql", "mariadb") and parsed.drivername in ("mysql", "mariadb"):
@@ -132,20 +164,65 @@ def _engine_args(url: str, connect_timeout_s: float) -> tuple[sa.URL, dict[str, 
     args: dict[str, Any] = {}
     driver = parsed.get_driver_name()
     if driver in ("psycopg", "psycopg2", "pymysql", "psycopg_async", "aiomysql", "asyncmy"):
-        args["connect_timeout"] = max(1, int(connect_timeout_s))
+        args["connect_timeout"] = max(1, math.ceil(net.timeout_s))
     elif driver == "asyncpg":
-        args["timeout"] = max(1.0, connect_timeout_s)
+        args["timeout"] = max(1.0, net.timeout_s)
+        if net.read_timeout_s > 0:
+            args["command_timeout"] = net.read_timeout_s
     elif backend == "sqlite":
         args["timeout"] = 30
-        path = sqlite_file(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    if driver in ("psycopg", "psycopg2", "psycopg_async"):
+        args.update(keepalive_params(net.keepalive_s))
+    if driver == "pymysql" and net.read_timeout_s > 0:
+        args["read_timeout"] = args["write_timeout"] = net.read_timeout_s
     if driver in ("psycopg", "psycopg_async"):
         # No automatic server-side prepares: a migration runs most statements once, and
         # psycopg drops every prepared statement after each ALTER or DROP (one more round
         # trip, DEALLOCATE ALL), so the ledger insert was prepared again and again.
         args["prepare_threshold"] = None
     return parsed, args
+
+
+def _own_sockets(engine: Engine, net: ConnectSettings) -> None:
+    """Connections made here where the driver cannot bound a wait by itself: PyMySQL's
+    handshake (with keepalives on its socket), psycopg's reads (`connect.read_timeout_s`);
+    and PostgreSQL's own keepalives on the server's side of the connection."""
+    driver = engine.dialect.driver
+    server = keepalive_params(net.keepalive_s)
+    if engine.dialect.name == "postgresql" and server:
+        # The server notices a runner that is gone (a network partition, a VM that froze)
+        # and ends its session, which lets its advisory lock go for the next runner, in
+        # about twice connect.keepalive_s instead of the system's two hours. Set after
+        # connecting, not in the startup packet: PgBouncer refuses `options` there.
+        settings = ", ".join(
+            f"set_config('{name}', '{server[param]}', false)"
+            for name, param in (("tcp_keepalives_idle", "keepalives_idle"),
+                                ("tcp_keepalives_interval", "keepalives_interval"),
+                                ("tcp_keepalives_count", "keepalives_count"))
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _server_keepalives(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"SELECT {settings}")
+            cursor.close()
+            dbapi_conn.commit()
+
+    if driver == "pymysql":
+        @sa.event.listens_for(engine, "do_connect")
+        def _pymysql(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            return pymysql_connect(cparams, net.timeout_s, net.keepalive_s)
+
+    elif driver == "psycopg" and net.read_timeout_s > 0:
+        deadline = _deadlines[engine] = Deadline(net.read_timeout_s)
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _psycopg(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            return psycopg_connect(cargs, cparams, deadline)
+
+
+_deadlines: weakref.WeakKeyDictionary[Engine, Deadline] = weakref.WeakKeyDictionary()
+"""The read deadline of each engine that has one (see `_own_sockets`)."""
 
 
 def _transactional_sqlite(engine: Engine) -> None:
@@ -183,24 +260,25 @@ def _driver_installed(url: sa.URL) -> Iterator[None]:
         ) from None
 
 
-def create_engine(url: str, connect_timeout_s: float) -> Engine:
+def create_engine(url: str, timeouts: Timeouts) -> Engine:
     """A sync engine that does what migrations need on every database (for an async URL,
     through its driver's sync sibling: the same database)."""
-    parsed, args = _engine_args(sync_equivalent(url), connect_timeout_s)
+    parsed, args = _engine_args(sync_equivalent(url), timeouts)
     with _driver_installed(parsed):
         engine = sa.create_engine(parsed, poolclass=NullPool, connect_args=args)
     if parsed.get_backend_name() == "sqlite":
         _transactional_sqlite(engine)
+    _own_sockets(engine, _settings(timeouts))
     return engine
 
 
-def create_async_engine(url: str, connect_timeout_s: float) -> AsyncEngine:
+def create_async_engine(url: str, timeouts: Timeouts) -> AsyncEngine:
     """The same for an async driver URL (asyncpg, psycopg_async, aiomysql, asyncmy,
     aiosqlite): migrations then run through `AsyncConnection.run_sync`, as in Alembic's
     asyncio recipe."""
     from sqlalchemy.ext.asyncio import create_async_engine as make
 
-    parsed, args = _engine_args(url, connect_timeout_s)
+    parsed, args = _engine_args(url, timeouts)
     with _driver_installed(parsed):
         engine = make(parsed, poolclass=NullPool, connect_args=args)
     if parsed.get_backend_name() == "sqlite":
@@ -219,10 +297,10 @@ def _no_steps(_heads: Any, _mctx: Any) -> tuple[()]:
 class SqlBackend:
     """One SQL service's database."""
 
-    def __init__(self, config: ServiceConfig, connect_timeout_s: float) -> None:
+    def __init__(self, config: ServiceConfig, timeouts: Timeouts) -> None:
         assert config.database_url is not None
         self.config = config
-        self._timeout = connect_timeout_s
+        self._net = _settings(timeouts)
         self._engine: Engine | None = None
         self._conn: Connection | None = None
         self._async = is_async(config.database_url)
@@ -230,6 +308,7 @@ class SqlBackend:
         self._aengine: AsyncEngine | None = None
         self._aconn: AsyncConnection | None = None
         self._inside_driver = False
+        self._translating = False
 
     # -- connection -------------------------------------------------------------
 
@@ -245,7 +324,7 @@ class SqlBackend:
     def _engine_(self) -> Engine:
         if self._engine is None:
             assert self.config.database_url is not None
-            self._engine = create_engine(self.config.database_url, self._timeout)
+            self._engine = create_engine(self.config.database_url, self._net)
         return self._engine
 
     @property
@@ -270,9 +349,14 @@ class SqlBackend:
 
         return self._loop.run_until_complete(self._aconn.run_sync(inner))
 
-    def open(self) -> None:
+    def open(self, timeout_s: float | None = None) -> None:
+        """Connect and run a first query, within `timeout_s` (default `connect.timeout_s`)."""
         if self._conn is not None:
             return
+        if timeout_s is not None and timeout_s != self._net.timeout_s:
+            self.close()  # the engine holds the connect timeout
+            self._net = replace(self._net, timeout_s=timeout_s)
+        self._check_sqlite_folder()
         try:
             if self._async:
                 self._open_async()
@@ -286,13 +370,43 @@ class SqlBackend:
             self._in_driver(probe)
         except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
             self.close()
-            raise ConnectFailed(_short(exc), permanent=_refused(exc)) from None
+            reason = _short(exc)
+            if isinstance(exc, TimeoutError) and not str(exc):  # our own deadline (async)
+                reason = f"no answer within connect.timeout_s = {self._net.timeout_s:g}s"
+            raise ConnectFailed(reason, permanent=_refused(exc)) from None
+
+    def _check_sqlite_folder(self) -> None:
+        """A SQLite file's folder is created if missing; one that cannot be, or that is not
+        writable for a file not there yet, is no server still starting: not retried."""
+        path = sqlite_file(self.config.database_url or "")
+        if path is None:
+            return
+        folder = path.parent
+        why = None
+        if folder.exists() and not folder.is_dir():
+            why = f"{folder} is a file, not a folder"
+        else:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = f"its folder {folder} cannot be created ({exc.strerror or exc})"
+        if why is None and not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            why = f"its folder {folder} is not writable"
+        if why is not None:
+            raise ConnectFailed(
+                f"its SQLite file {path} cannot be created: {why}; fix the folder or the path "
+                f"in the database_url of service {self.config.name!r}", setting=True,
+            )
 
     def _open_async(self) -> None:
         assert self.config.database_url is not None
         self._loop = asyncio.new_event_loop()
-        self._aengine = create_async_engine(self.config.database_url, self._timeout)
-        self._aconn = self._loop.run_until_complete(self._aengine.connect())
+        self._aengine = create_async_engine(self.config.database_url, self._net)
+        # A deadline for the whole connect: aiomysql and asyncmy, like PyMySQL, read the
+        # server's greeting without one.
+        self._aconn = self._loop.run_until_complete(
+            asyncio.wait_for(self._aengine.connect(), self._net.timeout_s)
+        )
         self._conn = self._aconn.sync_connection
 
     def close(self) -> None:
@@ -310,8 +424,67 @@ class SqlBackend:
             self._conn.close()
             self._conn = None
         if self._engine is not None:
+            deadline = _deadlines.pop(self._engine, None)
+            if deadline is not None:
+                deadline.close()
             self._engine.dispose()
             self._engine = None
+
+    @contextmanager
+    def database_errors(self, doing: str) -> Iterator[None]:
+        """A database error outside a step, `doing` something: a lost connection is
+        `DatabaseUnreachable` (exit 4), any other one sentence with exit 1."""
+        if self._translating:
+            yield
+            return
+        self._translating = True
+        try:
+            yield
+        except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+            lost = self.lost_connection(exc, doing)
+            if lost is None and not isinstance(exc, sa.exc.DBAPIError):  # the socket itself
+                lost = DatabaseUnreachable(
+                    f"Service '{self.config.name}': lost the connection to the database at "
+                    f"{self._where()} while {doing} ({exc}); check the network and the server, "
+                    "then run the command again."
+                )
+            if lost is not None:
+                raise lost from None
+            raise NcmError(
+                f"Service '{self.config.name}': the database at {self._where()} failed while "
+                f"{doing}: {_short(exc)}"
+            ) from None
+        finally:
+            self._translating = False
+
+    def lost_connection(self, exc: BaseException, doing: str) -> DatabaseUnreachable | None:
+        """`exc` as the lost connection it is (exit 4, naming the service and the server,
+        never the password), or None when the connection is fine."""
+        lost = isinstance(exc, sa.exc.DBAPIError) and (exc.connection_invalidated or _lost_text(exc))
+        read_timeout = None
+        deadline = _deadlines.get(self._engine) if self._engine is not None else None
+        if deadline is not None and deadline.fired:
+            read_timeout = deadline.limit_s
+        elif lost and self._net.read_timeout_s > 0 and "timed out" in str(exc):  # PyMySQL's own
+            read_timeout = self._net.read_timeout_s
+        if read_timeout is None and not lost:
+            return None
+        why = (f"no answer within connect.read_timeout_s = {read_timeout:g}s"
+               if read_timeout is not None else _short(exc))
+        return DatabaseUnreachable(
+            f"Service '{self.config.name}': lost the connection to the database at "
+            f"{self._where()} while {doing} ({why}); check the network and the server, then "
+            "run the command again."
+        )
+
+    def _where(self) -> str:
+        """host:port/database of the service's URL (never its password)."""
+        assert self.config.database_url is not None
+        url = sa.engine.make_url(self.config.database_url)
+        if url.get_backend_name() == "sqlite":
+            return url.database or ":memory:"
+        host = url.host or "localhost"
+        return f"{host}:{url.port}/{url.database}" if url.port else f"{host}/{url.database}"
 
     # -- lock ---------------------------------------------------------------------
 
@@ -319,6 +492,10 @@ class SqlBackend:
     def lock(self, timeout_s: float) -> Iterator[None]:
         with self._named_lock(self.config.version_table, timeout_s):
             yield
+
+    def _locking(self, fn: Callable[[], T]) -> T:
+        with self.database_errors("taking its migration lock"):
+            return self._in_driver(fn)
 
     @contextmanager
     def _named_lock(self, name: str, timeout_s: float) -> Iterator[None]:
@@ -334,13 +511,13 @@ class SqlBackend:
                 conn.commit()
                 return ok
 
-            wait_for(lambda: self._in_driver(try_pg), timeout_s, what)
+            wait_for(lambda: self._locking(try_pg), timeout_s, what)
             try:
                 yield
             finally:
                 self._release(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         elif dialect in ("mysql", "mariadb"):
-            db = self._in_driver(lambda: conn.exec_driver_sql("SELECT DATABASE()").scalar()) or ""
+            db = self._locking(lambda: conn.exec_driver_sql("SELECT DATABASE()").scalar()) or ""
             mname = lock_name(str(db), name)
 
             def try_my() -> bool:
@@ -349,7 +526,7 @@ class SqlBackend:
                 self._session_id = _thread_id(conn)
                 return got == 1
 
-            wait_for(lambda: self._in_driver(try_my), timeout_s, what)
+            wait_for(lambda: self._locking(try_my), timeout_s, what)
             try:
                 yield
             finally:
@@ -369,8 +546,8 @@ class SqlBackend:
                     yield
 
     def _release(self, stmt: sa.TextClause, params: dict[str, Any]) -> None:
-        if self._conn is None or self._conn.closed:
-            return
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            return  # a lost connection: the server releases the lock when it sees it gone
         self._in_driver(lambda: self._release_now(stmt, params))
 
     def _release_now(self, stmt: sa.TextClause, params: dict[str, Any]) -> None:
@@ -574,6 +751,14 @@ class SqlBackend:
     ) -> list[StepResult]:
         self._ensure_ledger()
         return _SqlRun(self, steps, revisions, ctx, fake, on_step).run()
+
+    def _unknown_outcome(self, step: Step) -> str:
+        if self.transactional:
+            return (f"Nothing of revision {step.revision} stays: the server rolls its "
+                    "transaction back when it sees the connection gone.")
+        return (f"The revision {step.revision} may be half applied: the service is marked dirty "
+                f"(its ledger row stays 'running'); check the database, then run "
+                f"manage.py repair {step.service}.")
 
     def _flush_commits(self) -> None:
         """Synchronous commits again, and every earlier commit made durable: a transaction
@@ -843,7 +1028,7 @@ class _SqlRun:
                 raise
             raise error from exc
         finally:
-            if self.relaxed:
+            if self.relaxed and not self.conn.invalidated:
                 self.backend._flush_commits()
         return self.results
 
@@ -1004,7 +1189,10 @@ class _SqlRun:
                     config.name, "", self.results,
                 )
             return None
-        unrecorded = self.abandon(record=True)
+        lost = (self.backend.lost_connection(exc, f"applying {step.service}:{step.revision}")
+                if isinstance(exc, Exception) else None)
+        # A lost connection: nothing can be rolled back or recorded from here.
+        unrecorded = "" if lost is not None else self.abandon(record=True)
         duration = (time.perf_counter() - self.t0) * 1000
         message = f"{type(exc).__name__}: {_short(exc)}" if str(exc) else type(exc).__name__
         self.results.append(
@@ -1012,6 +1200,10 @@ class _SqlRun:
         )
         self.on_step(step, "done", self.results[-1])
         log.debug("step %s:%s failed", step.service, step.revision, exc_info=True)
+        if lost is not None:
+            lost.args = (f"{lost.args[0]} {self.backend._unknown_outcome(step)}",)
+            lost.results = self.results
+            return lost
         if isinstance(exc, STOPPED):
             return stopped_error(exc, step.service, step.revision, self.phase, self.results,
                                  dirty=not self.transactional, unrecorded=unrecorded)
@@ -1092,6 +1284,24 @@ _REFUSED_MYSQL_CODES = {1044, 1045, 1049, 1698}
 _REFUSED_PG_TEXT = re.compile(
     r"password authentication failed|database \".*\" does not exist|role \".*\" does not exist"
 )
+
+
+_LOST_TEXT = re.compile(
+    r"server closed the connection|consuming input failed|connection is (lost|closed)|"
+    r"Lost connection to (MySQL|MariaDB) server|MySQL server has gone away|"
+    r"terminating connection|connection (was )?reset|broken pipe",
+    re.IGNORECASE,
+)
+
+
+def _lost_text(exc: BaseException) -> bool:
+    """A driver error that says the connection went away (for drivers whose disconnect
+    SQLAlchemy does not flag as `connection_invalidated` in every case)."""
+    orig = getattr(exc, "orig", None) or exc
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in (2006, 2013, 2055):
+        return True
+    return bool(_LOST_TEXT.search(str(orig)))
 
 
 def _refused(exc: BaseException) -> bool:

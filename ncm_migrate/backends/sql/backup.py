@@ -29,6 +29,9 @@ PG_FILE = "db.pgdump"
 MYSQL_FILE = "db.sql"
 MYSQL_TRAILER = b"-- Dump completed"
 CHECK_TIMEOUT_S = 600.0  # reading a dump's table of contents or its last bytes, never its data
+CLIENT_CONNECT_TIMEOUT_S = 10
+"""The database programs' connect deadline (PGCONNECT_TIMEOUT; the mariadb client's
+connect-timeout), the server's greeting included."""
 
 
 def program(*names: str) -> str:
@@ -184,7 +187,7 @@ def _pg_conninfo(config: ServiceConfig) -> tuple[str, dict[str, str]]:
     password = url.password or url.query.get("password")
     env = {"PGPASSWORD": str(password)} if isinstance(password, str) and password else {}
     if "connect_timeout" not in parts and "PGCONNECT_TIMEOUT" not in os.environ:
-        env["PGCONNECT_TIMEOUT"] = "10"
+        env["PGCONNECT_TIMEOUT"] = str(CLIENT_CONNECT_TIMEOUT_S)
     return conninfo, env
 
 
@@ -323,6 +326,10 @@ def _mysql_options(config: ServiceConfig) -> Iterator[list[str]]:
         lines.append(f"socket={socket}")
     else:
         lines.append("protocol=TCP")
+    # The client (`[mysql]` group: mariadb-dump does not read it, nor take the option) gives
+    # up on a server that accepts TCP and never answers; the dump program has no such bound,
+    # but runs right after this service's own connection answered within connect.timeout_s.
+    lines += ["[mysql]", f"connect-timeout={CLIENT_CONNECT_TIMEOUT_S}"]
     fd, name = tempfile.mkstemp(prefix="ncm-my-", suffix=".cnf")
     try:
         with os.fdopen(fd, "w") as fh:
