@@ -268,7 +268,7 @@ def test_restore_client_gives_up_on_a_black_hole(mysql_url: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The mariadb client that loads a dump connects with a deadline (pg_dump, pg_restore and
     psql have PGCONNECT_TIMEOUT): a BackupFailed, not a hang."""
-    from ncm_migrate import sql_backup
+    from ncm_migrate.backends.sql import backup as sql_backup
     from ncm_migrate.errors import BackupFailed
     from ncm_migrate.model import ServiceConfig
 
