@@ -341,3 +341,26 @@ def test_doctor_reports_a_connection_lost_after_it_answered(repo: Monorepo, serv
         assert proxy.triggered.is_set()
     assert result.code == 1, result.output
     _one_sentence(result, "Service 'users'", "lost the connection")
+
+
+@pytest.mark.parametrize("transactional", [False, True])
+def test_mongo_connection_lost_during_a_step_is_exit_4(
+    repo: Monorepo, mongo_url: str, transactional: bool
+) -> None:
+    """pymongo's AutoReconnect from inside upgrade() (the server gone mid-step) is exit 4
+    naming the service, the server and the revision, as on SQL, not a revision's own
+    failure (exit 1); what the step may have left is said."""
+    repo.mongo_revision("orders", "0001_initial")
+    repo.mongo_revision(
+        "orders", "0002_lost", down="0001_initial", transactional=transactional,
+        extra="from pymongo.errors import AutoReconnect",
+        upgrade='db["orders"].insert_one({"n": 1})\nraise AutoReconnect("connection closed")',
+    )
+    repo.urls({"orders": mongo_url})
+    result = repo.cli("migrate")
+    assert result.code == 4, result.output
+    _one_sentence(result, "Service 'orders'", "lost the connection", "localhost:27017",
+                  "applying orders:0002_lost", "connection closed")
+    shown = repo.cli("showmigrations", "orders", "--json")
+    assert shown.code == 0, shown.output
+    assert "0001_initial" in shown.stdout

@@ -386,6 +386,8 @@ class MongoBackend:
                                 dirty=run.dirty, unrecorded=run.unrecorded)
         if stopped is not None:
             return stopped
+        if isinstance(exc, ConnectionFailure):  # the server went away during the step
+            return self._lost_in_step(run, exc, results)
         unrecorded = (f"; the failure could not be recorded in {ledger_rules.TABLE} "
                       f"({run.unrecorded})" if run.unrecorded else "")
         return MigrationFailed(
@@ -393,6 +395,26 @@ class MongoBackend:
             f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}{unrecorded}",
             step.service, step.revision, results,
         )
+
+    def _lost_in_step(self, run: _StepRun, exc: ConnectionFailure,
+                      results: list[StepResult]) -> DatabaseUnreachable:
+        """A connection lost while a step ran: exit 4 naming the service and the server, and
+        what the step may have left (as the SQL backend says it)."""
+        step = run.step
+        url = self.config.database_url or ""
+        if run.in_txn:
+            left = (f"Nothing of revision {step.revision} stays: the server aborts its "
+                    "transaction when the session is gone.")
+        else:
+            left = (f"The revision {step.revision} may be half applied: check the database "
+                    f"once the server is back, then run manage.py repair {step.service}.")
+        lost = DatabaseUnreachable(
+            f"Service '{step.service}': lost the connection to the database at "
+            f"{mask_url(url)} while applying {step.service}:{step.revision} "
+            f"({redact(_short(exc), [password_of(url)])}). {left}"
+        )
+        lost.results = results
+        return lost
 
     def verify(self, revision: Revision) -> str | None:
         check = getattr(load_revision_module(revision), "verify", None)
