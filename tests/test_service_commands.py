@@ -57,12 +57,8 @@ def with_commands(repo: Monorepo) -> None:
 def invoke(repo: Monorepo, *args: str) -> CliResult:
     """In process, through the same app `main()` builds."""
     argv = cli.hoist_global_options(list(args))
-    old = cli._default_root
-    cli._default_root = repo.root
-    try:
-        result = CliRunner().invoke(cli.app_for(repo.root, argv), argv, catch_exceptions=False)
-    finally:
-        cli._default_root = old
+    result = CliRunner().invoke(cli.app_for(repo.root, argv), argv, catch_exceptions=False,
+                                obj=repo.root)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 

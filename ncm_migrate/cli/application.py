@@ -30,19 +30,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import commands
-from .errors import BadInput, Interrupted, NcmError, ProblemsFound, signal_name
-from .events import Event, RunReport
-from .findings import Report
-from .interrupts import StopRequest, ignore_signals, stopping_on_signals
-from .ledger import tool_version
-from .loader import find_root
-from .logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
-from .model import Plan, StepResult
-from .questioner import Questioner, questioner_for
-from .running import MigrateResult
-from .service_commands import ServiceCommand, find_service_commands, load_service_command
-from .urls import redact_known
+from .. import commands
+from ..errors import BadInput, Interrupted, NcmError, ProblemsFound, signal_name
+from ..events import Event, RunReport
+from ..findings import Report
+from ..interrupts import StopRequest, ignore_signals, stopping_on_signals
+from ..ledger import tool_version
+from ..loader import find_root
+from ..logs import configure_logging, redact_tracebacks, redacted_traceback, verbosity_levels
+from ..model import Plan, StepResult
+from ..questioner import Questioner, questioner_for
+from ..running import MigrateResult
+from ..service_commands import ServiceCommand, find_service_commands, load_service_command
+from ..urls import redact_known
 
 app = typer.Typer(
     name="ncm-migrate",
@@ -58,7 +58,6 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-_default_root: Path | None = None
 
 
 @dataclass
@@ -104,7 +103,9 @@ def _options(
     """
     verbosity = -1 if quiet else verbose
     configure_logging(verbosity_levels(verbosity))
-    ctx.obj = Globals(env=env, settings=settings, root=_default_root, verbosity=verbosity)
+    # `main()` passes the monorepo's root as the context object (None: found from the cwd).
+    root = ctx.obj if isinstance(ctx.obj, Path) else None
+    ctx.obj = Globals(env=env, settings=settings, root=root, verbosity=verbosity)
     if ctx.invoked_subcommand is None:  # bare `manage.py`: the help, and success (as Django)
         typer.echo(ctx.get_help(), nl=False)
         raise typer.Exit(0)
@@ -1037,8 +1038,6 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 def main(root: Path | None = None, argv: list[str] | None = None) -> None:
     """Entry point for `manage.py` (which passes its own folder as `root`) and `ncm-migrate`."""
-    global _default_root
-    _default_root = root
     # A command builds many long-lived objects at once (a header, graph node and plan step
     # per revision: 5,000 revisions make ~250,000 objects) and frees few; the collector's
     # default (a pass every 700 allocations) spends a quarter of a listing walking them.
@@ -1047,10 +1046,10 @@ def main(root: Path | None = None, argv: list[str] | None = None) -> None:
     redact_tracebacks()
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:
-        app_for(root, args)(args=args, prog_name="manage.py" if root else "ncm-migrate")
+        app_for(root, args)(args=args, prog_name="manage.py" if root else "ncm-migrate", obj=root)
     except Exception as exc:  # a bug: it keeps its traceback, with passwords hidden
         sys.stderr.write(redacted_traceback(exc))
         sys.exit(1)
 
 
-__all__ = ["StepResult", "app", "main"]
+__all__ = ["StepResult", "app", "app_for", "hoist_global_options", "main"]
