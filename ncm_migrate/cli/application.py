@@ -17,7 +17,7 @@ import typer
 
 from ..loader import find_root
 from ..logs import redact_tracebacks, redacted_traceback
-from ..service_commands import find_service_commands
+from ..service_commands import ServiceCommand, find_service_commands
 from .argv import _command_word, _option_value, hoist_global_options
 from .authoring import init_cmd, makemigrations_cmd, startservice_cmd
 from .context import _options
@@ -35,19 +35,6 @@ from .maintenance import backup_cmd, help_cmd, repair_cmd, restore_cmd
 from .migrating import migrate_cmd, rollback_cmd, sqlmigrate_cmd
 from .service_commands import _add_service_command
 
-app = typer.Typer(
-    name="ncm-migrate",
-    help=(
-        "Migrations for every service of a monorepo: Django's manage.py on Alembic's engine.\n\n"
-        "A service's own commands, services/<svc>/commands/<name>.py, run as `<svc>:<name>` "
-        "(listed under Service commands when there are any).\n\n"
-        "Example: python manage.py migrate --env staging"
-    ),
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    pretty_exceptions_enable=False,
-)
-
 
 def _one_line_paragraphs(doc: str) -> str:
     """A docstring with each paragraph on one line: Rich wraps help text to the terminal but
@@ -55,8 +42,6 @@ def _one_line_paragraphs(doc: str) -> str:
     paragraphs = inspect.cleandoc(doc).split("\n\n")
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
-
-app.callback(invoke_without_command=True)(_options)
 
 # The commands in the order `--help` lists them; each one's help is its docstring.
 _COMMANDS: list[tuple[str, Callable[..., None]]] = [
@@ -79,16 +64,39 @@ _COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("init", init_cmd),
     ("help", help_cmd),
 ]
-for _name, _function in _COMMANDS:
-    app.command(_name, help=_one_line_paragraphs(_function.__doc__) if _function.__doc__ else None)(
-        _function
+
+
+def _new_app(service_commands: Sequence[ServiceCommand] = ()) -> typer.Typer:
+    """The app with the global options and every built-in command, then `service_commands`
+    (listed under their own heading), registered through Typer's public decorators."""
+    new = typer.Typer(
+        name="ncm-migrate",
+        help=(
+            "Migrations for every service of a monorepo: Django's manage.py on Alembic's engine.\n\n"
+            "A service's own commands, services/<svc>/commands/<name>.py, run as `<svc>:<name>` "
+            "(listed under Service commands when there are any).\n\n"
+            "Example: python manage.py migrate --env staging"
+        ),
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        pretty_exceptions_enable=False,
     )
-    if _name == "showmigrations":
-        app.command(
-            "status",
-            help="Alias of showmigrations: [X] applied or [ ] pending per revision.\n\n"
-            "Example: python manage.py status users --json",
-        )(showmigrations_cmd)
+    new.callback(invoke_without_command=True)(_options)
+    for name, function in _COMMANDS:
+        help_text = _one_line_paragraphs(function.__doc__) if function.__doc__ else None
+        new.command(name, help=help_text)(function)
+        if name == "showmigrations":
+            new.command(
+                "status",
+                help="Alias of showmigrations: [X] applied or [ ] pending per revision.\n\n"
+                "Example: python manage.py status users --json",
+            )(showmigrations_cmd)
+    for command in service_commands:
+        _add_service_command(new, command)
+    return new
+
+
+app = _new_app()
 
 
 def app_for(root: Path | None, argv: Sequence[str] = ()) -> typer.Typer:
@@ -98,18 +106,7 @@ def app_for(root: Path | None, argv: Sequence[str] = ()) -> typer.Typer:
     if word is not None and ":" not in word and word not in ("-h", "--help", "help"):
         return app
     found = find_service_commands(root or find_root(), env=_option_value(argv, "--env"))
-    if not found:
-        return app
-    full = typer.Typer(
-        name=app.info.name, help=app.info.help, add_completion=False,
-        context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
-    )
-    full.registered_callback = app.registered_callback
-    full.registered_commands = list(app.registered_commands)
-    full.registered_groups = list(app.registered_groups)
-    for command in found:
-        _add_service_command(full, command)
-    return full
+    return _new_app(found) if found else app
 
 
 def main(root: Path | None = None, argv: list[str] | None = None) -> None:
