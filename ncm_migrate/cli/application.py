@@ -18,9 +18,9 @@ import typer
 from ..loader import find_root
 from ..logs import redact_tracebacks, redacted_traceback
 from ..service_commands import ServiceCommand, find_service_commands
-from .argv import _command_word, _option_value, hoist_global_options
+from .argv import command_word, hoist_global_options, option_value
 from .authoring import init_cmd, makemigrations_cmd, startservice_cmd
-from .context import _options
+from .context import global_options
 from .inspecting import (
     check_cmd,
     doctor_cmd,
@@ -33,7 +33,7 @@ from .inspecting import (
 )
 from .maintenance import backup_cmd, help_cmd, repair_cmd, restore_cmd
 from .migrating import migrate_cmd, rollback_cmd, sqlmigrate_cmd
-from .service_commands import _add_service_command
+from .service_commands import add_service_command
 
 
 def _one_line_paragraphs(doc: str) -> str:
@@ -81,7 +81,7 @@ def _new_app(service_commands: Sequence[ServiceCommand] = ()) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
         pretty_exceptions_enable=False,
     )
-    new.callback(invoke_without_command=True)(_options)
+    new.callback(invoke_without_command=True)(global_options)
     for name, function in _COMMANDS:
         help_text = _one_line_paragraphs(function.__doc__) if function.__doc__ else None
         new.command(name, help=help_text)(function)
@@ -92,7 +92,7 @@ def _new_app(service_commands: Sequence[ServiceCommand] = ()) -> typer.Typer:
                 "Example: python manage.py status users --json",
             )(showmigrations_cmd)
     for command in service_commands:
-        _add_service_command(new, command)
+        add_service_command(new, command)
     return new
 
 
@@ -102,10 +102,10 @@ app = _new_app()
 def app_for(root: Path | None, argv: Sequence[str] = ()) -> typer.Typer:
     """The CLI for the monorepo at `root`: the built-in commands, plus its services'
     commands when `argv` may run or list one (no command, --help, or `svc:name`)."""
-    word = _command_word(argv)
+    word = command_word(argv)
     if word is not None and ":" not in word and word not in ("-h", "--help", "help"):
         return app
-    found = find_service_commands(root or find_root(), env=_option_value(argv, "--env"))
+    found = find_service_commands(root or find_root(), env=option_value(argv, "--env"))
     return _new_app(found) if found else app
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
+def command_word(argv: Sequence[str]) -> str | None:
     """The first argument that is not a global option (or its value)."""
     i = 0
     while i < len(argv):
@@ -22,7 +22,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _option_value(argv: Sequence[str], name: str) -> str | None:
+def option_value(argv: Sequence[str], name: str) -> str | None:
     for i, arg in enumerate(argv):
         if arg == name and i + 1 < len(argv):
             return argv[i + 1]

@@ -14,9 +14,7 @@ import typer
 from ..ledger import tool_version
 from ..logs import configure_logging, verbosity_levels
 from ..questioner import Questioner, questioner_for
-from .output import (
-    err,
-)
+from .output import err
 
 
 @dataclass
@@ -37,7 +35,7 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-def _options(
+def global_options(
     ctx: typer.Context,
     env: Annotated[
         str | None, typer.Option("--env", help="Environment (default: NCM_ENV, else development).")
@@ -69,7 +67,7 @@ def _options(
         raise typer.Exit(0)
 
 
-def _g(ctx: typer.Context) -> Globals:
+def globals_of(ctx: typer.Context) -> Globals:
     g = ctx.obj
     assert isinstance(g, Globals)
     return g
@@ -89,6 +87,6 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _questioner(yes: bool) -> Questioner:
+def terminal_questioner(yes: bool) -> Questioner:
     """Typed confirmation on a terminal; elsewhere only --yes confirms."""
     return questioner_for(yes, _interactive(), _prompt)

@@ -12,15 +12,8 @@ from rich.table import Table
 
 from .. import commands
 from ..urls import redact_known
-from .context import _g
-from .output import (
-    _errors,
-    _findings,
-    _json,
-    _write_plain,
-    err,
-    out,
-)
+from .context import globals_of
+from .output import err, exit_on_error, out, print_findings, print_json, write_plain
 
 
 def services_cmd(
@@ -31,10 +24,10 @@ def services_cmd(
 
     Example: python manage.py services --env staging --json
     """
-    with _errors():
-        found = commands.services(**_g(ctx).where)
+    with exit_on_error():
+        found = commands.services(**globals_of(ctx).where)
         if as_json:
-            _json([{k: v for k, v in asdict(s).items() if k != "skip_reason"} for s in found])
+            print_json([{k: v for k, v in asdict(s).items() if k != "skip_reason"} for s in found])
             return
         table = Table("service", "backend", "url", "version table", "depends on", box=None)
         for s in found:
@@ -56,10 +49,10 @@ def showmigrations_cmd(
 
     Example: python manage.py showmigrations users billing
     """
-    with _errors():
-        found = commands.showmigrations(services or (), **_g(ctx).where)
+    with exit_on_error():
+        found = commands.showmigrations(services or (), **globals_of(ctx).where)
         if as_json:
-            _json({"services": [
+            print_json({"services": [
                 {f.name: getattr(s, f.name) for f in fields(s) if f.name != "conflicting_heads"}
                 for s in found
             ]})
@@ -82,7 +75,7 @@ def showmigrations_cmd(
                              f"(run makemigrations {s.name} --merge)")
             elif s.pending:
                 lines.append(f" {s.pending} pending")
-        _write_plain(lines)
+        write_plain(lines)
 
 
 def history_cmd(
@@ -95,10 +88,10 @@ def history_cmd(
 
     Example: python manage.py history users --limit 20
     """
-    with _errors():
-        rows = commands.history([service] if service else [], limit=limit, **_g(ctx).where)
+    with exit_on_error():
+        rows = commands.history([service] if service else [], limit=limit, **globals_of(ctx).where)
         if as_json:
-            _json(rows)
+            print_json(rows)
             return
         table = Table("started", "service", "revision", "dir", "status", "ms", "actor",
                       "host", "env", box=None)
@@ -119,9 +112,9 @@ def wait_cmd(
 
     Example: python manage.py wait --env docker --timeout 120
     """
-    with _errors():
-        took = commands.wait(services or (), timeout=timeout, **_g(ctx).where)
-        if _g(ctx).verbosity >= 0:
+    with exit_on_error():
+        took = commands.wait(services or (), timeout=timeout, **globals_of(ctx).where)
+        if globals_of(ctx).verbosity >= 0:
             for name, seconds in took.items():
                 out.print(f"{name}: up ({seconds:.1f}s)", markup=False)
 
@@ -137,10 +130,10 @@ def doctor_cmd(
 
     Example: python manage.py doctor --env staging --json
     """
-    with _errors():
-        found = commands.doctor(services or (), **_g(ctx).where)
+    with exit_on_error():
+        found = commands.doctor(services or (), **globals_of(ctx).where)
         if as_json:
-            _json([{**asdict(d), "details": dict(d.details)} for d in found])
+            print_json([{**asdict(d), "details": dict(d.details)} for d in found])
         else:
             table = Table("service", "reachable", "latency", "server", "can create",
                           "heads", "pending", "lock", box=None)
@@ -174,10 +167,10 @@ def validate_cmd(
 
     Example: python manage.py validate users --json
     """
-    g = _g(ctx)
-    with _errors():
+    g = globals_of(ctx)
+    with exit_on_error():
         report = commands.validate(services or (), strict=strict, **g.where)
-    _findings(report, as_json, g.verbosity < 0)
+    print_findings(report, as_json, g.verbosity < 0)
 
 
 def lint_cmd(
@@ -192,10 +185,10 @@ def lint_cmd(
 
     Example: python manage.py lint billing --env production
     """
-    g = _g(ctx)
-    with _errors():
+    g = globals_of(ctx)
+    with exit_on_error():
         report = commands.lint(services or (), strict=strict, **g.where)
-    _findings(report, as_json, g.verbosity < 0)
+    print_findings(report, as_json, g.verbosity < 0)
 
 
 def check_cmd(
@@ -207,7 +200,7 @@ def check_cmd(
 
     Example: python manage.py check --env test --json
     """
-    g = _g(ctx)
-    with _errors():
+    g = globals_of(ctx)
+    with exit_on_error():
         report = commands.check(strict=strict, **g.where)
-    _findings(report, as_json, g.verbosity < 0)
+    print_findings(report, as_json, g.verbosity < 0)

@@ -9,11 +9,8 @@ import typer
 
 from .. import commands
 from ..errors import BadInput
-from .context import _g, _questioner
-from .output import (
-    _errors,
-    out,
-)
+from .context import globals_of, terminal_questioner
+from .output import exit_on_error, out
 
 
 def repair_cmd(
@@ -25,8 +22,8 @@ def repair_cmd(
 
     Example: python manage.py repair billing
     """
-    with _errors():
-        actions = commands.repair(service, questioner=_questioner(yes), **_g(ctx).where)
+    with exit_on_error():
+        actions = commands.repair(service, questioner=terminal_questioner(yes), **globals_of(ctx).where)
         if not actions:
             out.print(f"Nothing to repair in service '{service}': no dirty mark, and every applied "
                       "revision's file is as it was applied.", markup=False)
@@ -49,8 +46,8 @@ def backup_cmd(
 
     Example: python manage.py backup billing -o backups/billing-before-release
     """
-    with _errors():
-        folder, manifest = commands.backup(service, out_dir, **_g(ctx).where)
+    with exit_on_error():
+        folder, manifest = commands.backup(service, out_dir, **globals_of(ctx).where)
         lock = " (encrypted)" if manifest.encrypted else ""
         out.print(f"Backed up {service} ({manifest.dialect}, heads "
                   f"{', '.join(manifest.heads) or 'none'}) to {folder}{lock}", markup=False)
@@ -66,8 +63,9 @@ def restore_cmd(
 
     Example: python manage.py restore billing var/backups/production/billing/20250101T120000Z --yes
     """
-    with _errors():
-        manifest = commands.restore(service, folder, questioner=_questioner(yes), **_g(ctx).where)
+    with exit_on_error():
+        manifest = commands.restore(service, folder, questioner=terminal_questioner(yes),
+                                    **globals_of(ctx).where)
         out.print(f"Restored {service} from {folder} (taken {manifest.time}, heads "
                   f"{', '.join(manifest.heads) or 'none'})", markup=False)
 
@@ -88,7 +86,7 @@ def help_cmd(
     group: Any = parent.command  # Typer's group (a Click group it vendors)
     found = group.get_command(parent, command)
     if found is None:
-        with _errors():
+        with exit_on_error():
             known = ", ".join(sorted(group.list_commands(parent)))
             raise BadInput(f"Unknown command '{command}'; commands: {known}.")
     assert found is not None

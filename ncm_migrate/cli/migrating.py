@@ -15,16 +15,16 @@ from ..events import RunReport
 from ..interrupts import StopRequest, ignore_signals, stopping_on_signals
 from ..running import MigrateResult
 from ..urls import redact_known
-from .context import Globals, _g, _questioner
+from .context import Globals, globals_of, terminal_questioner
 from .output import (
-    _errors,
-    _json,
-    _print_plan,
-    _Reporter,
-    _show_cascade,
-    _summary,
-    _where_each_stands,
+    ProgressReporter,
+    exit_on_error,
     out,
+    print_json,
+    print_plan,
+    print_summary,
+    show_cascade,
+    where_each_stands,
 )
 
 
@@ -54,18 +54,18 @@ def _run_and_print(
                           signum) from None
     except NcmError as exc:
         if as_json:
-            _json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results})
+            print_json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results})
         elif not quiet and exc.results:
-            _summary(RunReport(exc.results))
+            print_summary(RunReport(exc.results))
             if isinstance(exc, Interrupted) or any(r.dirty for r in exc.results):
-                _where_each_stands(exc)
+                where_each_stands(exc)
         raise
     if as_json:
-        _json({"ok": True, "error": None, "steps": result.results})
+        print_json({"ok": True, "error": None, "steps": result.results})
     elif not quiet:
         if not result.plan.steps:
             out.print("Nothing to do: every service is at its target.")
-        _summary(result.report)
+        print_summary(result.report)
 
 
 def migrate_cmd(
@@ -102,18 +102,18 @@ def migrate_cmd(
 
     Example: python manage.py migrate --env staging --jobs 4
     """
-    g = _g(ctx)
+    g = globals_of(ctx)
     services = [service] if service else []
-    with _errors():
+    with exit_on_error():
         if rollback_on_failure and no_rollback_on_failure:
             raise BadInput("Give --rollback-on-failure or --no-rollback-on-failure, not both.")
         undo = True if rollback_on_failure else False if no_rollback_on_failure else None
         if plan:
             steps = commands.plan(services, target, cascade=cascade, **g.where)
             if as_json:
-                _json({"steps": [asdict(s) for s in steps.steps]})
+                print_json({"steps": [asdict(s) for s in steps.steps]})
             else:
-                _print_plan(steps)
+                print_plan(steps)
             return
         if sql:
             script = commands.migrate_sql(services, target, **g.where)
@@ -127,11 +127,11 @@ def migrate_cmd(
         if verify_only:
             _verify_only(services, as_json, g)
             return
-        with _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
+        with ProgressReporter(quiet=as_json or g.verbosity < 0) as reporter:
             _run(lambda: commands.migrate(
                 services, target, fake=fake, jobs=jobs, cascade=cascade, report=reporter,
-                confirm=_show_cascade if cascade and not as_json else None,
-                questioner=_questioner(yes), rollback_on_failure=undo, **g.where,
+                confirm=show_cascade if cascade and not as_json else None,
+                questioner=terminal_questioner(yes), rollback_on_failure=undo, **g.where,
             ), as_json, g.verbosity < 0)
 
 
@@ -139,7 +139,7 @@ def _verify_only(services: list[str], as_json: bool, g: Globals) -> None:
     found = commands.verify(services, **g.where)
     failed = [v for v in found if not v.ok]
     if as_json:
-        _json({"ok": not failed, "verified": found})
+        print_json({"ok": not failed, "verified": found})
     elif g.verbosity >= 0:
         for v in found:
             mark = "ok" if v.ok else f"FAILED: {v.error}"
@@ -168,12 +168,12 @@ def rollback_cmd(
 
     Example: python manage.py rollback billing --steps 2
     """
-    g = _g(ctx)
-    with _errors(), _Reporter(quiet=as_json or g.verbosity < 0) as reporter:
+    g = globals_of(ctx)
+    with exit_on_error(), ProgressReporter(quiet=as_json or g.verbosity < 0) as reporter:
         _run(lambda: commands.rollback(
             service, target, steps=steps, cascade=cascade, report=reporter,
-            confirm=_show_cascade if cascade and not as_json else None,
-            questioner=_questioner(yes), **g.where,
+            confirm=show_cascade if cascade and not as_json else None,
+            questioner=terminal_questioner(yes), **g.where,
         ), as_json, g.verbosity < 0)
 
 
@@ -187,5 +187,5 @@ def sqlmigrate_cmd(
 
     Example: python manage.py sqlmigrate users 0002
     """
-    with _errors():
-        print(commands.sqlmigrate(service, revision, backwards=backwards, **_g(ctx).where))
+    with exit_on_error():
+        print(commands.sqlmigrate(service, revision, backwards=backwards, **globals_of(ctx).where))

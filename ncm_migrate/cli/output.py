@@ -15,14 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import Interrupted, NcmError, signal_name
@@ -38,7 +31,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def exit_on_error() -> Iterator[None]:
     """Turn an `NcmError` into one sentence on stderr and its exit code."""
     try:
         yield
@@ -47,7 +40,7 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _json(value: Any) -> None:
+def print_json(value: Any) -> None:
     def plain(v: Any) -> Any:
         if is_dataclass(v) and not isinstance(v, type):
             # By fields, not asdict: asdict deep-copies every value first (5,000 revisions
@@ -64,14 +57,14 @@ def _json(value: Any) -> None:
     print(redact_known(json.dumps(plain(value), indent=2, default=str)))
 
 
-def _write_plain(lines: list[str]) -> None:
+def write_plain(lines: list[str]) -> None:
     """Plain lines at once, past Rich: rendering thousands of lines costs it ~0.1 s, and
     these have neither markup nor anything to wrap."""
     sys.stdout.write("".join(f"{line}\n" for line in lines))
     sys.stdout.flush()
 
 
-class _Reporter:
+class ProgressReporter:
     """Progress of a run. On a terminal: an overall bar and one per service, and each
     revision's time. Elsewhere (CI, Docker logs): one plain line per step with time,
     service, direction, revision, outcome and duration. Quiet: nothing."""
@@ -82,7 +75,7 @@ class _Reporter:
         self.overall: TaskID | None = None
         self.tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> _Reporter:
+    def __enter__(self) -> ProgressReporter:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -105,7 +98,7 @@ class _Reporter:
                 # anything to wrap, and Rich's print cost more than the step's ledger row.
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 arrow = "up  " if r.direction == "up" else "down"
-                _write_plain([f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} "
+                write_plain([f"{stamp} {r.service} {arrow} {r.revision} {r.outcome} "
                               f"{r.duration_ms:.0f}ms"])
             return
         task = self.tasks.get(step.service)
@@ -136,7 +129,7 @@ class _Reporter:
         self.progress.start()
 
 
-def _print_plan(plan: Plan) -> None:
+def print_plan(plan: Plan) -> None:
     if not plan.steps:
         out.print("Nothing to do: every service is at its target.")
         return
@@ -145,14 +138,14 @@ def _print_plan(plan: Plan) -> None:
         out.print(f"{n:>4}. [level {s.level}] {arrow} {s.service}:{s.revision}", markup=False)
 
 
-def _show_cascade(plan: Plan) -> None:
+def show_cascade(plan: Plan) -> None:
     """--cascade shows what it will roll back, in order, before it starts."""
     if any(s.direction == "down" for s in plan.steps):
         out.print("Rolling back, in this order:")
-        _print_plan(plan)
+        print_plan(plan)
 
 
-def _summary(report: RunReport) -> None:
+def print_summary(report: RunReport) -> None:
     counts: dict[str, dict[str, int]] = {}
     for r in report.results:
         row = counts.setdefault(r.service, {})
@@ -170,7 +163,7 @@ def _summary(report: RunReport) -> None:
     out.print(table)
 
 
-def _where_each_stands(error: NcmError) -> None:
+def where_each_stands(error: NcmError) -> None:
     """After a run that was interrupted or left a service dirty: each service's state, and
     what to run next."""
     by_service: dict[str, list[StepResult]] = {}
@@ -201,7 +194,7 @@ def _where_each_stands(error: NcmError) -> None:
                   markup=False)
     else:
         out.print("Where each service stands:", markup=False)
-    _write_plain(lines)
+    write_plain(lines)
     dirty = list(dict.fromkeys(r.service for r in error.results if r.dirty))
     if dirty:
         out.print(f"Run the same command again once {', '.join(dirty)} "
@@ -210,10 +203,10 @@ def _where_each_stands(error: NcmError) -> None:
         out.print("Run the same command again to continue.", markup=False)
 
 
-def _findings(report: Report, as_json: bool, quiet: bool) -> None:
+def print_findings(report: Report, as_json: bool, quiet: bool) -> None:
     """Print a report's findings (JSON: `{ok, findings}`) and exit with its code."""
     if as_json:
-        _json({"ok": report.ok, "findings": list(report.findings)})
+        print_json({"ok": report.ok, "findings": list(report.findings)})
     else:
         for f in report.findings:
             colour = "red" if f.severity == "error" else "yellow"
@@ -227,7 +220,7 @@ def _findings(report: Report, as_json: bool, quiet: bool) -> None:
         raise typer.Exit(report.exit_code)
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """A path relative to the current folder when it is below it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))

@@ -5,12 +5,10 @@ from __future__ import annotations
 import typer
 
 from ..service_commands import ServiceCommand, load_service_command
-from .output import (
-    _errors,
-)
+from .output import exit_on_error
 
 
-def _add_service_command(target: typer.Typer, command: ServiceCommand) -> None:
+def add_service_command(target: typer.Typer, command: ServiceCommand) -> None:
     """Offer `services/<svc>/commands/<name>.py` as `<svc>:<name>`; its module is imported
     only when the command runs, and parses its own arguments (and --help)."""
 
@@ -23,7 +21,7 @@ def _add_service_command(target: typer.Typer, command: ServiceCommand) -> None:
         rich_help_panel="Service commands",
     )
     def run(ctx: typer.Context) -> None:
-        with _errors():
+        with exit_on_error():
             loaded = load_service_command(command)
         if isinstance(loaded, typer.Typer):
             sub = loaded
