@@ -161,15 +161,10 @@ class Monorepo:
     def cli(self, *args: str, env: Mapping[str, str] | None = None) -> CliResult:
         """Run the CLI in-process (typer's CliRunner)."""
         runner = CliRunner()
-        old = cli._default_root
-        cli._default_root = self.root
-        try:
-            result = runner.invoke(
-                cli.app, cli.hoist_global_options(list(args)), env=dict(env or {}),
-                catch_exceptions=False,
-            )
-        finally:
-            cli._default_root = old
+        result = runner.invoke(
+            cli.app, cli.hoist_global_options(list(args)), env=dict(env or {}),
+            catch_exceptions=False, obj=self.root,  # the root main() passes as manage.py's folder
+        )
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     def run(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> CliResult:

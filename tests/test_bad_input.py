@@ -551,14 +551,9 @@ def assert_one_sentence(case: Case, result: CliResult) -> None:
 
 def run(box: Sandbox, args: tuple[str, ...], env: Mapping[str, str]) -> CliResult:
     """The CLI in-process as `manage.py` runs it: with the services' own commands."""
-    old = cli._default_root
-    cli._default_root = box.repo.root
-    try:
-        argv = cli.hoist_global_options(list(args))
-        result = CliRunner().invoke(cli.app_for(box.repo.root, argv), argv, env=dict(env),
-                                    catch_exceptions=False)
-    finally:
-        cli._default_root = old
+    argv = cli.hoist_global_options(list(args))
+    result = CliRunner().invoke(cli.app_for(box.repo.root, argv), argv, env=dict(env),
+                                catch_exceptions=False, obj=box.repo.root)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 

@@ -131,12 +131,12 @@ def test_no_answer_at_the_prompt_is_a_refusal(
     repo: Monorepo, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-D (end of input) at the typed confirmation: exit 2, one sentence, nothing done."""
-    from ncm_migrate import cli
+    from ncm_migrate.cli import context
 
     _repo(repo, sqlite_url)
     assert repo.cli("migrate", "--env", "production").code == 0
     before = (tables(sqlite_url), ledger(sqlite_url))
-    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr(context, "_interactive", lambda: True)
     result = repo.cli("rollback", "users", "--env", "production")  # stdin is empty: EOF
     assert result.code == 2, result.output
     assert "Not confirmed" in result.stderr and "nothing was done" in result.stderr

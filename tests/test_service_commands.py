@@ -57,12 +57,8 @@ def with_commands(repo: Monorepo) -> None:
 def invoke(repo: Monorepo, *args: str) -> CliResult:
     """In process, through the same app `main()` builds."""
     argv = cli.hoist_global_options(list(args))
-    old = cli._default_root
-    cli._default_root = repo.root
-    try:
-        result = CliRunner().invoke(cli.app_for(repo.root, argv), argv, catch_exceptions=False)
-    finally:
-        cli._default_root = old
+    result = CliRunner().invoke(cli.app_for(repo.root, argv), argv, catch_exceptions=False,
+                                obj=repo.root)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
@@ -124,3 +120,22 @@ def test_built_in_commands_do_not_load_service_commands(repo: Monorepo) -> None:
     assert cli.app_for(repo.root, ["--env", "staging", "migrate"]) is cli.app
     assert cli.app_for(repo.root, ["users:greet"]) is not cli.app
     assert cli.app_for(repo.root, []) is not cli.app
+
+
+def test_the_combined_app_lists_the_same_commands_first(repo: Monorepo) -> None:
+    """`app_for` builds a fresh app through Typer's public decorators (not by copying the
+    app's `registered_*` lists): the built-in commands in the same order, then the
+    service commands."""
+    from pathlib import Path
+
+    import typer
+
+    with_commands(repo)
+    app = typer.main.get_command(cli.app)
+    built_in = app.list_commands(typer.Context(app))
+    full = typer.main.get_command(cli.app_for(repo.root, []))
+    names = full.list_commands(typer.Context(full))
+    assert names[: len(built_in)] == built_in
+    assert set(names[len(built_in):]) == {"users:greet", "users:report", "billing:explode", "billing:nothing"}
+    source = "".join(p.read_text() for p in (Path(cli.__file__).parent).glob("*.py"))
+    assert "registered_" not in source
