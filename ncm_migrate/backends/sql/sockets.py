@@ -143,7 +143,7 @@ def pymysql_connect(cparams: dict[str, Any], connect_timeout_s: float, keepalive
         if deadline.fired:
             raise pymysql.err.OperationalError(
                 2013, f"MySQL server at {host}:{port} accepted the connection but did not answer "
-                f"within {connect_timeout_s:.1f}s (connect.timeout_s)"
+                f"within {round(connect_timeout_s, 1):g}s (connect.timeout_s)"
             ) from exc
         raise
     finally:
