@@ -31,10 +31,11 @@ from pymongo.errors import DuplicateKeyError, WriteError
 from ncm_migrate import mongo_ops
 from ncm_migrate.backends import make_backend
 from ncm_migrate.backends.mongo import backend as mongo_backend
-from ncm_migrate.backends.mongo.backend import MARKERS, MongoBackend, database_name, url_database
+from ncm_migrate.backends.mongo.backend import MongoBackend, database_name, url_database
 from ncm_migrate.backends.mongo.backup import backup_mongo, restore_mongo
 from ncm_migrate.backends.mongo.lease import COLLECTION as LOCK_COLLECTION
 from ncm_migrate.backends.mongo.lease import Lease
+from ncm_migrate.backends.mongo.ledger import MARKERS
 from ncm_migrate.discovery import read_revision
 from ncm_migrate.errors import LockLost, SettingsError
 from ncm_migrate.ledger import run_context
@@ -590,9 +591,9 @@ def test_lease_renewal_thread_stops_with_the_lock(repo: Monorepo, mongo_url: str
 def test_connection_errors_are_one_short_line() -> None:
     """pymongo's server-selection errors carry a long topology description; retry lines
     and the final error show only what went wrong."""
-    from ncm_migrate.backends.mongo.backend import _short
+    from ncm_migrate.backends.mongo.run import short_error
 
     raw = ("localhost:27017: [Errno 111] Connection refused (configured timeouts: "
            "socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms), Timeout: 5.0s, "
            "Topology Description: <TopologyDescription id: 1, topology_type: Unknown>")
-    assert _short(RuntimeError(raw)) == "localhost:27017: [Errno 111] Connection refused, Timeout: 5.0s"
+    assert short_error(RuntimeError(raw)) == "localhost:27017: [Errno 111] Connection refused, Timeout: 5.0s"

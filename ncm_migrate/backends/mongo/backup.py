@@ -31,8 +31,9 @@ from pymongo.errors import PyMongoError
 from ...errors import BackupFailed, BackupInvalid
 from ...model import ServiceConfig
 from ...urls import redact_known
-from .backend import Document, connect, database_name
+from .backend import connect, database_name
 from .lease import COLLECTION as LOCK_COLLECTION
+from .ledger import Document
 
 log = logging.getLogger(__name__)
 
