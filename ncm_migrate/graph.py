@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -63,28 +63,12 @@ class Graph:
     def ancestors(self, keys: Iterable[RevisionKey], intra_only: bool = True) -> set[RevisionKey]:
         """`keys` and everything they need (inside their service when `intra_only`)."""
         edges = self.intra_parents if intra_only else self.parents
-        seen: set[RevisionKey] = set()
-        stack = list(keys)
-        while stack:
-            key = stack.pop()
-            if key in seen:
-                continue
-            seen.add(key)
-            stack.extend(edges[key])
-        return seen
+        return _reach(keys, edges.__getitem__)
 
     def descendants(self, keys: Iterable[RevisionKey]) -> set[RevisionKey]:
         """`keys` and everything that comes after them, in any service (through history,
         depends_on, requires and a service-level depends_on)."""
-        seen: set[RevisionKey] = set()
-        stack = list(keys)
-        while stack:
-            key = stack.pop()
-            if key in seen:
-                continue
-            seen.add(key)
-            stack.extend(self.children(key))
-        return seen
+        return _reach(keys, self.children)
 
     def heads_of(self, service: str, applied: frozenset[str]) -> tuple[str, ...]:
         """The heads a version table holds for an applied set: applied revisions that no
@@ -467,3 +451,17 @@ def _leveled(graph: Graph, order: list[RevisionKey], direction: Direction) -> Pl
         last_of_service[key.service] = lvl
         out.append(Step(key.service, key.revision, direction, lvl))
     return Plan(tuple(out))
+
+
+def _reach(keys: Iterable[RevisionKey],
+           edges: Callable[[RevisionKey], Iterable[RevisionKey]]) -> set[RevisionKey]:
+    """`keys` and every key reachable from them along `edges`."""
+    seen: set[RevisionKey] = set()
+    stack = list(keys)
+    while stack:
+        key = stack.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        stack.extend(edges(key))
+    return seen
