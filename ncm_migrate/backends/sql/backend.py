@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-
-
 _DOING = {
     "read_state": "reading its migration state",
     "current_heads": "reading its version table",

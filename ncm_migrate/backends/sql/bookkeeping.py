@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 
 from ... import ledger as ledger_rules
-from ...model import LedgerRow, Revision, ServiceState
+from ...model import LedgerRow, Outcome, Revision, ServiceState, Step
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,13 @@ def insert_row(conn: Connection, values: dict[str, Any]) -> Any:
 def finish_row(conn: Connection, row_id: Any, values: dict[str, Any]) -> None:
     """The last columns of the `running` row `row_id`."""
     conn.execute(_LEDGER_FINISH, dict(row_id=row_id, **values))
+
+
+def step_status(step: Step, fake: bool) -> Outcome:
+    """The status a step done is recorded with."""
+    if fake:
+        return "faked"
+    return "applied" if step.direction == "up" else "reverted"
 
 
 def ledger_rows(conn: Connection, service: str | None = None,

@@ -25,7 +25,7 @@ from ...model import Revision, RunContext, Step, StepResult
 from ...pyfiles import STOPPED, exit_call, load_revision_module, signal_of, stopped_error
 from .. import StepCallback
 from . import alembic_bridge
-from .bookkeeping import LEDGER, finish_row, insert_row
+from .bookkeeping import LEDGER, finish_row, insert_row, step_status
 from .engine import short_reason
 from .metadata import target_metadata
 
@@ -128,11 +128,9 @@ def verify_revision(backend: SqlBackend, revision: Revision) -> str | None:
     check = getattr(module, "verify", None)
     if check is None:
         return None
-    steps_run: list[str] = []
 
     def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[alembic_bridge.AlembicStep]:
-        steps_run.append(revision.revision)
-        return iter(())
+        return iter(())  # no step: verify() runs in the context alone
 
     try:
         config = Config()
@@ -341,7 +339,7 @@ class _SqlRun:
             self.watched(module.verify)()
         self.phase = "while it was recorded"
         self.duration_ms = (time.perf_counter() - self.t0) * 1000
-        return dict(status=_outcome(step, self.fake), finished_at=ledger_rules.utcnow(),
+        return dict(status=step_status(step, self.fake), finished_at=ledger_rules.utcnow(),
                     duration_ms=self.duration_ms)
 
     def record(self, step: Step, values: dict[str, Any]) -> None:
@@ -352,7 +350,7 @@ class _SqlRun:
 
     def finished(self, step: Step) -> None:
         result = StepResult(step.service, step.revision, step.direction,
-                            _outcome(step, self.fake), self.duration_ms)
+                            step_status(step, self.fake), self.duration_ms)
         self.step = None  # committed: nothing after this (Ctrl-C, say) is this step's
         self.results.append(result)
         self.on_step(step, "done", result)
@@ -498,10 +496,3 @@ class _SqlRun:
             log.debug("could not record the failure of %s", step, exc_info=True)
             return f"{type(exc).__name__}: {short_reason(exc)}"
         return ""
-
-
-def _outcome(step: Step, fake: bool) -> Any:
-    if fake:
-        return "faked"
-    return "applied" if step.direction == "up" else "reverted"
-
