@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -118,3 +119,24 @@ def signal_of(exc: KeyboardInterrupt | Interrupted) -> int:
     """The signal behind an interruption: SIGINT for Ctrl-C's `KeyboardInterrupt`."""
     return exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
 
+
+def verify_failure(call: Callable[[], object], revision: Revision,
+                   short: Callable[[BaseException], str]) -> str | None:
+    """Run a revision's verify() through `call`: why it failed (`short` words a backend's
+    error), or None. Exiting is a failure of the check; Ctrl-C stops the run."""
+    try:
+        call()
+        return None
+    except Interrupted:
+        raise
+    except Exception as exc:
+        return f"{type(exc).__name__}: {short(exc)}"
+    except SystemExit as exc:
+        return f"SystemExit: verify() called {exit_call(exc)}"
+    except KeyboardInterrupt as exc:
+        signum = signal_of(exc)
+        raise Interrupted(
+            f"Interrupted ({signal_name(signum)}) while verifying revision "
+            f"{revision.service}:{revision.revision}; nothing was changed.",
+            signum, revision.service, revision.revision,
+        ) from None

@@ -28,16 +28,14 @@ from pymongo.errors import (
 from ... import ledger as ledger_rules
 from ...errors import (
     DatabaseUnreachable,
-    Interrupted,
     LockLost,
     LockTimeout,
     RevisionFileError,
     SettingsError,
-    signal_name,
 )
 from ...locking import wait_for
 from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
-from ...pyfiles import exit_call, load_revision_module, signal_of
+from ...pyfiles import load_revision_module, verify_failure
 from ...urls import mask_url, password_of, redact
 from .. import ConnectFailed, ServerInfo, StepCallback
 from .lease import COLLECTION as LOCK_COLLECTION
@@ -325,22 +323,7 @@ class MongoBackend:
         check = getattr(load_revision_module(revision), "verify", None)
         if check is None:
             return None
-        try:
-            check(self.db)
-            return None
-        except Interrupted:
-            raise
-        except Exception as exc:
-            return f"{type(exc).__name__}: {short_error(exc)}"
-        except SystemExit as exc:
-            return f"SystemExit: verify() called {exit_call(exc)}"
-        except KeyboardInterrupt as exc:
-            signum = signal_of(exc)
-            raise Interrupted(
-                f"Interrupted ({signal_name(signum)}) while verifying revision "
-                f"{revision.service}:{revision.revision}; nothing was changed.",
-                signum, revision.service, revision.revision,
-            ) from None
+        return verify_failure(lambda: check(self.db), revision, short_error)
 
     # -- server -------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ import sqlalchemy as sa
 
 from ... import ledger as ledger_rules
 from ...discovery import versions_dir
-from ...errors import Interrupted, MigrationFailed, NcmError, RevisionFileError, signal_name
+from ...errors import MigrationFailed, NcmError, RevisionFileError
 from ...model import Revision, RunContext, Step, StepResult
-from ...pyfiles import STOPPED, exit_call, load_revision_module, signal_of, stopped_error
+from ...pyfiles import STOPPED, exit_call, load_revision_module, stopped_error, verify_failure
 from .. import StepCallback
 from . import alembic_bridge
 from .bookkeeping import LEDGER, finish_row, insert_row, step_status
@@ -132,7 +132,7 @@ def verify_revision(backend: SqlBackend, revision: Revision) -> str | None:
     def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[alembic_bridge.AlembicStep]:
         return iter(())  # no step: verify() runs in the context alone
 
-    try:
+    def in_context() -> None:
         config = Config()
         script = ScriptDirectory(str(backend.config.migrations_dir))
         with EnvironmentContext(config, script, fn=steps_fn) as env:
@@ -140,20 +140,9 @@ def verify_revision(backend: SqlBackend, revision: Revision) -> str | None:
                           target_metadata=target_metadata(backend.config))
             with alembic_bridge.operations(env.get_context()):
                 check()
-        return None
-    except Interrupted:
-        raise
-    except Exception as exc:
-        return f"{type(exc).__name__}: {short_reason(exc)}"
-    except SystemExit as exc:
-        return f"SystemExit: verify() called {exit_call(exc)}"
-    except KeyboardInterrupt as exc:
-        signum = signal_of(exc)
-        raise Interrupted(
-            f"Interrupted ({signal_name(signum)}) while verifying revision "
-            f"{revision.service}:{revision.revision}; nothing was changed.",
-            signum, revision.service, revision.revision,
-        ) from None
+
+    try:
+        return verify_failure(in_context, revision, short_reason)
     finally:
         if backend.conn.in_transaction():
             backend.conn.rollback()
