@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import health
 from .audit import AuditLog
-from .backends import open_backend
+from .backends import opened_backend
 from .backups import Manifest
 from .errors import BadInput, NcmError, RevisionFileError
 from .events import Reporter
@@ -226,8 +226,7 @@ def verify(
     project = load_project(root, env, settings_dir)
     out = []
     for svc in project.select(services):
-        backend = open_backend(svc, project.settings.connect)
-        try:
+        with opened_backend(svc, project.settings.connect) as backend:
             state = backend.read_state(project.revisions[svc.name])
             order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, [svc.name]))
             for step in order.steps:
@@ -237,8 +236,6 @@ def verify(
                 if "verify" in rev.defines:
                     error = backend.verify(rev)
                     out.append(VerifyResult(svc.name, rev.revision, error is None, error))
-        finally:
-            backend.close()
     return out
 
 
@@ -367,11 +364,8 @@ def history(
         log.warning("service '%s' has a revision file that cannot be read: %s", name, why)
     rows: list[LedgerRow] = []
     for svc in project.select(services):
-        backend = open_backend(svc, project.settings.connect)
-        try:
+        with opened_backend(svc, project.settings.connect) as backend:
             rows.extend(backend.history(limit))
-        finally:
-            backend.close()
     rows.sort(key=lambda r: (r.started_at, str(r.id)))
     return rows[-limit:] if limit else rows
 
@@ -489,11 +483,8 @@ def repair(
             settings.env, svc.name, ["rewrites its ledger (repair)"]
         )
     audit = AuditLog.open(settings.audit_log_path, settings.root, "repair", settings.env)
-    backend = open_backend(svc, settings.connect)
-    try:
+    with opened_backend(svc, settings.connect) as backend:
         actions = repair_service(backend, project.revisions[svc.name], audit.ctx, settings.lock.timeout_s)
-    finally:
-        backend.close()
     for action in actions:
         audit.record(svc.name, action.status, revision=action.revision, direction=action.direction,
                      detail=action.reason)
@@ -540,13 +531,9 @@ def restore(
             settings.env, svc.name, [f"replaces its whole database with the backup in {folder}"]
         )
     audit = AuditLog.open(settings.audit_log_path, settings.root, "restore", settings.env)
-    backend = open_backend(svc, settings.connect)
-    try:
-        with backend.lock(settings.lock.timeout_s):
-            manifest = restore_database(svc, folder, encryption_key=settings.backup.encryption_key,
-                                        lock_timeout_s=settings.lock.timeout_s)
-    finally:
-        backend.close()
+    with opened_backend(svc, settings.connect) as backend, backend.lock(settings.lock.timeout_s):
+        manifest = restore_database(svc, folder, encryption_key=settings.backup.encryption_key,
+                                    lock_timeout_s=settings.lock.timeout_s)
     audit.record(svc.name, "restored", detail=f"from {folder} (heads {', '.join(manifest.heads) or 'none'})")
     return manifest
 
