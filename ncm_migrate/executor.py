@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .backends import Backend, make_backend
+from .backends import Backend, closing_backend, make_backend
 from .backends.retry import open_with_retries
 from .config import ConnectSettings
 from .errors import Interrupted, NcmError, signal_name
@@ -66,33 +66,30 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
     track = _Tracker(report)
     try:
         open_with_retries(backend, job.connect)
-        try:
-            with backend.lock(job.lock_timeout_s):
-                state = backend.read_state(job.revisions)
-                check_state(job.config, state, job.revisions, job.allow_checksum_drift)
-                todo = []
-                for s in job.steps:
-                    if (s.direction == "up") != (s.revision in state.applied):
-                        todo.append(s)
-                    else:
-                        log.info("%s:%s already done by another runner", s.service, s.revision)
-                        track.done.append(StepResult(s.service, s.revision, s.direction, "skipped"))
-                skipped = list(track.done)
-                try:
-                    return skipped + backend.apply(todo, job.revisions, job.ctx, job.fake, track)
-                except NcmError as exc:
-                    exc.results = _dirty_marked(skipped + exc.results, backend, job)
-                    if isinstance(exc, Interrupted):
-                        _stop_on_server(backend)
-                        _set_signal(exc, _signum(stop, exc.signum))
-                    raise
-                except KeyboardInterrupt:
-                    if track.running is None and not _signalled(stop):
-                        raise  # no step under way, and not a signal: the caller's own
-                    # The backend let the interrupt through: record the step it stopped.
-                    raise _record_interrupt(backend, job, track, _signum(stop)) from None
-        finally:
-            backend.close()
+        with closing_backend(backend), backend.lock(job.lock_timeout_s):
+            state = backend.read_state(job.revisions)
+            check_state(job.config, state, job.revisions, job.allow_checksum_drift)
+            todo = []
+            for s in job.steps:
+                if (s.direction == "up") != (s.revision in state.applied):
+                    todo.append(s)
+                else:
+                    log.info("%s:%s already done by another runner", s.service, s.revision)
+                    track.done.append(StepResult(s.service, s.revision, s.direction, "skipped"))
+            skipped = list(track.done)
+            try:
+                return skipped + backend.apply(todo, job.revisions, job.ctx, job.fake, track)
+            except NcmError as exc:
+                exc.results = _dirty_marked(skipped + exc.results, backend, job)
+                if isinstance(exc, Interrupted):
+                    _stop_on_server(backend)
+                    _set_signal(exc, _signum(stop, exc.signum))
+                raise
+            except KeyboardInterrupt:
+                if track.running is None and not _signalled(stop):
+                    raise  # no step under way, and not a signal: the caller's own
+                # The backend let the interrupt through: record the step it stopped.
+                raise _record_interrupt(backend, job, track, _signum(stop)) from None
     except KeyboardInterrupt:  # connecting, waiting for the lock, reading state: no step ran
         if not _signalled(stop):
             raise
@@ -197,17 +194,15 @@ def _record_failed(backend: Backend, job: SegmentJob, step: Step) -> str:
         return ""
     except Exception as exc:
         log.debug("recording on the run's connection failed: %s", exc)
-    fresh = _backend(job)
-    try:
-        fresh.open()
-        fresh.record(step.revision, step.direction, "failed", checksum, job.ctx)
-        return ""
-    except Exception as exc:
-        log.error("could not record the interrupted step %s:%s as failed: %s",
-                  step.service, step.revision, exc)
-        return str(exc) or type(exc).__name__
-    finally:
-        fresh.close()
+    with closing_backend(_backend(job)) as fresh:
+        try:
+            fresh.open()
+            fresh.record(step.revision, step.direction, "failed", checksum, job.ctx)
+            return ""
+        except Exception as exc:
+            log.error("could not record the interrupted step %s:%s as failed: %s",
+                      step.service, step.revision, exc)
+            return str(exc) or type(exc).__name__
 
 
 def _interrupted(

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from .backends import make_backend
+from .backends import closing_backend, make_backend
 from .backends.retry import open_with_retries
 from .errors import DatabaseUnreachable, LockTimeout, SettingsError
 from .graph import plan_upgrade, upgrade_targets
@@ -57,14 +57,11 @@ def wait_for_databases(
     policy = replace(project.settings.connect, retries=1_000_000)
     for svc in services:
         remaining = max(0.0, timeout_s - (time.monotonic() - started))
-        backend = make_backend(svc, project.settings.connect)
-        t0 = time.monotonic()
-        try:
+        with closing_backend(make_backend(svc, project.settings.connect)) as backend:
+            t0 = time.monotonic()
             open_with_retries(backend, policy, max_wait_s=remaining, max_interval_s=WAIT_INTERVAL_S)
             took[svc.name] = time.monotonic() - t0
             log.info("%s: %s is up (%.1fs)", svc.name, mask_url(svc.database_url), took[svc.name])
-        finally:
-            backend.close()
     return took
 
 
@@ -79,35 +76,32 @@ def diagnose(
     for svc in services:
         base = Diagnosis(svc.name, svc.backend, mask_url(svc.database_url), reachable=False,
                          version_table=svc.version_table if svc.backend == "sql" else None)
-        backend = make_backend(svc, project.settings.connect)
-        try:
-            open_with_retries(backend, policy)
-        except (DatabaseUnreachable, SettingsError) as exc:
-            out.append(replace(base, error=str(exc)))
-            backend.close()
-            continue
-        try:
-            info = backend.server_info()
+        with closing_backend(make_backend(svc, project.settings.connect)) as backend:
             try:
-                with backend.lock(0.0):
-                    lock = "free"
-            except LockTimeout:
-                lock = "held"
-            base = replace(base, reachable=True, latency_ms=round(info.latency_ms, 2),
-                           server_version=info.server_version, can_create=info.can_create,
-                           lock=lock, details=info.extra)
-            why = (unreadable or {}).get(svc.name)
-            if why is not None:
-                out.append(replace(base, error=f"a revision file cannot be read: {why}"))
+                open_with_retries(backend, policy)
+            except (DatabaseUnreachable, SettingsError) as exc:
+                out.append(replace(base, error=str(exc)))
                 continue
-            state = backend.read_state(project.revisions[svc.name])
-            order = plan_upgrade(project.graph, {svc.name: state.applied},
-                                 upgrade_targets(project.graph, [svc.name]))
-            out.append(replace(
-                base, heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
-            ))
-        except DatabaseUnreachable as exc:  # lost after it answered: reported like the others
-            out.append(replace(base, reachable=False, error=str(exc)))
-        finally:
-            backend.close()
+            try:
+                info = backend.server_info()
+                try:
+                    with backend.lock(0.0):
+                        lock = "free"
+                except LockTimeout:
+                    lock = "held"
+                base = replace(base, reachable=True, latency_ms=round(info.latency_ms, 2),
+                               server_version=info.server_version, can_create=info.can_create,
+                               lock=lock, details=info.extra)
+                why = (unreadable or {}).get(svc.name)
+                if why is not None:
+                    out.append(replace(base, error=f"a revision file cannot be read: {why}"))
+                    continue
+                state = backend.read_state(project.revisions[svc.name])
+                order = plan_upgrade(project.graph, {svc.name: state.applied},
+                                     upgrade_targets(project.graph, [svc.name]))
+                out.append(replace(
+                    base, heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
+                ))
+            except DatabaseUnreachable as exc:  # lost after it answered: reported like the others
+                out.append(replace(base, reachable=False, error=str(exc)))
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .backends import open_backend
+from .backends import opened_backend
 from .config import ConnectSettings
 from .errors import BadInput, RevisionFileError, RollbackRefused, ServiceNotConfigured
 from .graph import (
@@ -39,11 +39,8 @@ def read_state(
     config: ServiceConfig, connect: ConnectSettings, revisions: Mapping[str, Revision]
 ) -> ServiceState:
     """One service's state, read from its database (connecting with retries)."""
-    backend = open_backend(config, connect)
-    try:
+    with opened_backend(config, connect) as backend:
         return backend.read_state(revisions)
-    finally:
-        backend.close()
 
 
 def states_for(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:

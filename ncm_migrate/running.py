@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit import AuditLog
-from .backends import open_backend
+from .backends import opened_backend
 from .backups import Manifest
 from .errors import Interrupted
 from .events import Event, Reporter, RunReport
@@ -94,15 +94,11 @@ def take_backup(
     settings = project.settings
     folder = out or default_dir(settings.backup.dir, settings.env, svc.name)
     check_target(folder, settings.backup.encryption_key)
-    backend = open_backend(svc, settings.connect)
-    try:
-        with backend.lock(settings.lock.timeout_s):
-            heads = backend.read_state(project.revisions[svc.name]).heads
-            manifest = backup_database(svc, folder, environment=settings.env, heads=heads,
-                                       encryption_key=settings.backup.encryption_key,
-                                       lock_timeout_s=settings.lock.timeout_s)
-    finally:
-        backend.close()
+    with opened_backend(svc, settings.connect) as backend, backend.lock(settings.lock.timeout_s):
+        heads = backend.read_state(project.revisions[svc.name]).heads
+        manifest = backup_database(svc, folder, environment=settings.env, heads=heads,
+                                   encryption_key=settings.backup.encryption_key,
+                                   lock_timeout_s=settings.lock.timeout_s)
     audit.record(svc.name, "backed-up", detail=f"to {folder}")
     return folder, manifest
 

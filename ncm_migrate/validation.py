@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .backends import open_backend
+from .backends import opened_backend
 from .config import Settings
 from .discovery import read_revision, revision_files
 from .errors import NcmError, RevisionFileError
@@ -165,12 +165,9 @@ def database_findings(
     """The service's state, and its findings: drifted or vanished applied revisions,
     revisions only the database knows, a dirty mark, and (with `pending`) revisions not
     applied yet."""
-    backend = open_backend(config, settings.connect)
-    try:
+    with opened_backend(config, settings.connect) as backend:
         state = backend.read_state(revisions)
         rows = backend.history()
-    finally:
-        backend.close()
     # validate reports drift even where migrate is told to allow it
     findings = state_findings(config, state, revisions, settings.root, rows=rows)
     if pending:

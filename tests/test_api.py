@@ -202,3 +202,29 @@ def test_async_twins_keep_the_signature_and_errors(repo: Monorepo, tmp_path: Pat
     with pytest.raises(NcmError) as info:
         asyncio.run(ncm_migrate.arollback("nope", root=repo.root))
     assert info.value.exit_code == 2
+
+
+def test_a_close_that_fails_after_an_error_does_not_hide_that_error(
+    repo: Monorepo, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `history` opens and closes a backend per service (`backends.opened_backend`): the
+    # error that stopped it is the one raised, not the close's that came after it.
+    from ncm_migrate.backends.sql.backend import SqlBackend
+    from ncm_migrate.errors import DatabaseUnreachable
+
+    repo.table("users", "0001_initial", "users_t")
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    ncm_migrate.migrate(root=repo.root)
+
+    def lost(self: SqlBackend, limit: int | None = None) -> list[object]:
+        raise DatabaseUnreachable("the connection was lost")
+
+    def broken_close(self: SqlBackend) -> None:
+        raise RuntimeError("close failed")
+
+    monkeypatch.setattr(SqlBackend, "close", broken_close)
+    with pytest.raises(RuntimeError, match="close failed"):  # nothing else went wrong
+        ncm_migrate.history(root=repo.root)
+    monkeypatch.setattr(SqlBackend, "history", lost)
+    with pytest.raises(DatabaseUnreachable, match="the connection was lost"):
+        ncm_migrate.history(root=repo.root)

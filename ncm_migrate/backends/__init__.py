@@ -1,5 +1,5 @@
 """One protocol that every database backend implements, the factory that picks one, and
-opening one with the connect retry policy (`retry.py`).
+opening one with the connect retry policy (`retry.py`) and closing it again (`opened_backend`).
 
 The protocol speaks only in ncm-migrate's own value objects, so SQL and MongoDB services
 go through the same executor.
@@ -7,13 +7,16 @@ go through the same executor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..config import ConnectSettings
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+
+log = logging.getLogger(__name__)
 
 Phase = Literal["start", "done"]
 StepCallback = Callable[[Step, Phase, StepResult | None], None]
@@ -109,3 +112,25 @@ def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
     backend = make_backend(config, connect)
     open_with_retries(backend, connect)
     return backend
+
+
+@contextmanager
+def opened_backend(config: ServiceConfig, connect: ConnectSettings) -> Iterator[Backend]:
+    """`open_backend`, closed on the way out as `closing_backend` closes it."""
+    with closing_backend(open_backend(config, connect)) as backend:
+        yield backend
+
+
+@contextmanager
+def closing_backend(backend: Backend) -> Iterator[Backend]:
+    """`backend` (opened or not), closed on the way out. When an error is already on its
+    way out, a close that fails too is logged, and the first error goes on."""
+    try:
+        yield backend
+    except BaseException:
+        try:
+            backend.close()
+        except Exception as exc:
+            log.warning("closing a connection failed after an earlier error: %s", exc)
+        raise
+    backend.close()

@@ -1,0 +1,393 @@
+"""The verbs that read and change nothing: the services, their status and plans, the SQL a
+plan runs, the ledger, `verify`, `wait`, `doctor`, and the checks (`validate`, `lint`, `check`).
+
+Re-exported by `commands`, where a Python caller finds every verb.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import health
+from .backends import opened_backend
+from .errors import BadInput, NcmError, RevisionFileError
+from .executor import segments
+from .findings import Report
+from .graph import plan_upgrade, upgrade_targets
+from .loader import PathArg, as_path, load_project, project_root
+from .model import LedgerRow, Plan, ServiceConfig, ServiceState
+from .planning import left_out, plan_migrate, read_states
+from .project import Project
+from .settings import load_settings
+from .urls import mask_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str
+    backend: str
+    url: str
+    version_table: str
+    depends_on: tuple[str, ...]
+    enabled: bool
+    skip_reason: str | None
+
+
+@dataclass(frozen=True)
+class RevisionStatus:
+    revision: str
+    applied: bool
+    path: str
+    doc: str = ""
+    # applied in the database, but no file on disk holds it (a branch switch): path is ""
+    missing: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    backend: str
+    heads: tuple[str, ...]
+    current: tuple[str, ...]
+    pending: int
+    dirty: str | None
+    revisions: tuple[RevisionStatus, ...]
+    conflicting_heads: tuple[str, ...] = ()
+    # revisions the database has applied that no file holds; `migrate` and `rollback`
+    # refuse the service until the branch that has them is checked out
+    unknown: tuple[str, ...] = ()
+
+
+def services(
+    *, env: str | None = None, root: PathArg | None = None, settings_dir: PathArg | None = None
+) -> list[ServiceInfo]:
+    """The services found, with masked URLs."""
+    project = load_project(root, env, settings_dir)
+    project.require_readable()
+    return [
+        ServiceInfo(
+            name=s.name,
+            backend=s.backend,
+            url=mask_url(s.database_url),
+            version_table=s.version_table,
+            depends_on=s.depends_on,
+            enabled=s.enabled,
+            skip_reason=s.skip_reason,
+        )
+        for s in project.settings.services
+    ]
+
+
+def showmigrations(
+    services: Sequence[str] = (),
+    *,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> list[ServiceStatus]:
+    """Every revision of the selected services, applied or not, in the order they run,
+    and those their databases have applied that no file holds (`missing`).
+
+    What a selected service needs from another service is not shown; a service this
+    environment leaves out that its pending revisions need is named in a warning."""
+    project = load_project(root, env, settings_dir)
+    selected = project.select(services)
+    states = read_states(project, [s.name for s in selected])
+    # One plan for every selected service (not one per service: with cross-service
+    # `requires` each would walk most of the graph again), split per service.
+    names = [svc.name for svc in selected]
+    targets = upgrade_targets(project.graph, names)
+    order = plan_upgrade(project.graph, {}, targets)
+    pending = plan_upgrade(project.graph, {n: states[n].applied for n in names}, targets)
+    for why in left_out(project, pending).values():
+        log.warning("%s", why)
+    by_service: dict[str, list[str]] = {name: [] for name in names}
+    for step in order.steps:
+        if step.service in by_service:
+            by_service[step.service].append(step.revision)
+    return [_status(project, svc, states[svc.name], by_service[svc.name]) for svc in selected]
+
+
+def _status(
+    project: Project, svc: ServiceConfig, state: ServiceState, order: list[str]
+) -> ServiceStatus:
+    revisions = project.revisions[svc.name]
+    # With a revision applied that no file holds, the version table's heads say nothing
+    # about the revisions before it: the ledger still says which of them were applied.
+    applied = state.applied | ({r for r, _ in state.checksums} if state.unknown else set())
+    statuses = tuple(
+        RevisionStatus(
+            revision=rev,
+            applied=rev in applied,
+            path=project.relative_path(revisions[rev].path),
+            doc=revisions[rev].doc,
+        )
+        for rev in order
+    ) + tuple(RevisionStatus(rev, applied=True, path="", missing=True) for rev in state.unknown)
+    return ServiceStatus(
+        name=svc.name,
+        backend=svc.backend,
+        heads=project.graph.heads(svc.name),
+        current=state.heads,
+        pending=sum(1 for r in statuses if not r.applied),
+        dirty=state.dirty,
+        revisions=statuses,
+        conflicting_heads=project.graph.conflicting_heads(svc.name),
+        unknown=state.unknown,
+    )
+
+
+def plan(
+    services: Sequence[str] = (),
+    target: str | None = None,
+    *,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+    cascade: bool = False,
+) -> Plan:
+    """The exact steps `migrate` would run, in order, without changing anything."""
+    project = load_project(root, env, settings_dir)
+    return plan_migrate(project, services, target, cascade)[0]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    service: str
+    revision: str
+    ok: bool
+    error: str | None = None
+
+
+def verify(
+    services: Sequence[str] = (),
+    *,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> list[VerifyResult]:
+    """Re-run the `verify` functions of applied revisions, changing nothing."""
+    project = load_project(root, env, settings_dir)
+    out = []
+    for svc in project.select(services):
+        with opened_backend(svc, project.settings.connect) as backend:
+            state = backend.read_state(project.revisions[svc.name])
+            order = plan_upgrade(project.graph, {}, upgrade_targets(project.graph, [svc.name]))
+            for step in order.steps:
+                rev = project.revisions[svc.name].get(step.revision)
+                if step.service != svc.name or rev is None or step.revision not in state.applied:
+                    continue
+                if "verify" in rev.defines:
+                    error = backend.verify(rev)
+                    out.append(VerifyResult(svc.name, rev.revision, error is None, error))
+    return out
+
+
+def sqlmigrate(
+    service: str,
+    revision: str,
+    *,
+    backwards: bool = False,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> str:
+    """The SQL one revision runs, rendered without a database."""
+    project = load_project(root, env, settings_dir)
+    svc = project.select([service])[0]
+    _require_sql(svc, "sqlmigrate")
+    rev = project.graph.resolve(svc.name, revision)
+    node = project.revisions[svc.name][rev]
+    from .backends.sql.backend import SqlBackend
+    from .model import Step
+
+    start = (rev,) if backwards else node.down_revisions
+    step = Step(svc.name, rev, "down" if backwards else "up")
+    return SqlBackend(svc, 1.0).offline_sql([step], project.revisions[svc.name], start)
+
+
+@dataclass(frozen=True)
+class SqlScript:
+    """The SQL of a plan, and the revisions that could not be rendered without a database."""
+
+    text: str
+    unrendered: tuple[str, ...] = ()
+
+
+def migrate_sql(
+    services: Sequence[str] = (),
+    target: str | None = None,
+    *,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> SqlScript:
+    """The SQL `migrate` would run against the databases' current state, without running it.
+
+    A revision that needs a live database (it reads data, or reflects a table) is left out
+    with a comment in its place and named in `unrendered`; the rest is still rendered.
+    """
+    project = load_project(root, env, settings_dir)
+    for named in project.select(services) if services else ():
+        _require_sql(named, "migrate --sql")  # before any database is reached
+    steps, states = plan_migrate(project, services, target, cascade=False)
+    from .backends.sql.backend import SqlBackend
+
+    applied = {name: set(st.applied) for name, st in states.items()}
+    chunks: list[str] = []
+    unrendered: list[str] = []
+    for seg in segments(steps):
+        svc = project.service(seg[0].service)
+        _require_sql(svc, "migrate --sql")
+        backend = SqlBackend(svc, 1.0)
+        chunks.append(f"-- service {svc.name} ({mask_url(svc.database_url)})")
+        for step in seg:
+            start = project.graph.heads_of(svc.name, frozenset(applied[svc.name]))
+            try:
+                chunks.append(backend.offline_sql([step], project.revisions[svc.name], start))
+            except RevisionFileError:
+                raise  # the file cannot be imported: bad input, as for `migrate`
+            except NcmError as exc:
+                unrendered.append(f"{step.service}:{step.revision}")
+                chunks.append(f"-- {step.service}:{step.revision} is not rendered: {exc}\n")
+            (applied[svc.name].add if step.direction == "up" else applied[svc.name].discard)(
+                step.revision
+            )
+    if not steps.steps:
+        chunks.append("-- Nothing to do: every service is at its target.")
+    return SqlScript("\n".join(chunks), tuple(unrendered))
+
+
+_MAX_ROWS = 2**31 - 1  # the largest LIMIT every database takes
+
+
+def history(
+    services: Sequence[str] = (),
+    *,
+    limit: int | None = None,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> list[LedgerRow]:
+    """The ledger rows of the selected services, oldest first (also of a service with a
+    revision file that cannot be read: the ledger does not need it)."""
+    from .validation import load_readable_project
+
+    if limit is not None and limit < 1:
+        raise BadInput(f"The history limit must be at least 1, not {limit}.")
+    if limit is not None and limit > _MAX_ROWS:
+        limit = None  # more rows than any ledger holds: all of them (and no SQL overflow)
+    project, unreadable = load_readable_project(project_root(root), env, as_path(settings_dir))
+    for name, why in unreadable.items():
+        log.warning("service '%s' has a revision file that cannot be read: %s", name, why)
+    rows: list[LedgerRow] = []
+    for svc in project.select(services):
+        with opened_backend(svc, project.settings.connect) as backend:
+            rows.extend(backend.history(limit))
+    rows.sort(key=lambda r: (r.started_at, str(r.id)))
+    return rows[-limit:] if limit else rows
+
+
+def wait(
+    services: Sequence[str] = (),
+    *,
+    timeout: float | None = None,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> dict[str, float]:
+    """Wait until every selected database accepts a real query (default budget:
+    `connect.max_wait_s`); the seconds each took. `DatabaseUnreachable` (exit 4) otherwise."""
+    if timeout is not None and (math.isnan(timeout) or timeout < 0):
+        raise BadInput(f"The wait timeout must be a number of seconds, 0 or more, not {timeout}.")
+    project = load_project(root, env, settings_dir)
+    budget = project.settings.connect.max_wait_s if timeout is None else timeout
+    return health.wait_for_databases(project, project.select(services), budget)
+
+
+def doctor(
+    services: Sequence[str] = (),
+    *,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> list[health.Diagnosis]:
+    """Connectivity, latency, server version, privileges, heads, pending and lock state; a
+    service with a revision file that cannot be read is diagnosed too, with that as its error."""
+    from .validation import load_readable_project
+
+    project, unreadable = load_readable_project(project_root(root), env, as_path(settings_dir))
+    return health.diagnose(project, project.select(services), unreadable)
+
+
+def validate(
+    services: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> Report:
+    """Graph, files, version tables, applied checksums and lint, as findings (no exception
+    for what it finds: `Report.exit_code` says 0, 1 or 2)."""
+    from .validation import validate_settings
+
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
+    return Report.of(validate_settings(settings, services), strict)
+
+
+def lint(
+    services: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> Report:
+    """Dangerous operations in the selected services' `upgrade()`s (no database needed),
+    and each revision file that cannot be read (exit 2, as in `validate`)."""
+    from .linting import lint_service
+    from .validation import read_inventory
+
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
+    inventory = read_inventory(settings)
+    # Every service, with a database in this environment or not: lint reads only files.
+    selected = [settings.service(n) for n in services] if services else list(settings.services)
+    chosen = {svc.name for svc in selected}
+    findings = [f for f in inventory.findings if f.rule == "malformed-revision" and f.service in chosen]
+    for svc in selected:
+        findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
+                                 settings.root, squawk=settings.lint_squawk)
+    return Report.of(findings, strict)
+
+
+def check(
+    *,
+    strict: bool = False,
+    env: str | None = None,
+    root: PathArg | None = None,
+    settings_dir: PathArg | None = None,
+) -> Report:
+    """For CI: validate every service, plus pending revisions, dirty marks and models.py
+    changes that no revision holds yet (`makemigrations --check`)."""
+    from .validation import models_findings, validate_settings
+
+    settings = load_settings(project_root(root), env, as_path(settings_dir))
+    findings = validate_settings(settings, (), pending=True)
+    report = Report.of(findings, strict)
+    if report.exit_code == 2:
+        return report  # the graph cannot be built: nothing to compare models with
+    return Report.of(findings + models_findings(load_project(root, env, settings_dir)), strict)
+
+
+# -- wiring ------------------------------------------------------------------------
+
+
+def _require_sql(svc: ServiceConfig, what: str) -> None:
+    if svc.backend != "sql":
+        raise BadInput(f"`{what}` works on SQL services; '{svc.name}' is a {svc.backend} service.")
