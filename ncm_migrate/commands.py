@@ -12,7 +12,7 @@ import asyncio
 import functools
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, Unpack
 
 from .audit import AuditLog
 from .authoring import init, makemigrations, startservice
@@ -39,7 +39,7 @@ from .inspection import (
     verify,
     wait,
 )
-from .loader import PathArg, as_path, load_project
+from .loader import Location, PathArg, Where, as_path, load_project_at
 from .model import Plan
 from .planning import plan_migrate, plan_rollback
 from .questioner import NonInteractiveQuestioner, Questioner
@@ -84,9 +84,6 @@ def migrate(
     services: Sequence[str] = (),
     target: str | None = None,
     *,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
     fake: bool = False,
     jobs: int | None = None,
     cascade: bool = False,
@@ -94,6 +91,7 @@ def migrate(
     confirm: Callable[[Plan], None] | None = None,
     questioner: Questioner | None = None,
     rollback_on_failure: bool | None = None,
+    **where: Unpack[Where],
 ) -> MigrateResult:
     """Bring services to head (or one service to `target`, forwards or backwards).
 
@@ -105,8 +103,9 @@ def migrate(
     destructive revisions and `fake`; `confirm` then sees the plan before anything runs
     and may raise to refuse it.
     """
+    at = Location.of(where, "migrate")
     _refuse_inside_event_loop("migrate")
-    project = load_project(root, env, settings_dir)
+    project = load_project_at(at)
     steps, _states = plan_migrate(project, services, target, cascade)
     confirm_protected(project, steps, fake, questioner)
     if confirm is not None:
@@ -120,18 +119,17 @@ def rollback(
     *,
     steps: int | None = None,
     cascade: bool = False,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
     fake: bool = False,
     report: Reporter | None = None,
     confirm: Callable[[Plan], None] | None = None,
     questioner: Questioner | None = None,
+    **where: Unpack[Where],
 ) -> MigrateResult:
     """Move `service` backwards to `target`, or by `steps` revisions (default 1); in a
     protected environment only once `questioner` (default: refuse) confirms it."""
+    at = Location.of(where, "rollback")
     _refuse_inside_event_loop("rollback")
-    project = load_project(root, env, settings_dir)
+    project = load_project_at(at)
     downgrade = plan_rollback(project, service, target, steps, cascade)
     confirm_protected(project, downgrade, fake, questioner)
     if confirm is not None:
@@ -144,16 +142,15 @@ def repair(
     service: str,
     *,
     questioner: Questioner | None = None,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> list[RepairAction]:
     """Clear `service`'s dirty mark and re-record edited revisions' checksums, in the ledger
     and the audit log."""
+    at = Location.of(where, "repair")
     from .repairs import repair_service
 
     _refuse_inside_event_loop("repair")
-    project = load_project(root, env, settings_dir)
+    project = load_project_at(at)
     svc = project.select([service])[0]
     settings = project.settings
     if settings.protected:
@@ -172,14 +169,12 @@ def repair(
 def backup(
     service: str,
     out: PathArg | None = None,
-    *,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> tuple[Path, Manifest]:
     """Back up one service's database into `out` (default `backup.dir/<env>/<svc>/<time>/`)."""
+    at = Location.of(where, "backup")
     _refuse_inside_event_loop("backup")
-    project = load_project(root, env, settings_dir)
+    project = load_project_at(at)
     svc = project.select([service])[0]
     audit = AuditLog.open(project.settings.audit_log_path, project.root, "backup", project.settings.env)
     return take_backup(project, svc, as_path(out), audit)
@@ -190,16 +185,15 @@ def restore(
     folder: PathArg,
     *,
     questioner: Questioner | None = None,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> Manifest:
     """Replace one service's database with a backup (confirmed first where protected)."""
+    at = Location.of(where, "restore")
     from .backups import check_manifest, read_manifest, restore_database
 
     _refuse_inside_event_loop("restore")
     folder = Path(folder)
-    project = load_project(root, env, settings_dir)
+    project = load_project_at(at)
     svc = project.select([service])[0]
     settings = project.settings
     manifest = read_manifest(folder)

@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
 from . import health
 from .backends import opened_backend
@@ -17,7 +18,7 @@ from .errors import BadInput, NcmError, RevisionFileError
 from .executor import segments
 from .findings import Report
 from .graph import plan_upgrade, upgrade_targets
-from .loader import PathArg, as_path, load_project, project_root
+from .loader import Location, Where, load_project_at
 from .model import LedgerRow, Plan, ServiceConfig, ServiceState
 from .planning import left_out, plan_migrate, read_states
 from .project import Project
@@ -64,10 +65,11 @@ class ServiceStatus:
 
 
 def services(
-    *, env: str | None = None, root: PathArg | None = None, settings_dir: PathArg | None = None
+    **where: Unpack[Where],
 ) -> list[ServiceInfo]:
     """The services found, with masked URLs."""
-    project = load_project(root, env, settings_dir)
+    at = Location.of(where, "services")
+    project = load_project_at(at)
     project.require_readable()
     return [
         ServiceInfo(
@@ -85,17 +87,15 @@ def services(
 
 def showmigrations(
     services: Sequence[str] = (),
-    *,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> list[ServiceStatus]:
     """Every revision of the selected services, applied or not, in the order they run,
     and those their databases have applied that no file holds (`missing`).
 
     What a selected service needs from another service is not shown; a service this
     environment leaves out that its pending revisions need is named in a warning."""
-    project = load_project(root, env, settings_dir)
+    at = Location.of(where, "showmigrations")
+    project = load_project_at(at)
     selected = project.select(services)
     states = read_states(project, [s.name for s in selected])
     # One plan for every selected service (not one per service: with cross-service
@@ -146,13 +146,12 @@ def plan(
     services: Sequence[str] = (),
     target: str | None = None,
     *,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
     cascade: bool = False,
+    **where: Unpack[Where],
 ) -> Plan:
     """The exact steps `migrate` would run, in order, without changing anything."""
-    project = load_project(root, env, settings_dir)
+    at = Location.of(where, "plan")
+    project = load_project_at(at)
     return plan_migrate(project, services, target, cascade)[0]
 
 
@@ -166,13 +165,11 @@ class VerifyResult:
 
 def verify(
     services: Sequence[str] = (),
-    *,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> list[VerifyResult]:
     """Re-run the `verify` functions of applied revisions, changing nothing."""
-    project = load_project(root, env, settings_dir)
+    at = Location.of(where, "verify")
+    project = load_project_at(at)
     out = []
     for svc in project.select(services):
         with opened_backend(svc, project.settings.connect) as backend:
@@ -193,12 +190,11 @@ def sqlmigrate(
     revision: str,
     *,
     backwards: bool = False,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> str:
     """The SQL one revision runs, rendered without a database."""
-    project = load_project(root, env, settings_dir)
+    at = Location.of(where, "sqlmigrate")
+    project = load_project_at(at)
     svc = project.select([service])[0]
     _require_sql(svc, "sqlmigrate")
     rev = project.graph.resolve(svc.name, revision)
@@ -222,17 +218,15 @@ class SqlScript:
 def migrate_sql(
     services: Sequence[str] = (),
     target: str | None = None,
-    *,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> SqlScript:
     """The SQL `migrate` would run against the databases' current state, without running it.
 
     A revision that needs a live database (it reads data, or reflects a table) is left out
     with a comment in its place and named in `unrendered`; the rest is still rendered.
     """
-    project = load_project(root, env, settings_dir)
+    at = Location.of(where, "migrate_sql")
+    project = load_project_at(at)
     for named in project.select(services) if services else ():
         _require_sql(named, "migrate --sql")  # before any database is reached
     steps, states = plan_migrate(project, services, target, cascade=False)
@@ -270,19 +264,18 @@ def history(
     services: Sequence[str] = (),
     *,
     limit: int | None = None,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> list[LedgerRow]:
     """The ledger rows of the selected services, oldest first (also of a service with a
     revision file that cannot be read: the ledger does not need it)."""
+    at = Location.of(where, "history")
     from .validation import load_readable_project
 
     if limit is not None and limit < 1:
         raise BadInput(f"The history limit must be at least 1, not {limit}.")
     if limit is not None and limit > _MAX_ROWS:
         limit = None  # more rows than any ledger holds: all of them (and no SQL overflow)
-    project, unreadable = load_readable_project(project_root(root), env, as_path(settings_dir))
+    project, unreadable = load_readable_project(at.root, at.env, at.settings_dir)
     for name, why in unreadable.items():
         log.warning("service '%s' has a revision file that cannot be read: %s", name, why)
     rows: list[LedgerRow] = []
@@ -297,31 +290,28 @@ def wait(
     services: Sequence[str] = (),
     *,
     timeout: float | None = None,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> dict[str, float]:
     """Wait until every selected database accepts a real query (default budget:
     `connect.max_wait_s`); the seconds each took. `DatabaseUnreachable` (exit 4) otherwise."""
+    at = Location.of(where, "wait")
     if timeout is not None and (math.isnan(timeout) or timeout < 0):
         raise BadInput(f"The wait timeout must be a number of seconds, 0 or more, not {timeout}.")
-    project = load_project(root, env, settings_dir)
+    project = load_project_at(at)
     budget = project.settings.connect.max_wait_s if timeout is None else timeout
     return health.wait_for_databases(project, project.select(services), budget)
 
 
 def doctor(
     services: Sequence[str] = (),
-    *,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> list[health.Diagnosis]:
     """Connectivity, latency, server version, privileges, heads, pending and lock state; a
     service with a revision file that cannot be read is diagnosed too, with that as its error."""
+    at = Location.of(where, "doctor")
     from .validation import load_readable_project
 
-    project, unreadable = load_readable_project(project_root(root), env, as_path(settings_dir))
+    project, unreadable = load_readable_project(at.root, at.env, at.settings_dir)
     return health.diagnose(project, project.select(services), unreadable)
 
 
@@ -329,15 +319,14 @@ def validate(
     services: Sequence[str] = (),
     *,
     strict: bool = False,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> Report:
     """Graph, files, version tables, applied checksums and lint, as findings (no exception
     for what it finds: `Report.exit_code` says 0, 1 or 2)."""
+    at = Location.of(where, "validate")
     from .validation import validate_settings
 
-    settings = load_settings(project_root(root), env, as_path(settings_dir))
+    settings = load_settings(at.root, at.env, at.settings_dir)
     return Report.of(validate_settings(settings, services), strict)
 
 
@@ -345,16 +334,15 @@ def lint(
     services: Sequence[str] = (),
     *,
     strict: bool = False,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> Report:
     """Dangerous operations in the selected services' `upgrade()`s (no database needed),
     and each revision file that cannot be read (exit 2, as in `validate`)."""
+    at = Location.of(where, "lint")
     from .linting import lint_service
     from .validation import read_inventory
 
-    settings = load_settings(project_root(root), env, as_path(settings_dir))
+    settings = load_settings(at.root, at.env, at.settings_dir)
     inventory = read_inventory(settings)
     # Every service, with a database in this environment or not: lint reads only files.
     selected = [settings.service(n) for n in services] if services else list(settings.services)
@@ -369,20 +357,19 @@ def lint(
 def check(
     *,
     strict: bool = False,
-    env: str | None = None,
-    root: PathArg | None = None,
-    settings_dir: PathArg | None = None,
+    **where: Unpack[Where],
 ) -> Report:
     """For CI: validate every service, plus pending revisions, dirty marks and models.py
     changes that no revision holds yet (`makemigrations --check`)."""
+    at = Location.of(where, "check")
     from .validation import models_findings, validate_settings
 
-    settings = load_settings(project_root(root), env, as_path(settings_dir))
+    settings = load_settings(at.root, at.env, at.settings_dir)
     findings = validate_settings(settings, (), pending=True)
     report = Report.of(findings, strict)
     if report.exit_code == 2:
         return report  # the graph cannot be built: nothing to compare models with
-    return Report.of(findings + models_findings(load_project(root, env, settings_dir)), strict)
+    return Report.of(findings + models_findings(load_project_at(at)), strict)
 
 
 # -- wiring ------------------------------------------------------------------------

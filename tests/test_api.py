@@ -228,3 +228,21 @@ def test_a_close_that_fails_after_an_error_does_not_hide_that_error(
     monkeypatch.setattr(SqlBackend, "history", lost)
     with pytest.raises(DatabaseUnreachable, match="the connection was lost"):
         ncm_migrate.history(root=repo.root)
+
+
+def test_every_verb_takes_where_once_and_refuses_an_unknown_keyword() -> None:
+    """The verbs take the monorepo, environment and settings folder as one `Where`
+    (`**where`), declared once; a misspelt keyword is still Python's TypeError."""
+    from ncm_migrate.loader import Where
+
+    verbs = [name for name in ncm_migrate.__all__
+             if inspect.isfunction(getattr(ncm_migrate, name))
+             and "where" in inspect.signature(getattr(ncm_migrate, name)).parameters]
+    assert {"migrate", "rollback", "showmigrations", "validate", "makemigrations",
+            "amigrate"} <= set(verbs)
+    for name in verbs:
+        params = inspect.signature(getattr(ncm_migrate, name)).parameters
+        assert not {"env", "root", "settings_dir"} & set(params), name
+    assert Where.__optional_keys__ == {"env", "root", "settings_dir"}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'enviroment'"):
+        ncm_migrate.showmigrations(enviroment="staging")  # type: ignore[call-arg]
