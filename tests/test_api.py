@@ -246,3 +246,10 @@ def test_every_verb_takes_where_once_and_refuses_an_unknown_keyword() -> None:
     assert Where.__optional_keys__ == {"env", "root", "settings_dir"}
     with pytest.raises(TypeError, match="unexpected keyword argument 'enviroment'"):
         ncm_migrate.showmigrations(enviroment="staging")  # type: ignore[call-arg]
+
+
+def test_the_lazy_package_exports_every_verb_of_commands() -> None:
+    """`ncm_migrate.__all__` is written out (the package imports lazily, so it cannot read
+    `commands.__all__` without importing Dynaconf); this keeps the two lists one."""
+    verbs = {name for name in commands.__all__ if inspect.isfunction(getattr(commands, name))}
+    assert verbs == set(ncm_migrate.__all__) - {"MigrateResult", "NcmError"}
