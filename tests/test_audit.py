@@ -16,8 +16,8 @@ from monorepo import Monorepo
 from ncm_migrate.audit import AuditEntry, read_entries
 
 PASSWORD = "Pw-9f8e7d-sekret"
-KEYS = {"time", "command", "run_id", "environment", "service", "revision", "direction", "outcome", "duration_ms",
-        "actor", "host", "tool_version", "git_commit", "detail"}
+KEYS = {"time", "command", "run_id", "environment", "service", "revision", "direction", "outcome",
+        "duration_ms", "actor", "host", "tool_version", "git_commit", "detail"}
 
 
 def _entries(repo: Monorepo) -> list[dict[str, object]]:
