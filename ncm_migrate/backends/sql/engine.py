@@ -225,7 +225,7 @@ def short_reason(exc: BaseException) -> str:
     drivers' `(code, 'message')` read as `message (MySQL error code)`."""
     orig = getattr(exc, "orig", None)
     error = orig if orig is not None else exc
-    args = getattr(error, "args", ())
+    args: tuple[object, ...] = getattr(error, "args", ())
     if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str) and args[1]:
         return f"{args[1].strip().splitlines()[0]} (MySQL error {args[0]})"
     text = str(error).strip()
