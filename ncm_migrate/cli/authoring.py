@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .. import commands
 from .context import globals_of
 from .output import exit_on_error, out, shown
+from .verbs import commands
 
 
 def makemigrations_cmd(

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import commands
 from ..urls import redact_known
 from .context import globals_of
 from .output import err, exit_on_error, out, print_findings, print_json, write_plain
+from .verbs import commands
 
 
 def services_cmd(
