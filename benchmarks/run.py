@@ -1,6 +1,6 @@
 """ncm-migrate against plain Alembic, side by side, on the same generated histories.
 
-    .venv/bin/python benchmarks/run.py                  # the full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/run.py                  # the full run (~15 min on 2 cores, an estimate)
     .venv/bin/python benchmarks/run.py --smoke --no-postgres --results /tmp/r.md
 
 Every measurement is a real subprocess, as users run the tools (`python manage.py ...`,
