@@ -189,8 +189,11 @@ def plan_removal(
     applied = {name: st.applied for name, st in states.items()}
     blockers = dependents_outside(project.graph, applied, remove)
     if blockers and not cascade:
+        # A run's revisions may have later ones of the same service (a later run's) on top.
+        same = {b.service for b in blockers} & {k.service for k in remove}
         raise RollbackRefused(
-            "Refusing to roll back: applied revisions of other services still need it: "
+            f"Refusing to roll back: applied revisions {'it leaves' if same else 'of other services'} "
+            "still need it: "
             + ", ".join(str(b) for b in sorted(blockers))
             + _depends_note(project, blockers, remove)
             + "; roll those back first, or use --cascade."

@@ -1,7 +1,8 @@
 """Undoing a deploy: `rollback --last-run` and `rollback --run ID` revert exactly what one
 run applied, across services and newest first, leaving earlier runs' work in place (the
 schemas compared by SQLAlchemy inspection); `history --run`; an unknown run is exit 2. On
-SQLite, PostgreSQL and MariaDB, each service in a database of its own."""
+SQLite, PostgreSQL and MariaDB, each service in a database of its own, and MongoDB next to
+SQL."""
 
 from __future__ import annotations
 
@@ -178,6 +179,7 @@ def test_rollback_run_for_an_older_run_needs_the_later_run_gone_or_cascade(
     refused = repo.cli("rollback", "--run", run_a)
     assert refused.code == 1, refused.output
     assert "users:0002_b" in refused.stderr and "--cascade" in refused.stderr
+    assert "applied revisions it leaves still need it" in refused.stderr
     # Only one service of run B: billing still requires users:0002_b.
     part = repo.cli("rollback", "users", "--run", run_b)
     assert part.code == 1 and "billing:0002_b" in part.stderr
@@ -274,3 +276,30 @@ def test_a_run_goes_back_newest_first_where_the_graph_allows() -> None:
 
 def keys_list(*names: str) -> list[RevisionKey]:
     return [RevisionKey(*n.split(":")) for n in names]
+
+
+def test_rollback_last_run_with_a_mongodb_service_next_to_sql(
+    repo: Monorepo, mongo_url: str, tmp_path: Path
+) -> None:
+    from test_mongo import database
+
+    sql = f"sqlite:///{tmp_path / 'users.sqlite'}"
+    repo.table("users", "0001_a", "users_a")
+    repo.mongo_revision("events", "0001", upgrade="db.create_collection('e1')",
+                        downgrade="db.drop_collection('e1')")
+    repo.urls({"users": sql, "events": mongo_url})
+    run_a = migrate(repo)["run_id"]
+    repo.table("users", "0002_b", "users_b", down="0001_a")
+    repo.mongo_revision("events", "0002", down="0001", requires=["users:0002_b"],
+                        upgrade="db.create_collection('e2')", downgrade="db.drop_collection('e2')")
+    run_b = migrate(repo)["run_id"]
+    undo = repo.cli("rollback", "--last-run", "--json")
+    assert undo.code == 0, undo.output
+    data = json.loads(undo.stdout)
+    assert data["reverted_run"] == run_b != run_a
+    assert [f"{s['service']}:{s['revision']}" for s in data["steps"]] == ["events:0002", "users:0002_b"]
+    assert set(database(mongo_url).list_collection_names()) >= {"e1"}
+    assert "e2" not in database(mongo_url).list_collection_names()
+    assert set(schema(sql)) == {"users_a"}
+    history = json.loads(repo.cli("history", "events", "--run", str(run_b), "--json").stdout)
+    assert [(r["revision"], r["direction"]) for r in history] == [("0002", "up")]
