@@ -20,7 +20,7 @@ from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
 from .safe_ddl import RULES as SAFE_DDL_RULES
-from .safe_ddl import unsafe_ddl
+from .safe_ddl import proven_not_null, unsafe_ddl
 from .squawk import find_squawk, run_squawk, without_version_table
 from .urls import redact_known, scheme_of
 
@@ -101,6 +101,8 @@ def lint_revision(
     postgres = is_postgres(config)
     hits = list(_mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres))
     if postgres:
+        proven = proven_not_null(upgrade)
+        hits = [h for h in hits if not (h.rule == "not-null-without-default" and h.line in proven)]
         hits += [Hit(u.rule, u.line, u.end_line, u.detail) for u in unsafe_ddl(upgrade)]
     out = []
     for hit in hits:

@@ -133,6 +133,15 @@ def unsafe_ddl(upgrade: ast.AST) -> Iterator[Unsafe]:
             yield from _raw_sql(call, name, text, existing, checked)
 
 
+def proven_not_null(upgrade: ast.AST) -> set[int]:
+    """The lines of `alter_column(..., nullable=False)` calls that a validated CHECK before
+    them (on their table: `VALIDATE CONSTRAINT` names no column) makes safe; no row can be
+    NULL there, so `not-null-without-default` does not apply to them either."""
+    unsafe = {u.line for u in unsafe_ddl(upgrade) if u.rule == "set-not-null-without-check"}
+    return {call.lineno for call, name in _calls(upgrade) if name == "alter_column"
+            and any(k.arg == "nullable" and _is_false(k.value) for k in call.keywords)} - unsafe
+
+
 def _raw_sql(call: ast.Call, name: str, text: str, existing: Callable[[Table | None, int], bool],
              checked: dict[Table, int]) -> Iterator[Unsafe]:
     """The hits of one raw SQL statement; a `VALIDATE CONSTRAINT` marks its table checked."""
