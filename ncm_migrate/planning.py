@@ -148,7 +148,7 @@ def plan_run_rollback(
 
     Refused (exit 2) when no selected service's ledger knows the run."""
     selected = [s.name for s in project.select(names)]
-    ledgers = ledger_rows(project, selected)
+    ledgers = read_ledgers(project, selected)
     rows = [r for service_rows in ledgers.values() for r in service_rows]
     env = project.settings.env
     if run_id is None:
@@ -174,7 +174,7 @@ def plan_run_rollback(
     return run_id, plan_removal(project, states, remove, cascade, newest_first)
 
 
-def ledger_rows(project: Project, names: Sequence[str]) -> dict[str, list[LedgerRow]]:
+def read_ledgers(project: Project, names: Sequence[str]) -> dict[str, list[LedgerRow]]:
     """Each named service's ledger rows, oldest first."""
     out: dict[str, list[LedgerRow]] = {}
     for name in names:
