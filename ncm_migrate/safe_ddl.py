@@ -35,7 +35,8 @@ RULES: dict[str, str] = {
         "block, then `ALTER TABLE ... ADD CONSTRAINT ... UNIQUE USING INDEX ...`"
     ),
     "ddl-with-backfill": (
-        "backfills data in the same revision (and transaction) as schema changes, so their "
+        "backfills data in the same revision (and transaction) as schema changes to an existing "
+        "table, so their "
         "locks are held for as long as the backfill runs; move the backfill to a revision of its "
         "own (`makemigrations --type data`), in batches"
     ),
@@ -62,6 +63,7 @@ _VALIDATE = re.compile(r"\bVALIDATE\s+CONSTRAINT\b", re.IGNORECASE)
 _IS_NOT_NULL = re.compile(r"\"?(\w+)\"?\s+IS\s+NOT\s+NULL\b", re.IGNORECASE)
 _BACKFILL = re.compile(r"^\s*(?:WITH\b.*\b)?(UPDATE\b|INSERT\b.*\bSELECT\b)", re.IGNORECASE | re.DOTALL)
 _DDL_SQL = re.compile(r"^\s*(ALTER|CREATE|DROP)\s+(TABLE|INDEX|TYPE)\b", re.IGNORECASE)
+_INDEX_ON = re.compile(rf"\bON\s+(?:ONLY\s+)?{_NAME}", re.IGNORECASE)
 _DDL_OPS = frozenset({
     "create_table", "drop_table", "rename_table", "add_column", "drop_column", "alter_column",
     "create_index", "drop_index", "create_foreign_key", "create_check_constraint",
@@ -69,8 +71,10 @@ _DDL_OPS = frozenset({
 })
 # `op.<name>(...)`: the position of its table argument (also accepted as `table_name=`,
 # `source_table=`); inside `batch_alter_table` the batch's table instead.
-_TABLE_ARG = {"create_table": 0, "add_column": 0, "alter_column": 0, "create_foreign_key": 1,
-              "create_check_constraint": 1, "create_unique_constraint": 1}
+_TABLE_ARG = {"create_table": 0, "drop_table": 0, "rename_table": 0, "add_column": 0, "drop_column": 0,
+              "alter_column": 0, "create_index": 1, "create_foreign_key": 1,
+              "create_check_constraint": 1, "create_unique_constraint": 1, "create_primary_key": 1,
+              "drop_constraint": 1}
 _EXECUTE = ("execute", "exec_driver_sql")
 
 
@@ -105,7 +109,8 @@ def unsafe_ddl(upgrade: ast.AST) -> Iterator[Unsafe]:
         return table is not None and not (table in created and created[table] <= line)
 
     checked: dict[Table, int] = {}  # validated NOT NULL checks: table -> first line
-    yield from _backfills(upgrade, calls)
+    if any(_locks_existing(call, name, batches, existing) for call, name in calls):
+        yield from _backfills(upgrade, calls)
     for call, name in calls:
         table = _table_of(call, name, batches)
         kws = {k.arg: k.value for k in call.keywords if k.arg}
@@ -163,13 +168,30 @@ def _raw_sql(call: ast.Call, name: str, text: str, existing: Callable[[Table | N
         yield _unsafe("set-not-null-without-check", call, f"{name}() with SET NOT NULL")
 
 
+def _locks_existing(call: ast.Call, name: str, batches: Mapping[str, Table],
+                    existing: Callable[[Table | None, int], bool]) -> bool:
+    """Whether a call changes the schema of a table that exists already (or one it does not
+    name): a lock others wait for, held until the revision's transaction ends. A table the
+    revision creates, and what it does to that table, keeps nobody waiting."""
+    if name in _DDL_OPS:
+        table = _table_of(call, name, batches)
+        return name != "create_table" and (table is None or existing(table, call.lineno))
+    for text in _statements(call, name):
+        ddl = _DDL_SQL.search(text)
+        if ddl is None:
+            continue
+        verb, what = ddl.group(1).upper(), ddl.group(2).upper()
+        if verb == "CREATE" and what == "TABLE":
+            continue
+        target = _ALTER.search(text) if what == "TABLE" else _INDEX_ON.search(text)
+        if verb == "DROP" or target is None or existing(target.group(1), call.lineno):
+            return True
+    return False
+
+
 def _backfills(upgrade: ast.AST, calls: list[tuple[ast.Call, str]]) -> Iterator[Unsafe]:
     """Backfills (`UPDATE`, `INSERT ... SELECT`, or statements run in a loop) in an
-    `upgrade()` that also changes the schema: one hit per backfill."""
-    ddl = any(name in _DDL_OPS or any(_DDL_SQL.search(t) for t in _statements(call, name))
-              for call, name in calls)
-    if not ddl:
-        return
+    `upgrade()` that also changes an existing table's schema: one hit per backfill."""
     in_loop: set[int] = set()
     for node in ast.walk(upgrade):
         if isinstance(node, ast.For | ast.AsyncFor | ast.While):

@@ -5,6 +5,7 @@ silences it, and a protected environment makes it an error."""
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,18 @@ def test_a_data_revision_without_ddl_is_no_backfill_finding(tmp_path: Path) -> N
             op.execute(f'UPDATE orders SET n = {chunk}')
     """
     assert _rules(_lint(tmp_path, upgrade)) == []
+    # Seeding a table the same upgrade creates keeps nobody waiting (the example's roles).
+    seed = """
+        op.create_table('roles', sa.Column('name', sa.String(32), primary_key=True))
+        op.execute('CREATE INDEX ix_roles_name ON roles (name)')
+        for name in ('admin', 'member'):
+            op.execute(sa.text('INSERT INTO roles (name) SELECT :n').bindparams(n=name))
+    """
+    assert _rules(_lint(tmp_path, seed)) == []
+    # ... but next to a change of an existing table, it holds that table's lock.
+    altered = textwrap.dedent(seed) + "\nop.execute('ALTER TABLE orders ADD COLUMN x int')"
+    assert _rules(_lint(tmp_path, altered)) == [
+        "ddl-with-backfill"]
 
 
 def _repo(repo: Monorepo) -> None:
