@@ -123,14 +123,16 @@ def dependents(settings: Settings, graph: Graph, names: Sequence[str]) -> set[st
 def services_of_paths(
     settings: Settings, paths: Sequence[str], settings_dir: Path
 ) -> tuple[str, ...] | None:
-    """For file arguments (pre-commit passes the changed files): the services holding them,
-    in settings order; None (every service) when one is a project-wide file."""
+    """For file arguments (pre-commit passes the changed files), relative to the current
+    folder: the services holding them, in settings order; None (every service) when one is
+    a project-wide file."""
     owners: set[str] = set()
     for name in paths:
-        owner = service_of(settings, Path(name))
+        path = Path(name).absolute()
+        owner = service_of(settings, path)
         if owner is not None:
             owners.add(owner)
-        elif _selects_everything(settings, Path(name), settings_dir):
+        elif _selects_everything(settings, path, settings_dir):
             return None
     return tuple(s.name for s in settings.services if s.name in owners)
 

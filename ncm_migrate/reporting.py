@@ -17,7 +17,6 @@ from .urls import redact_known
 
 Format = Literal["text", "json", "github", "sarif", "junit"]
 FORMATS: tuple[Format, ...] = ("text", "json", "github", "sarif", "junit")
-TOOL_URI = "https://pypi.org/project/ncm-migrate/"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 # Each rule the checks report, with the help a reader of a SARIF file or a JUnit report
@@ -129,7 +128,6 @@ def render_sarif(report: Report, version: str | None = None) -> str:
     index = {rule: n for n, rule in enumerate(rules)}
     driver: dict[str, Any] = {
         "name": "ncm-migrate",
-        "informationUri": TOOL_URI,
         "version": version or _version(),
         "rules": [
             {
