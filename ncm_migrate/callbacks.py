@@ -49,8 +49,7 @@ class RunCallbacks:
         return {
             "event": event,
             "command": self.command,
-            # filled from RunContext once the ledger gives each run an id
-            "run_id": None,
+            "run_id": self.ctx.run_id or None,  # as on the run's ledger rows and audit lines
             "environment": self.settings.env,
             "actor": self.ctx.actor,
             "host": self.ctx.host,

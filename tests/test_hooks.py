@@ -56,7 +56,7 @@ def test_hooks_run_in_order_with_the_runs_summary(repo: Monorepo, tmp_path: Path
                f"import json\ndef record(summary):\n"
                f"    with open({str(repo.root / 'hooks.log')!r}, 'a') as log:\n"
                f"        log.write(json.dumps(['callable', summary]) + '\\n')\n")
-    _project(repo, tmp_path, f"before_migrate = [{_hook('before')}]\n"
+    url = _project(repo, tmp_path, f"before_migrate = [{_hook('before')}]\n"
                              f"after_step = [{_hook('step')}]\n"
                              f"after_migrate = [{_hook('after')}, \"team_hooks_order:record\"]\n"
                              f"after_failure = [{_hook('failure')}]\n")
@@ -65,6 +65,8 @@ def test_hooks_run_in_order_with_the_runs_summary(repo: Monorepo, tmp_path: Path
     log = _log(repo)
     assert [name for name, _ in log] == ["before", "step", "step", "after", "callable"]
     before, after = log[0][1], log[3][1]
+    assert before["run_id"] and {entry["run_id"] for _, entry in log} == {before["run_id"]}
+    assert {row["run_id"] for row in ledger(url)} == {before["run_id"]}  # the ledger's id
     assert before["event"] == "before_migrate" and before["outcome"] == "pending"
     assert before["environment"] == "development" and before["command"] == "migrate"
     assert before["services"] == ["users", "billing"] and before["steps"] == []
@@ -172,7 +174,7 @@ def test_the_webhook_receives_one_json_body_per_run(repo: Monorepo, tmp_path: Pa
     assert path == f"/hooks/{secret}?sig=abc"
     assert body["outcome"] == "succeeded" and body["environment"] == "development"
     assert body["services"] == ["users", "billing"] and body["duration_ms"] >= 0
-    assert "run_id" in body and body["command"] == "migrate"
+    assert body["command"] == "migrate" and body["run_id"] and body["run_id"] != bodies[1][1]["run_id"]
     assert "ncm-migrate migrate succeeded in development: users, billing" in body["text"]
     assert bodies[1][1]["services"] == []
 
