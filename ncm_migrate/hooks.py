@@ -73,11 +73,11 @@ def _command(argv: list[str], payload: Mapping[str, Any], root: Path, timeout_s:
         return f"could not be started: {exc.strerror or exc}"
     if proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip())[-_OUTPUT_SHOWN:]
-        return f"exited with {proc.returncode}" + (f": {one_line_of(said)}" if said else "")
+        return f"exited with {proc.returncode}" + (f": {_lines_joined(said)}" if said else "")
     return None
 
 
-def one_line_of(text: str) -> str:
+def _lines_joined(text: str) -> str:
     return " / ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -65,14 +65,12 @@ def most_severe_first(report: Report) -> list[Finding]:
 
 def render(report: Report, fmt: Format, command: str = "check") -> str:
     """`report` in format `fmt` (what `command` found), ending with a line break."""
-    renderers: dict[str, Callable[[Report, str], str]] = {
-        "text": lambda r, _c: render_text(r),
-        "json": lambda r, _c: render_json(r),
-        "github": lambda r, _c: render_github(r),
-        "sarif": lambda r, _c: render_sarif(r),
-        "junit": render_junit,
+    if fmt == "junit":
+        return render_junit(report, command)
+    renderers: dict[str, Callable[[Report], str]] = {
+        "text": render_text, "json": render_json, "github": render_github, "sarif": render_sarif,
     }
-    return renderers[fmt](report, command)
+    return renderers[fmt](report)
 
 
 def render_text(report: Report) -> str:

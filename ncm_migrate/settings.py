@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 from dynaconf import Dynaconf
 
@@ -51,6 +52,7 @@ from .settings_values import (
     setting_opt_str,
     setting_str,
 )
+from .urls import remember_secret_text
 
 log = logging.getLogger(__name__)
 _warned: set[tuple[Path, str]] = set()
@@ -249,6 +251,9 @@ def _notify(merged: dict[str, Any], sources: SettingSources) -> NotifySettings:
             f"Setting 'notify.webhook_url' ({sources.of(('notify', 'webhook_url'))}) must be an "
             "http:// or https:// URL."
         )
+    if url:
+        parts = urlsplit(url)
+        remember_secret_text(parts.path.strip("/") + (f"?{parts.query}" if parts.query else ""))
     return NotifySettings(
         webhook_url=url or None,
         timeout_s=setting_float(merged, "notify.timeout_s", sources),

@@ -44,6 +44,7 @@ def _try_repo(root: Path, env: dict[str, str], hook: str, *args: str) -> subproc
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_pre_commit_hooks_check_the_changed_services_offline(repo: Monorepo, tmp_path: Path) -> None:
     if shutil.which("git") is None:
         pytest.fail("git is needed for pre-commit")
