@@ -67,6 +67,8 @@ class Outcome:
     unchanged: tuple[str, ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()
     dry_run: bool = False
+    # hooks.after_write that failed on a written file: reported, the file is kept
+    hook_failures: tuple[str, ...] = ()
 
 
 def make_migrations(

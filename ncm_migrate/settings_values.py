@@ -17,15 +17,17 @@ from typing import Any, Literal, cast
 
 from dynaconf.utils.inspect import get_history
 
+from .config import Hook
 from .errors import SettingsError
 from .model import ServiceConfig
 from .rules import version_table_findings
 from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve_sqlite_path
 
+HOOK_EVENTS = ("before_migrate", "after_step", "after_migrate", "after_failure", "after_write")
 TOP_KEYS = {
     "services_dir", "services_glob", "database_url", "services", "connect", "lock",
     "protected", "backup", "lint", "audit", "jobs", "read_jobs", "rollback_on_failure",
-    "allow_checksum_drift",
+    "allow_checksum_drift", "hooks", "notify",
 }
 SERVICE_KEYS = {
     "database_url", "backend", "version_table", "depends_on", "naming_convention", "models",
@@ -37,6 +39,8 @@ TABLE_KEYS = {
     "backup": {"before_migrate", "dir", "encryption_key"},
     "lint": {"severity", "squawk"},
     "audit": {"log_path"},
+    "hooks": {*HOOK_EVENTS, "timeout_s"},
+    "notify": {"webhook_url", "timeout_s", "retries"},
 }
 
 
@@ -254,3 +258,30 @@ def setting_opt_str(
     if not isinstance(value, str):
         raise bad_setting(key, value, "a string", sources)
     return value
+
+
+_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def setting_hooks(data: Mapping[str, Any], dotted: str, sources: SettingSources) -> tuple[Hook, ...]:
+    """A list of hooks: each a command as a list of strings (run without a shell), or a
+    `"module:function"` string (a single one may stand alone, not in a list)."""
+    key, value = _setting_value(data, dotted, ())
+    expected = ('a list of hooks, each a command as a list of strings (["ruff", "format"]) '
+                'or a "module:function" string')
+    if value is None:
+        return ()
+    if isinstance(value, str) or (isinstance(value, list) and value and all(
+            isinstance(v, str) for v in value) and not all(_CALLABLE.fullmatch(v) for v in value)):
+        value = [value]  # one hook on its own: a callable, or one command's argv
+    if not isinstance(value, list):
+        raise bad_setting(key, value, expected, sources)
+    hooks = []
+    for item in value:
+        if isinstance(item, str) and _CALLABLE.fullmatch(item):
+            hooks.append(Hook(call=item))
+        elif isinstance(item, list) and item and all(isinstance(a, str) and a for a in item):
+            hooks.append(Hook(argv=tuple(item)))
+        else:
+            raise bad_setting(key, item, expected, sources)
+    return tuple(hooks)

@@ -164,6 +164,13 @@ def remember_secret(url: str | None) -> None:
         _known_secrets.add(secret)
 
 
+def remember_secret_text(secret: str) -> None:
+    """Note a secret that is not a URL's password (a webhook URL's path and query) so that
+    `redact_known` hides it in any output."""
+    if secret:
+        _known_secrets.add(secret)
+
+
 def redact_known(text: str) -> str:
     """`text` with every password seen in this process's settings hidden."""
     return redact(text, _known_secrets)
