@@ -199,6 +199,7 @@ def test_ledger_rows(repo: Monorepo, kind: Kind) -> None:
         assert row["environment"] == "development" and row["tool_version"]
         assert row["checksum"] == project.revisions[SVC][str(row["revision"])].checksum
         assert row["finished_at"] and float(str(row["duration_ms"])) >= 0
+    assert len({r["run_id"] for r in rows[:3]}) == 1 and rows[0]["run_id"] != rows[3]["run_id"]
     ids = [r["id"] for r in rows]
     assert len(set(ids)) == len(ids)
     limited = json.loads(repo.cli("history", "--json", "--limit", "2").stdout)

@@ -266,13 +266,20 @@ class RedisBackend:
 
     # -- server -------------------------------------------------------------------
 
+    def _info(self, section: str) -> dict[str, object]:
+        """One section of INFO; empty where the server refuses it (renamed or disabled,
+        as hardened servers do)."""
+        try:
+            return dict(self.client.info(section))
+        except redis.ResponseError:
+            return {}
+
     def server_info(self) -> ServerInfo:
         with connection_errors(self.config, "reading the server's version"):
             start = time.perf_counter()
             self.client.ping()
             latency = (time.perf_counter() - start) * 1000
-            info = self.client.info("server")
-            replication = self.client.info("replication")
+            info, replication = self._info("server"), self._info("replication")
         db = self.client.connection_pool.connection_kwargs.get("db", 0)
         return ServerInfo(
             server_version=f"redis {info.get('redis_version', '?')}",

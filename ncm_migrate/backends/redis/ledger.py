@@ -52,6 +52,7 @@ def ledger_fields(
         "duration_ms": duration_ms, "actor": ctx.actor, "host": ctx.host,
         "environment": ctx.environment, "tool_version": ctx.tool_version,
         "transactional": "1" if left_nothing else None,
+        "run_id": ctx.run_id or None, "attempt": 1, "waited_ms": 0.0,
     }
     return {k: str(v) for k, v in values.items() if v is not None}
 
@@ -98,7 +99,9 @@ def _row(entry: str, f: Fields, service: str) -> LedgerRow:
         started_at=f.get("started_at", ""), finished_at=f.get("finished_at"),
         duration_ms=float(f["duration_ms"]) if "duration_ms" in f else None,
         actor=f.get("actor", ""), host=f.get("host", ""), environment=f.get("environment", ""),
-        tool_version=f.get("tool_version", ""),
+        tool_version=f.get("tool_version", ""), run_id=f.get("run_id"),
+        attempt=int(f["attempt"]) if "attempt" in f else None,
+        waited_ms=float(f["waited_ms"]) if "waited_ms" in f else None,
     )
 
 
