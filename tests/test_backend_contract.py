@@ -306,7 +306,7 @@ def test_lock_is_released_when_its_holder_is_killed(repo: Monorepo, kind: Kind) 
         kill = lambda: (holder.send_signal(signal.SIGKILL), holder.wait())  # noqa: E731
     elif kind.redis is not None:
         # A holder that dies leaves its lease key behind, unrenewed: take it, never renew it.
-        from ncm_migrate.backends.redis.lease import Lease as RedisLease
+        from ncm_migrate.backends.redis.lease import RedisLease
         from ncm_migrate.backends.redis.ledger import Keys
 
         redis_lease = RedisLease(kind.redis.client(), Keys.of(config).lock, lease_s)

@@ -24,7 +24,7 @@ from monorepo import Monorepo, redis_revision_file
 
 from ncm_migrate.backends import make_backend
 from ncm_migrate.backends.redis.backend import RedisBackend, redis_client
-from ncm_migrate.backends.redis.lease import Lease
+from ncm_migrate.backends.redis.lease import RedisLease
 from ncm_migrate.backends.redis.ledger import Keys
 from ncm_migrate.config import ConnectSettings
 from ncm_migrate.discovery import read_revision
@@ -131,7 +131,7 @@ def test_doctor_wait_and_server_info(repo: Monorepo, redis_target: RedisTarget) 
 def test_the_lease_is_released_only_by_its_owner_and_lapses(redis_target: RedisTarget) -> None:
     r = redis_target.client()
     key = redis_target.ncm_prefix + "orders:lock"
-    mine, theirs = Lease(r, key, 60.0), Lease(r, key, 60.0)
+    mine, theirs = RedisLease(r, key, 60.0), RedisLease(r, key, 60.0)
     assert mine.try_acquire() and not theirs.try_acquire()
     theirs.release()  # not its lease: nothing happens
     assert r.get(key) == mine.value.encode()
@@ -173,7 +173,7 @@ def test_a_held_lease_is_exit_3_naming_its_holder(repo: Monorepo, redis_target: 
     repo.redis_revision("orders", "0001")
     configure(repo, redis_target, extra="[development.lock]\ntimeout_s = 0.3\n")
     r = redis_target.client()
-    assert Lease(r, Keys.of(load_project(repo.root).service("orders")).lock, 60.0).try_acquire()
+    assert RedisLease(r, Keys.of(load_project(repo.root).service("orders")).lock, 60.0).try_acquire()
     result = repo.cli("migrate")
     assert result.code == 3 and "held by a runner on host" in result.stderr
     r.close()

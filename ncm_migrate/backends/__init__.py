@@ -91,6 +91,13 @@ class Backend(Protocol):
         DDL included); the connection is not used again. A no-op where nothing runs on."""
 
 
+def step_outcome(step: Step, fake: bool) -> Literal["applied", "reverted", "faked"]:
+    """What a step that succeeds is recorded as: `faked` with --fake, else by its direction."""
+    if fake:
+        return "faked"
+    return "applied" if step.direction == "up" else "reverted"
+
+
 def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
     """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
     a connect timeout); `lease_s` is MongoDB's and Redis's lock lease (`lock.lease_s`)."""

@@ -25,20 +25,20 @@ from ...locking import wait_for
 from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ...pyfiles import load_revision_module, verify_failure
 from ...urls import mask_url, password_of, redact
-from .. import ConnectFailed, ServerInfo, StepCallback
-from .lease import Lease
+from .. import ConnectFailed, ServerInfo, StepCallback, step_outcome
+from .lease import RedisLease
 from .ledger import (
     Fields,
     Keys,
     append_entry,
+    entry_fields,
+    entry_rows,
     finish_entry,
     ledger_entries,
-    ledger_fields,
-    ledger_rows,
-    reconcile_markers,
+    reset_markers,
     state_from_entries,
 )
-from .run import CLAIM, GIVE_BACK, LeaseLost, MarkerClaimed, StepRun, short_error, step_failed, step_outcome
+from .run import CLAIM, GIVE_BACK, LeaseLost, MarkerTaken, RedisStep, error_line, failed_step_error
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ client_factory: ClientFactory = redis_client
 """Makes every client ncm-migrate uses; the test suite swaps in fakeredis's through this."""
 
 
-def connect(config: ServiceConfig, settings: ConnectSettings) -> redis.Redis:
+def connect_redis(config: ServiceConfig, settings: ConnectSettings) -> redis.Redis:
     """A client for `config`'s URL that has answered a PING; `ConnectFailed` if none does.
 
     A URL redis-py cannot parse is a `SettingsError` (exit 2); a server that refuses the
@@ -83,10 +83,10 @@ def connect(config: ServiceConfig, settings: ConnectSettings) -> redis.Redis:
         client.ping()
     except (redis.AuthenticationError, redis.ResponseError) as exc:
         client.close()
-        raise ConnectFailed(redact(short_error(exc), secret), permanent=True) from None
+        raise ConnectFailed(redact(error_line(exc), secret), permanent=True) from None
     except redis.RedisError as exc:
         client.close()
-        raise ConnectFailed(redact(short_error(exc), secret)) from None
+        raise ConnectFailed(redact(error_line(exc), secret)) from None
     return client
 
 
@@ -100,7 +100,7 @@ def connection_errors(config: ServiceConfig, doing: str) -> Iterator[None]:
         url = config.database_url or ""
         raise DatabaseUnreachable(
             f"Service '{config.name}': lost the connection to the database at {mask_url(url)} "
-            f"while {doing} ({redact(short_error(exc), [password_of(url)])}); check the network "
+            f"while {doing} ({redact(error_line(exc), [password_of(url)])}); check the network "
             "and the server, then run the command again."
         ) from None
 
@@ -116,7 +116,7 @@ class RedisBackend:
         self.lease_s = lease_s
         self._connect = connect
         self._client: redis.Redis | None = None
-        self._lease: Lease | None = None
+        self._lease: RedisLease | None = None
 
     # -- connection -------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class RedisBackend:
             if timeout_s is not None:
                 settings = ConnectSettings(settings.retries, settings.max_wait_s, timeout_s,
                                            settings.read_timeout_s, settings.keepalive_s)
-            self._client = connect(self.config, settings)
+            self._client = connect_redis(self.config, settings)
             self.claim_script = self._client.register_script(CLAIM)
             self.give_back_script = self._client.register_script(GIVE_BACK)
 
@@ -157,7 +157,7 @@ class RedisBackend:
 
     @contextmanager
     def lock(self, timeout_s: float) -> Iterator[None]:
-        lease = Lease(self.client, self.keys.lock, self.lease_s)
+        lease = RedisLease(self.client, self.keys.lock, self.lease_s)
         try:
             with connection_errors(self.config, "taking its migration lock"):
                 wait_for(lease.try_acquire, timeout_s, f"service '{self.config.name}'")
@@ -189,7 +189,7 @@ class RedisBackend:
 
     def history(self, limit: int | None = None) -> list[LedgerRow]:
         with connection_errors(self.config, "reading its ledger"):
-            return ledger_rows(ledger_entries(self.client, self.keys), self.config.name, limit)
+            return entry_rows(ledger_entries(self.client, self.keys), self.config.name, limit)
 
     def append(self, fields: Fields) -> str:
         """Append one ledger entry; its id."""
@@ -203,10 +203,10 @@ class RedisBackend:
                ctx: RunContext) -> None:
         with connection_errors(self.config, "recording in its ledger"):
             now = ledger_rules.utcnow()
-            self.append(ledger_fields(revision, direction, status, checksum, ctx, now,
+            self.append(entry_fields(revision, direction, status, checksum, ctx, now,
                                       finished=now, duration_ms=0.0))
-            rows = ledger_rows(ledger_entries(self.client, self.keys), self.config.name)
-            reconcile_markers(self.client, self.keys, rows)
+            rows = entry_rows(ledger_entries(self.client, self.keys), self.config.name)
+            reset_markers(self.client, self.keys, rows)
 
     # -- applying -----------------------------------------------------------------
 
@@ -222,13 +222,13 @@ class RedisBackend:
         for step in steps:
             rev = revisions[step.revision]
             up = step.direction == "up"
-            run = StepRun(self, step, rev, ctx, step_outcome(step, fake))
+            run = RedisStep(self, step, rev, ctx, step_outcome(step, fake))
             try:
                 module = None if fake else load_revision_module(rev, to_apply=True)
             except (SystemExit, KeyboardInterrupt) as exc:
                 # Its top-level code exited: no function of it had the client.
                 run.record_failure(left_nothing=True)
-                raise step_failed(run, exc, results, on_step) from exc
+                raise failed_step_error(run, exc, results, on_step) from exc
             fn = None if module is None else getattr(module, "upgrade" if up else "downgrade", None)
             if module is not None and not callable(fn):
                 raise RevisionFileError(
@@ -244,7 +244,7 @@ class RedisBackend:
                 run.execute(fn, check)
             except LeaseLost:
                 raise self._lease_lost(step, results) from None
-            except MarkerClaimed as claimed:
+            except MarkerTaken as claimed:
                 raise LockLost(
                     f"Revision {step.service}:{step.revision} was {claimed.what} by another runner "
                     f"(the marker {claimed.marker}); nothing was run. If no other runner is "
@@ -252,7 +252,7 @@ class RedisBackend:
                     step.service, step.revision, list(results),
                 ) from None
             except (Exception, SystemExit, KeyboardInterrupt) as exc:  # user code ran
-                raise step_failed(run, exc, results, on_step) from exc
+                raise failed_step_error(run, exc, results, on_step) from exc
             results.append(StepResult(step.service, step.revision, step.direction, run.outcome,
                                       run.duration_ms))
             on_step(step, "done", results[-1])
@@ -262,7 +262,7 @@ class RedisBackend:
         check = getattr(load_revision_module(revision), "verify", None)
         if check is None:
             return None
-        return verify_failure(lambda: check(self.client), revision, short_error)
+        return verify_failure(lambda: check(self.client), revision, error_line)
 
     # -- server -------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from ...config import ConnectSettings
 from ...errors import BackupFailed, BackupInvalid
 from ...model import ServiceConfig
 from ...urls import redact_known
-from .backend import connect
+from .backend import connect_redis
 from .ledger import Keys
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _glob(text: str) -> str:
 
 def backup_redis(config: ServiceConfig, out_dir: Path, settings: ConnectSettings | None = None) -> list[Path]:
     """Write the service's keys to `out_dir/keys.jsonl`; the files written."""
-    r = connect(config, settings or ConnectSettings())
+    r = connect_redis(config, settings or ConnectSettings())
     path = out_dir / FILE
     count = 0
     try:
@@ -114,7 +114,7 @@ def _write_batch(r: redis.Redis, batch: list[bytes], fh: object) -> int:
     return written
 
 
-def read_entries(path: Path) -> Iterator[Entry]:
+def read_key_lines(path: Path) -> Iterator[Entry]:
     """The keys of a backup file, one at a time; `BackupInvalid` at the first damaged line."""
     try:
         with path.open() as fh:
@@ -138,7 +138,7 @@ def check_redis(config: ServiceConfig, folder: Path, files: Sequence[str]) -> No
     damaged one, or a key that is not the service's."""
     if FILE not in files:
         raise BackupInvalid(f"Backup {folder} does not list {FILE} in its manifest; nothing was restored.")
-    for entry in read_entries(folder / FILE):
+    for entry in read_key_lines(folder / FILE):
         if not owns(config, entry.key):
             raise BackupInvalid(
                 f"{folder / FILE} holds the key {entry.key!r}, which is not service "
@@ -148,12 +148,12 @@ def check_redis(config: ServiceConfig, folder: Path, files: Sequence[str]) -> No
 
 def restore_redis(config: ServiceConfig, folder: Path, settings: ConnectSettings | None = None) -> None:
     """Replace the service's keys with the backup's (see the module's docstring)."""
-    r = connect(config, settings or ConnectSettings())
+    r = connect_redis(config, settings or ConnectSettings())
     scratch = f"{Keys.of(config).lock}:restore:{secrets.token_hex(4)}:"
     staged: list[tuple[bytes, bytes]] = []
     try:
         try:
-            for entry in read_entries(folder / FILE):
+            for entry in read_key_lines(folder / FILE):
                 name = f"{scratch}{len(staged)}".encode()
                 r.restore(name, max(entry.pttl, 0), entry.dump, replace=True)
                 staged.append((name, entry.key))

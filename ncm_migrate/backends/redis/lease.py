@@ -39,7 +39,7 @@ def owner_value() -> str:
     return f"{secrets.token_hex(12)} {socket.gethostname()} {os.getpid()}"
 
 
-class Lease:
+class RedisLease:
     """One runner's hold on the lease key `key`."""
 
     def __init__(self, r: redis.Redis, key: str, lease_s: float, value: str | None = None) -> None:

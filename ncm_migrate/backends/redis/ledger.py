@@ -38,7 +38,7 @@ class Keys(NamedTuple):
         return cls(base + "ledger", base + "applied", base + "lock")
 
 
-def ledger_fields(
+def entry_fields(
     revision: str, direction: str, status: str, checksum: str | None, ctx: RunContext,
     started: datetime, finished: datetime | None = None, duration_ms: float | None = None,
     left_nothing: bool = False,
@@ -85,7 +85,7 @@ def ledger_entries(r: redis.Redis, keys: Keys) -> list[tuple[str, Fields]]:
     return list(rows.items())
 
 
-def ledger_rows(entries: list[tuple[str, Fields]], service: str, limit: int | None = None) -> list[LedgerRow]:
+def entry_rows(entries: list[tuple[str, Fields]], service: str, limit: int | None = None) -> list[LedgerRow]:
     """The entries as ledger rows (the last `limit` of them, if given)."""
     rows = [_row(entry, fields, service) for entry, fields in entries]
     return rows[-limit:] if limit else rows
@@ -109,7 +109,7 @@ def state_from_entries(entries: list[tuple[str, Fields]], service: str,
                        revisions: Mapping[str, Revision]) -> ServiceState:
     """What the ledger says is applied, the heads, and whether the service is dirty (a
     failed step is, unless its entry says it left nothing behind: `transactional`)."""
-    rows = ledger_rows(entries, service)
+    rows = entry_rows(entries, service)
     sums = ledger_rules.applied_checksums(rows)
     known = {r for r in sums if r in revisions}
     unknown = tuple(sorted(r for r in sums if r not in revisions))
@@ -124,7 +124,7 @@ def state_from_entries(entries: list[tuple[str, Fields]], service: str,
     )
 
 
-def reconcile_markers(r: redis.Redis, keys: Keys, rows: Iterable[LedgerRow]) -> None:
+def reset_markers(r: redis.Redis, keys: Keys, rows: Iterable[LedgerRow]) -> None:
     """Make the markers say what the ledger rows say is applied (after `repair`)."""
     applied = ledger_rules.applied_from_ledger(rows)
     pipe = r.pipeline(transaction=True)

@@ -1,8 +1,8 @@
 """One Redis step as it runs, and the error a failed step stops the run with.
 
-`StepRun` claims the step's marker (in one Lua script that also checks the lease is still
+`RedisStep` claims the step's marker (in one Lua script that also checks the lease is still
 ours), records the step in the ledger, runs the revision's function and records the
-outcome; `step_failed` maps what went wrong to the error `RedisBackend.apply` raises.
+outcome; `failed_step_error` maps what went wrong to the error `RedisBackend.apply` raises.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ...errors import DatabaseUnreachable, MigrationFailed, NcmError
 from ...model import Revision, RunContext, Step, StepResult
 from ...pyfiles import stopped_error
 from ...urls import mask_url, password_of, redact
-from .ledger import Fields, ledger_fields
+from .ledger import Fields, entry_fields
 
 if TYPE_CHECKING:
     from .. import StepCallback
@@ -50,7 +50,7 @@ return 0
 """
 
 
-class MarkerClaimed(Exception):
+class MarkerTaken(Exception):
     """Another runner holds the step's marker: it applied (or reverted) the revision first."""
 
     def __init__(self, marker: str, what: str) -> None:
@@ -63,7 +63,7 @@ class LeaseLost(Exception):
     """The lease is no longer this runner's when it came to claim a step."""
 
 
-class StepRun:
+class RedisStep:
     """One step: claim its marker, record it, run it, record the outcome."""
 
     def __init__(self, backend: RedisBackend, step: Step, rev: Revision, ctx: RunContext,
@@ -123,7 +123,7 @@ class StepRun:
             raise LeaseLost()
         if got == 0:
             what = "applied" if self.step.direction == "up" else "reverted (or never applied)"
-            raise MarkerClaimed(f"{keys.markers} {self.step.revision}", what)
+            raise MarkerTaken(f"{keys.markers} {self.step.revision}", what)
 
     def _settle(self) -> None:
         """The marker after success: `applied` after an upgrade, gone after a downgrade."""
@@ -149,21 +149,21 @@ class StepRun:
         except Exception as exc:
             log.debug("could not record the failure of %s:%s", self.step.service,
                       self.step.revision, exc_info=True)
-            self.unrecorded = f"{type(exc).__name__}: {short_error(exc)}"
+            self.unrecorded = f"{type(exc).__name__}: {error_line(exc)}"
 
     def _fields(self, status: str, finished: bool = False, left_nothing: bool = False) -> Fields:
-        return ledger_fields(
+        return entry_fields(
             self.step.revision, self.step.direction, status, self.rev.checksum, self.ctx,
             self.started, finished=ledger_rules.utcnow() if finished else None,
             duration_ms=self.elapsed_ms() if finished else None, left_nothing=left_nothing,
         )
 
 
-def step_failed(run: StepRun, exc: BaseException, results: list[StepResult],
+def failed_step_error(run: RedisStep, exc: BaseException, results: list[StepResult],
                 on_step: StepCallback) -> NcmError:
     """The error a failed step (already recorded, if it could be) stops the run with."""
     step = run.step
-    message = f"{type(exc).__name__}: {short_error(exc)}" if str(exc) else type(exc).__name__
+    message = f"{type(exc).__name__}: {error_line(exc)}" if str(exc) else type(exc).__name__
     results.append(StepResult(step.service, step.revision, step.direction, "failed",
                               run.elapsed_ms(), message))
     on_step(step, "done", results[-1])
@@ -173,7 +173,7 @@ def step_failed(run: StepRun, exc: BaseException, results: list[StepResult],
     if stopped is not None:
         return stopped
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return lost_in_step(run, exc, results)
+        return connection_lost_in_step(run, exc, results)
     unrecorded = (f"; the failure could not be recorded in the ledger "
                   f"({run.unrecorded})" if run.unrecorded else "")
     return MigrationFailed(
@@ -183,7 +183,8 @@ def step_failed(run: StepRun, exc: BaseException, results: list[StepResult],
     )
 
 
-def lost_in_step(run: StepRun, exc: BaseException, results: list[StepResult]) -> DatabaseUnreachable:
+def connection_lost_in_step(run: RedisStep, exc: BaseException,
+                            results: list[StepResult]) -> DatabaseUnreachable:
     """A connection lost while a step ran: exit 4 naming the service and the server, and
     that the step may be half applied."""
     step = run.step
@@ -191,7 +192,7 @@ def lost_in_step(run: StepRun, exc: BaseException, results: list[StepResult]) ->
     lost = DatabaseUnreachable(
         f"Service '{step.service}': lost the connection to the database at {mask_url(url)} "
         f"while applying {step.service}:{step.revision} "
-        f"({redact(short_error(exc), [password_of(url)])}). The revision {step.revision} may be "
+        f"({redact(error_line(exc), [password_of(url)])}). The revision {step.revision} may be "
         f"half applied: check the database once the server is back, then run "
         f"manage.py repair {step.service}."
     )
@@ -199,13 +200,7 @@ def lost_in_step(run: StepRun, exc: BaseException, results: list[StepResult]) ->
     return lost
 
 
-def step_outcome(step: Step, fake: bool) -> Literal["applied", "reverted", "faked"]:
-    if fake:
-        return "faked"
-    return "applied" if step.direction == "up" else "reverted"
-
-
-def short_error(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """The first line of an error."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
