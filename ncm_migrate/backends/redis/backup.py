@@ -57,7 +57,7 @@ def owns(config: ServiceConfig, key: bytes) -> bool:
 
 def _service_keys(r: redis.Redis, config: ServiceConfig) -> Iterator[bytes]:
     """The keys `owns` says are the service's, each once, found by SCAN (never KEYS)."""
-    prefixes = sorted(config.key_prefixes)
+    prefixes = sorted(set(config.key_prefixes))
     disjoint = [p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)]
     keys = Keys.of(config)
     own = (keys.ledger.encode(), keys.markers.encode())
