@@ -514,3 +514,33 @@ def test_requires_across_redis_mongodb_and_sql(
     assert len({r["run_id"] for r in rows}) == 1
     refused = repo.cli("rollback", "sessions", "zero")
     assert refused.code == 1 and "notifications:0001" in refused.stderr
+
+
+def test_which_keys_a_backup_holds(repo: Monorepo, fake_redis_target: RedisTarget, tmp_path: Path) -> None:
+    """By default every key of the database but ncm-migrate's own, except this service's
+    ledger and markers; never its lease nor another service's bookkeeping (on fakeredis:
+    the real server's database is shared)."""
+    from ncm_migrate.backends.redis.backup import read_key_lines
+
+    repo.redis_revision("orders", "0001")
+    repo.urls({"orders": fake_redis_target.url})
+    assert repo.cli("migrate").code == 0
+    r = fake_redis_target.client()
+    r.set("a:1", 1)
+    r.set("b:1", 1, px=600_000)
+    r.set("ncm:billing:ledger", "another service's")
+    # backup holds the service's lease (ncm:orders:lock) while it runs: not in the backup.
+    assert repo.cli("backup", "orders", "-o", str(tmp_path / "all")).code == 0
+    keys = {e.key for e in read_key_lines(tmp_path / "all" / "keys.jsonl")}
+    assert keys == {b"a:1", b"b:1", b"ncm:orders:ledger", b"ncm:orders:applied"}
+
+    repo.settings(f'[development.services.orders]\ndatabase_url = "{fake_redis_target.url}"\n'
+                  'key_prefixes = ["a:", "a:", "a:1"]\n')
+    assert repo.cli("backup", "orders", "-o", str(tmp_path / "a")).code == 0
+    lines = [e.key for e in read_key_lines(tmp_path / "a" / "keys.jsonl")]
+    assert sorted(lines) == [b"a:1", b"ncm:orders:applied", b"ncm:orders:ledger"]  # each once
+    r.set("a:2", 2)
+    r.delete("b:1")
+    assert repo.cli("restore", "orders", str(tmp_path / "a")).code == 0
+    assert r.exists("a:2") == 0 and r.exists("b:1") == 0  # b:1 is not the service's now
+    assert r.get("ncm:billing:ledger") == b"another service's"
