@@ -44,15 +44,11 @@ class Kind:
 
     name: str
     url: str
-    redis_target: RedisTarget | None = None
+    redis: RedisTarget | None = None  # the database and key prefix of a Redis kind
 
     @property
     def mongo(self) -> bool:
         return self.name == "mongo"
-
-    @property
-    def redis(self) -> RedisTarget | None:
-        return self.redis_target
 
     @property
     def runners_are_processes(self) -> bool:
