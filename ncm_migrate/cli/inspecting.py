@@ -42,7 +42,7 @@ def services_cmd(
         table = Table("service", "backend", "url", "version table", "depends on", box=None)
         for s in found:
             url = s.url if s.skip_reason is None else f"(skipped: {s.skip_reason})"
-            version_table = "-" if s.backend == "mongo" else s.version_table  # MongoDB: the ledger
+            version_table = "-" if s.backend != "sql" else s.version_table  # MongoDB, Redis: the ledger
             table.add_row(s.name, s.backend, url, version_table, ", ".join(s.depends_on))
         out.print(table)
 
