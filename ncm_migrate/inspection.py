@@ -204,7 +204,9 @@ def sqlmigrate(
 
     start = (rev,) if backwards else node.down_revisions
     step = Step(svc.name, rev, "down" if backwards else "up")
-    return SqlBackend(svc, 1.0).offline_sql([step], project.revisions[svc.name], start)
+    return SqlBackend(svc, 1.0, project.settings.ddl).offline_sql(
+        [step], project.revisions[svc.name], start
+    )
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def migrate_sql(
     for seg in segments(steps):
         svc = project.service(seg[0].service)
         _require_sql(svc, "migrate --sql")
-        backend = SqlBackend(svc, 1.0)
+        backend = SqlBackend(svc, 1.0, project.settings.ddl)
         chunks.append(f"-- service {svc.name} ({mask_url(svc.database_url)})")
         for step in seg:
             start = project.graph.heads_of(svc.name, frozenset(applied[svc.name]))

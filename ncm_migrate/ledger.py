@@ -20,7 +20,9 @@ COLUMNS = (
     "id", "service", "revision", "direction", "status", "checksum", "started_at",
     "finished_at", "duration_ms", "actor", "host", "environment", "tool_version",
 )
-STATUSES = ("running", "applied", "reverted", "faked", "failed")
+# `blocked`: an attempt that waited past its lock timeout (or a deadlock picked it) and left
+# nothing behind; retried within `ddl.retries`, else the run stopped there.
+STATUSES = ("running", "applied", "reverted", "faked", "failed", "blocked")
 # The longest `actor` and `environment` a row holds (the SQL columns' sizes): the settings
 # refuse longer ones before any database is touched.
 ACTOR_LENGTH = 128

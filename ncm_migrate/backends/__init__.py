@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ..config import ConnectSettings
+from ..config import ConnectSettings, DdlSettings
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,11 @@ class Backend(Protocol):
         DDL included); the connection is not used again. A no-op where nothing runs on."""
 
 
-def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
+def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0,
+                 ddl: DdlSettings | None = None) -> Backend:
     """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
-    a connect timeout); `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
+    a connect timeout); `lease_s` is MongoDB's lock lease (`lock.lease_s`); `ddl` how SQL
+    steps wait on locks (`ddl.*`)."""
     if config.backend == "mongo":
         from .mongo.backend import MongoBackend
 
@@ -101,7 +103,7 @@ def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_
         return MongoBackend(config, timeout, lease_s)
     from .sql.backend import SqlBackend
 
-    return SqlBackend(config, connect)
+    return SqlBackend(config, connect, ddl)
 
 
 def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:
