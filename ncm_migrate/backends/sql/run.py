@@ -175,7 +175,8 @@ class _SqlRun:
         self.rmap = alembic_bridge.revision_map(revisions)
         self.transactional = backend.transactional
         self.run_values = dict(actor=ctx.actor, host=ctx.host, environment=ctx.environment,
-                               tool_version=ctx.tool_version)
+                               tool_version=ctx.tool_version, run_id=ctx.run_id or None,
+                               attempt=1, waited_ms=0.0)
         self.results: list[StepResult] = []
         self.own_loop = self.transactional and not backend.config.use_env_py
         # PostgreSQL: the plain step's ledger row goes in its version UPDATE (one statement).
@@ -362,13 +363,9 @@ class _SqlRun:
         ledger row, `blocked`, committed."""
         self.abandon(record=True, status="blocked")
 
-    @property
-    def has_attempts(self) -> bool:
-        return "attempt" in LEDGER.c
-
     def attempt(self) -> dict[str, Any]:
         """The ledger columns of the attempt under way: its number, how long the step waited."""
-        if not self.has_attempts or self.tries.current is None:
+        if self.tries.current is None:
             return {}
         tries = self.tries.attempts
         return dict(attempt=tries.number, waited_ms=round(tries.waited_ms, 3))
