@@ -352,7 +352,8 @@ def lint(
     findings = [f for f in inventory.findings if f.rule == "malformed-revision" and f.service in chosen]
     for svc in selected:
         findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
-                                 settings.root, squawk=settings.lint_squawk)
+                                 settings.root, squawk=settings.lint_squawk,
+                                 ddl=settings.ddl, pg_version=settings.squawk_pg_version)
     return Report.of(findings, strict)
 
 

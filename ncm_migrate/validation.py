@@ -232,7 +232,8 @@ def validate_settings(
     if lint_rules:
         for svc in selected:
             findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
-                                     settings.root, squawk=settings.lint_squawk)
+                                     settings.root, squawk=settings.lint_squawk,
+                                 ddl=settings.ddl, pg_version=settings.squawk_pg_version)
     if database:
         states: dict[str, ServiceState] = {}
         for svc in selected:

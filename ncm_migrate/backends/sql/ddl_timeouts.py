@@ -98,8 +98,9 @@ def lock_failure(exc: BaseException) -> str | None:
         return None
     orig = exc.orig
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(state, str):
-        return _PG_LOCK_STATES.get(state)
+    if isinstance(state, str) and state in _PG_LOCK_STATES:
+        return _PG_LOCK_STATES[state]
+    # PyMySQL gives its errors a SQLSTATE too (HY000 for both): the error number says.
     args: tuple[object, ...] = getattr(orig, "args", ())
     return _MYSQL_LOCK_CODES.get(args[0]) if args and isinstance(args[0], int) else None
 

@@ -363,12 +363,14 @@ class _SqlRun:
         ledger row, `blocked`, committed."""
         self.abandon(record=True, status="blocked")
 
-    def attempt(self) -> dict[str, Any]:
-        """The ledger columns of the attempt under way: its number, how long the step waited."""
+    def attempt(self, ended: bool = False) -> dict[str, Any]:
+        """The ledger columns of the attempt under way: its number, and how long the step
+        has waited, before it began (or, `ended` waiting on a lock, until now)."""
         if self.tries.current is None:
             return {}
         tries = self.tries.attempts
-        return dict(attempt=tries.number, waited_ms=round(tries.waited_ms, 3))
+        waited = tries.elapsed_ms() if ended else tries.waited_ms
+        return dict(attempt=tries.number, waited_ms=round(waited, 3))
 
     def move_version(self, statement: sa.Update, alembic_step: alembic_bridge.AlembicStep,
                      heads: set[str], step: Step, values: dict[str, Any]) -> set[str]:
@@ -474,7 +476,8 @@ class _SqlRun:
                 return ""
             values: dict[str, Any] = dict(
                 status=status, finished_at=ledger_rules.utcnow(),
-                duration_ms=(time.perf_counter() - self.t0) * 1000, **self.attempt(),
+                duration_ms=(time.perf_counter() - self.t0) * 1000,
+                **self.attempt(ended=status == "blocked"),
             )
             if self.row_id is not None:
                 finish_row(conn, self.row_id, values)
