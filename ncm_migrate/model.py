@@ -171,6 +171,16 @@ class LedgerRow:
 
 
 @dataclass(frozen=True)
+class InvalidIndex:
+    """An index a revision names that a failed `CREATE INDEX CONCURRENTLY` left INVALID."""
+
+    service: str
+    revision: str
+    name: str
+    table: str
+
+
+@dataclass(frozen=True)
 class RunContext:
     """Who runs a step and where: written to the ledger and the audit log."""
 

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..config import ConnectSettings, DdlSettings
-from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..model import (
+    InvalidIndex,
+    LedgerRow,
+    Revision,
+    RunContext,
+    ServiceConfig,
+    ServiceState,
+    Step,
+    StepResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,13 @@ class Backend(Protocol):
     def record(self, revision: str, direction: str, status: str, checksum: str | None,
                ctx: RunContext) -> None:
         """Append one finished ledger row (used by `repair`)."""
+
+    def invalid_indexes(self, revisions: Mapping[str, Revision]) -> list[InvalidIndex]:
+        """Indexes that `revisions` name and that a failed concurrent build left INVALID
+        (PostgreSQL; none elsewhere)."""
+
+    def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
+        """Drop INVALID `indexes` (concurrently, on PostgreSQL): those dropped."""
 
     def interrupt(self) -> None:
         """After a signal cut a step short on this side: stop what the server still runs

@@ -26,10 +26,19 @@ from sqlalchemy.engine import Connection, Engine
 from ... import ledger as ledger_rules
 from ...config import DdlSettings
 from ...errors import DatabaseUnreachable, NcmError
-from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ...model import (
+    InvalidIndex,
+    LedgerRow,
+    Revision,
+    RunContext,
+    ServiceConfig,
+    ServiceState,
+    Step,
+    StepResult,
+)
 from ...urls import is_async, sqlite_file
 from .. import ConnectFailed, ServerInfo, StepCallback
-from . import bookkeeping, offline, run
+from . import bookkeeping, invalid_indexes, offline, run
 from .engine import (
     Timeouts,
     connect_settings,
@@ -61,6 +70,8 @@ _DOING = {
     "apply": "preparing its ledger",
     "verify": "verifying a revision",
     "record": "recording in its ledger",
+    "invalid_indexes": "looking for INVALID indexes",
+    "drop_indexes": "dropping INVALID indexes",
 }
 
 
@@ -418,6 +429,18 @@ class SqlBackend:
         except sa.exc.DBAPIError as exc:
             log.warning("service '%s': could not confirm that this run's commits reached the "
                         "disk: %s", self.config.name, short_reason(exc))
+
+    @_driver_call
+    def invalid_indexes(self, revisions: Mapping[str, Revision]) -> list[InvalidIndex]:
+        if self.dialect != "postgresql":
+            return []
+        return invalid_indexes.find_invalid(self.conn, revisions.values())
+
+    @_driver_call
+    def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
+        if self.dialect != "postgresql":
+            return []
+        return invalid_indexes.drop_concurrently(self.conn, indexes)
 
     @_driver_call
     def verify(self, revision: Revision) -> str | None:

@@ -244,6 +244,8 @@ class _SqlRun:
             )
         self.module, self.phase = module, f"in {'upgrade' if up else 'downgrade'}()"
         self.tries.begin(rev)
+        if self.own_loop and not self.fake:
+            self.tries.clear_invalid(self.conn, rev)  # what a failed run of it left
         self.on_step(step, "start", None)
         if not self.transactional:
             self.row_id = self.ledger_insert(step, "running", self.started, **self.attempt())
@@ -319,6 +321,7 @@ class _SqlRun:
         statement = alembic_bridge.move_statement(self.backend.config.version_table, ledger)
         heads = set(mctx.get_current_heads())
         self.tries.watch_blockers(self.conn)
+        self.tries.count_statements(self.conn)
         for step in self.steps:
             alembic_step = self.start(step)
             retrying = self.tries.attempts.retrying(self.tries.retryable_in_transaction,
@@ -437,6 +440,8 @@ class _SqlRun:
             message = self.tries.blocked_message(step, exc)
         elif self.tries.current is not None and lock_failure(exc) is not None:
             message += self.tries.not_retried_note(exc)
+        if lost is None:
+            message += self.tries.invalid_note(self.conn, self.revisions[step.revision])
         self.results.append(
             StepResult(step.service, step.revision, step.direction, "failed", duration, message)
         )

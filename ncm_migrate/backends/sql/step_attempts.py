@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from ...model import Revision, Step
 from .blockers import Blocker, BlockerWatch
 from .ddl_timeouts import Attempts, lock_failure, set_timeouts, step_timeouts
+from .invalid_indexes import drop_concurrently, find_invalid
 
 if TYPE_CHECKING:
     from .backend import SqlBackend
@@ -36,8 +37,10 @@ class StepAttempts:
         self.current: Attempts | None = None
         self.watch: BlockerWatch | None = None
         self.blockers: list[Blocker] = []
-        # MySQL/MariaDB: the statements the current attempt's code has sent so far.
+        # MySQL/MariaDB: the statements the current attempt's code has sent so far;
+        # PostgreSQL: its commits (an `autocommit_block()`, for CREATE INDEX CONCURRENTLY).
         self.statements = 0
+        self.commits = 0
         self._counted: sa.Connection | None = None
 
     def begin(self, revision: Revision) -> Attempts:
@@ -54,7 +57,32 @@ class StepAttempts:
     def prepare(self, conn: sa.Connection) -> None:
         """In the attempt's transaction, before the step's code: its timeouts."""
         set_timeouts(conn, self.dialect, self.attempts.timeouts)
-        self.statements = 0
+        self.statements = self.commits = 0
+
+    # -- INVALID indexes (PostgreSQL) -------------------------------------------------------
+
+    def clear_invalid(self, conn: sa.Connection, revision: Revision) -> None:
+        """Before a step runs (again): the indexes it names that a failed concurrent build
+        left INVALID, dropped concurrently, so that it builds them afresh."""
+        if self.dialect == "postgresql":
+            found = find_invalid(conn, [revision])
+            if found:
+                drop_concurrently(conn, found)
+
+    def invalid_note(self, conn: sa.Connection, revision: Revision) -> str:
+        """After a step failed: the INVALID indexes it left, and what to do about them."""
+        if self.dialect != "postgresql":
+            return ""
+        try:
+            found = find_invalid(conn, [revision])
+        except sa.exc.DBAPIError:
+            return ""
+        if not found:
+            return ""
+        names = ", ".join(i.name for i in found)
+        return (f"; it left the INVALID index {names} (a CREATE INDEX CONCURRENTLY that failed):"
+                f" `manage.py repair {revision.service}` drops it, and running the revision "
+                "again drops and builds it afresh")
 
     # -- who blocks (PostgreSQL) ----------------------------------------------------------
 
@@ -84,18 +112,24 @@ class StepAttempts:
     # -- what each attempt ran (MySQL/MariaDB) ----------------------------------------------
 
     def count_statements(self, conn: sa.Connection) -> None:
+        """Count the statements and commits of each attempt on `conn`."""
         if self._counted is None:
             sa.event.listen(conn, "before_cursor_execute", self._count)
+            sa.event.listen(conn, "commit", self._count_commit)
             self._counted = conn
 
     def _count(self, *_args: Any) -> None:
         self.statements += 1
 
+    def _count_commit(self, *_args: Any) -> None:
+        self.commits += 1
+
     # -- which failures are retried -----------------------------------------------------------
 
     def retryable_in_transaction(self, exc: BaseException) -> bool:
-        """PostgreSQL: a lock timeout or deadlock, its transaction rolled back."""
-        return self.dialect == "postgresql" and lock_failure(exc) is not None
+        """PostgreSQL: a lock timeout or deadlock, its transaction rolled back, when the
+        step's code committed nothing of its own before (in an `autocommit_block()`)."""
+        return self.dialect == "postgresql" and lock_failure(exc) is not None and not self.commits
 
     def retryable_first_statement(self, exc: BaseException) -> bool:
         """MySQL/MariaDB: a lock timeout or deadlock of the step's first statement, before
@@ -107,7 +141,7 @@ class StepAttempts:
         """Whether a step that failed with `exc` waiting on a lock left nothing behind."""
         if lock_failure(exc) is None:
             return False
-        return transactional or self.statements <= 1
+        return (transactional and not self.commits) or (not transactional and self.statements <= 1)
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -131,7 +165,10 @@ class StepAttempts:
         )
 
     def not_retried_note(self, exc: BaseException) -> str:
-        """MySQL/MariaDB: why a lock timeout of a later statement was not retried."""
+        """Why a lock timeout was not retried: part of the step was committed before it."""
+        if self.dialect == "postgresql":
+            return (f" (a {lock_failure(exc)} after its code committed part of it, in an "
+                    "autocommit_block(), so it was not retried)")
         return (f" (a {lock_failure(exc)} at its statement {self.statements}: the statements "
                 "before it were committed, as MySQL commits DDL as it runs, so it was not retried)")
 
@@ -141,6 +178,7 @@ class StepAttempts:
         if self._counted is not None:
             with contextlib.suppress(Exception):
                 sa.event.remove(self._counted, "before_cursor_execute", self._count)
+                sa.event.remove(self._counted, "commit", self._count_commit)
             self._counted = None
 
 
