@@ -15,8 +15,13 @@ import pytest
 import sqlalchemy as sa
 from monorepo import Monorepo, ledger, tables
 
-from ncm_migrate.backends.sql.ddl_timeouts import StepTimeouts, offline_statements
-from ncm_migrate.config import duration_ms
+from ncm_migrate.backends.sql.ddl_timeouts import (
+    Attempts,
+    StepTimeouts,
+    lock_failure,
+    offline_statements,
+)
+from ncm_migrate.config import DdlSettings, duration_ms
 from ncm_migrate.errors import ToolMissing
 from ncm_migrate.squawk import find_squawk, one_transaction
 
@@ -289,3 +294,48 @@ def test_bad_timeout_settings_and_headers_are_one_sentence(repo: Monorepo, sqlit
     repo.revision("shop", "0002_x", down="0001_items", extra='lock_timeout = "a while"\n')
     result = repo.cli("showmigrations")
     assert result.code == 2 and "0002_x.py" in result.stderr and "lock_timeout" in result.stderr
+
+
+def _lock_timeout_error() -> sa.exc.OperationalError:
+    class Orig(Exception):
+        sqlstate = "55P03"
+
+    return sa.exc.OperationalError("ALTER TABLE items ...", {},
+                                   Orig("canceling statement due to lock timeout"))
+
+
+@pytest.mark.parametrize(("retries", "budget_s", "attempts"),
+                         [(10, 5.0, (3, 4)), (2, 100.0, (3,)), (0, 100.0, (1,))])
+def test_attempts_stop_within_the_retries_and_the_budget(retries: int, budget_s: float,
+                                                         attempts: tuple[int, ...]) -> None:
+    """Each attempt waits its whole lock_timeout (1 s on a fake clock); none starts unless
+    its lock wait, after the pause, still ends within the budget. With a 5 s budget the
+    pauses' jitter (up to 0.25, 0.5, 1 s) leaves room for 3 or 4 attempts."""
+    now = [0.0]
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    settings = DdlSettings(lock_timeout_ms=1000, retries=retries, retry_budget_s=budget_s)
+    tries = Attempts(settings, StepTimeouts(1000, 0), sleep=sleep, clock=lambda: now[0])
+    recorded: list[int] = []
+    with pytest.raises(sa.exc.OperationalError):
+        for attempt in tries.retrying(lambda exc: lock_failure(exc) is not None,
+                                      lambda _exc: recorded.append(tries.number)):
+            with attempt:
+                now[0] += 1.0  # the lock wait
+                raise _lock_timeout_error()
+    assert tries.number in attempts and recorded == list(range(1, tries.number))
+    assert now[0] <= budget_s and len(pauses) == tries.number - 1
+    assert all(0 <= p <= 10 for p in pauses)
+
+
+def test_other_errors_are_not_retried() -> None:
+    tries = Attempts(DdlSettings(), StepTimeouts(1000, 0), sleep=lambda _s: None)
+    with pytest.raises(ValueError):
+        for attempt in tries.retrying(lambda exc: lock_failure(exc) is not None, lambda _e: None):
+            with attempt:
+                raise ValueError("not a lock")
+    assert tries.number == 1
