@@ -26,7 +26,6 @@ from ...pyfiles import STOPPED, exit_call, load_revision_module, stopped_error, 
 from .. import StepCallback
 from . import alembic_bridge
 from .bookkeeping import LEDGER, finish_row, insert_row, step_status
-from .ddl_timeouts import lock_failure
 from .engine import short_reason
 from .metadata import target_metadata
 from .step_attempts import StepAttempts
@@ -198,7 +197,7 @@ class _SqlRun:
         # transaction raised another on the way out (the server went away, say).
         self.raised: BaseException | None = None
         # Its attempts: timeouts, who blocks it, retries after a lock wait ran out.
-        self.tries = StepAttempts(backend)
+        self.tries = StepAttempts(backend, retry=self.own_loop or not self.transactional)
 
     def run(self) -> list[StepResult]:
         if self.relaxed:
@@ -436,12 +435,8 @@ class _SqlRun:
             record=True, status="blocked" if blocked else "failed")
         duration = (time.perf_counter() - self.t0) * 1000
         message = f"{type(exc).__name__}: {short_reason(exc)}" if str(exc) else type(exc).__name__
-        if blocked:
-            message = self.tries.blocked_message(step, exc)
-        elif self.tries.current is not None and lock_failure(exc) is not None:
-            message += self.tries.not_retried_note(exc)
-        if lost is None:
-            message += self.tries.invalid_note(self.conn, self.revisions[step.revision])
+        message = self.tries.explained(message, step, exc, blocked,
+                                       None if lost else self.conn, self.revisions[step.revision])
         self.results.append(
             StepResult(step.service, step.revision, step.direction, "failed", duration, message)
         )

@@ -30,8 +30,11 @@ is shorter): a step that ends sooner costs no second connection."""
 class StepAttempts:
     """The current step's `Attempts` (`current`), and what its attempts need besides."""
 
-    def __init__(self, backend: SqlBackend) -> None:
+    def __init__(self, backend: SqlBackend, retry: bool = True) -> None:
         self.backend = backend
+        # False where a rolled-back step cannot be run again from here: PostgreSQL under the
+        # service's env.py, whose transactions are Alembic's own loop's.
+        self.retry = retry
         self.ddl = backend.ddl
         self.dialect = backend.dialect
         self.current: Attempts | None = None
@@ -129,7 +132,8 @@ class StepAttempts:
     def retryable_in_transaction(self, exc: BaseException) -> bool:
         """PostgreSQL: a lock timeout or deadlock, its transaction rolled back, when the
         step's code committed nothing of its own before (in an `autocommit_block()`)."""
-        return self.dialect == "postgresql" and lock_failure(exc) is not None and not self.commits
+        return (self.retry and self.dialect == "postgresql" and lock_failure(exc) is not None
+                and not self.commits)
 
     def retryable_first_statement(self, exc: BaseException) -> bool:
         """MySQL/MariaDB: a lock timeout or deadlock of the step's first statement, before
@@ -145,6 +149,17 @@ class StepAttempts:
 
     # -- messages -----------------------------------------------------------------------------
 
+    def explained(self, message: str, step: Step, exc: BaseException, blocked: bool,
+                  conn: sa.Connection | None, revision: Revision) -> str:
+        """A failed step's `message`, told as a lock wait that ran out (`blocked`), or with
+        why its lock timeout was not retried, and the INVALID indexes it left (read on
+        `conn`, if it is still usable)."""
+        if blocked:
+            message = self.blocked_message(step, exc)
+        elif self.current is not None and lock_failure(exc) is not None:
+            message += self.not_retried_note(exc)
+        return message + (self.invalid_note(conn, revision) if conn is not None else "")
+
     def blocked_message(self, step: Step, exc: BaseException) -> str:
         """Why a step gave up on its locks: its attempts, the settings, who blocked it."""
         attempts = self.attempts
@@ -156,11 +171,13 @@ class StepAttempts:
             blockers = f" Blocking it: {blockers}." if blockers else (
                 " No blocking session was seen (it may have ended meanwhile).")
         tries = "attempt" if attempts.number == 1 else f"{attempts.number} attempts"
+        policy = (f"ddl.retries = {self.ddl.retries}, ddl.retry_budget_s = "
+                  f"{self.ddl.retry_budget_s:g}" if self.retry else
+                  "not retried: with use_env_py the service's env.py runs its own loop")
         return (
             f"Revision {step.service}:{step.revision} could not take its locks: its {tries} "
             f"over {attempts.elapsed_ms() / 1000:.1f}s ended in a {lock_failure(exc)} "
-            f"({setting} {wait}; ddl.retries = {self.ddl.retries}, ddl.retry_budget_s = "
-            f"{self.ddl.retry_budget_s:g}).{blockers} Nothing of it stays; once they are done, "
+            f"({setting} {wait}; {policy}).{blockers} Nothing of it stays; once they are done, "
             f"run the same command again (for example `manage.py migrate {step.service}`)."
         )
 
