@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -339,3 +340,22 @@ def test_other_errors_are_not_retried() -> None:
             with attempt:
                 raise ValueError("not a lock")
     assert tries.number == 1
+
+
+def test_postgres_under_the_stock_env_py_times_out_and_is_not_retried(
+    repo: Monorepo, pg_url: str
+) -> None:
+    """With `use_env_py`, Alembic's own loop owns the step's transaction: the timeout still
+    applies (the step does not wait for ever), but the step is not retried, and says so."""
+    import alembic
+
+    _repo(repo, pg_url, "300ms", retries=5, budget_s=60, first=False)
+    stock = (Path(alembic.__file__).parent / "templates" / "generic" / "env.py").read_text()
+    repo.write("services/shop/migrations/env.py", stock)
+    with Holder(pg_url, "items"):
+        result = repo.cli("migrate", "shop", env={"NCM_SERVICES__SHOP__USE_ENV_PY": "true"})
+    assert result.code == 1, result.output
+    err = " ".join(result.stderr.split())
+    assert "could not take its locks" in err and "not retried: with use_env_py" in err, err
+    assert [r["status"] for r in _rows(pg_url, "0002_note")] == ["blocked"]
+    assert "note" not in _columns(pg_url, "items")
