@@ -46,7 +46,7 @@ from ...model import (
 )
 from ...pyfiles import load_revision_module, verify_failure
 from ...urls import mask_url, password_of, redact
-from .. import ConnectFailed, ServerInfo, StepCallback
+from .. import ConnectFailed, ServerInfo, StepCallback, step_outcome
 from .lease import COLLECTION as LOCK_COLLECTION
 from .lease import Lease
 from .ledger import (
@@ -61,7 +61,7 @@ from .ledger import (
     reconcile_markers,
     state_from_docs,
 )
-from .run import MarkerClaimed, StepRun, short_error, step_failed, step_outcome
+from .run import MarkerClaimed, StepRun, short_error, step_failed
 
 log = logging.getLogger(__name__)
 
