@@ -235,7 +235,7 @@ def validate_settings(
         for svc in selected:
             findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
                                      settings.root, squawk=settings.lint_squawk,
-                                 ddl=settings.ddl, pg_version=settings.squawk_pg_version)
+                                     ddl=settings.ddl, pg_version=settings.squawk_pg_version)
     if database:
         states: dict[str, ServiceState] = {}
         for svc in selected:
