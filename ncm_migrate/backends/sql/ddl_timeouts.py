@@ -111,8 +111,9 @@ class Attempts:
 
     def __init__(self, settings: DdlSettings, timeouts: StepTimeouts,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, what: str = "a step") -> None:
         self.settings = settings
+        self.what = what  # "service:revision", for the log
         self.timeouts = timeouts
         self.sleep = sleep
         self.clock = clock
@@ -149,8 +150,8 @@ class Attempts:
             exc = state.outcome.exception()
             assert exc is not None
             on_retry(exc)
-            log.warning("attempt %d hit a %s; retrying in %.2fs", self.number,
-                        lock_failure(exc), state.upcoming_sleep)
+            log.warning("%s: attempt %d ended in a %s, rolled back; retrying in %.2fs", self.what,
+                        self.number, lock_failure(exc), state.upcoming_sleep)
 
         def note(exc: BaseException) -> bool:
             self.last_failure = lock_failure(exc) or ""

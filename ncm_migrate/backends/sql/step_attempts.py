@@ -48,7 +48,8 @@ class StepAttempts:
 
     def begin(self, revision: Revision) -> Attempts:
         """A step's first attempt begins."""
-        self.current = Attempts(self.ddl, step_timeouts(self.ddl, revision))
+        self.current = Attempts(self.ddl, step_timeouts(self.ddl, revision),
+                                what=f"{revision.service}:{revision.revision}")
         self.blockers = []
         return self.current
 
