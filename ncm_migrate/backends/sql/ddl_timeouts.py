@@ -120,7 +120,6 @@ class Attempts:
         self.number = 1
         self.started = clock()
         self.attempt_started = self.started
-        self.last_failure = ""
 
     @property
     def waited_ms(self) -> float:
@@ -153,16 +152,12 @@ class Attempts:
             log.warning("%s: attempt %d ended in a %s, rolled back; retrying in %.2fs", self.what,
                         self.number, lock_failure(exc), state.upcoming_sleep)
 
-        def note(exc: BaseException) -> bool:
-            self.last_failure = lock_failure(exc) or ""
-            return retryable(exc)
-
         return Retrying(
             sleep=self._pause,
             stop=stop,
             wait=wait_random_exponential(multiplier=max(0.05, self.timeouts.lock_s / 4),
                                          max=MAX_BACKOFF_S),
-            retry=retry_if_exception(note),
+            retry=retry_if_exception(retryable),
             before_sleep=before_sleep,
             reraise=True,
         )
