@@ -277,10 +277,12 @@ def history(
     services: Sequence[str] = (),
     *,
     limit: int | None = None,
+    run: str | None = None,
     **where: Unpack[Where],
 ) -> list[LedgerRow]:
     """The ledger rows of the selected services, oldest first (also of a service with a
-    revision file that cannot be read: the ledger does not need it)."""
+    revision file that cannot be read: the ledger does not need it); with `run`, only that
+    run's rows (`BadInput` when there are none)."""
     at = Location.of(where, "history")
     from .validation import load_readable_project
 
@@ -294,8 +296,13 @@ def history(
     rows: list[LedgerRow] = []
     for svc in project.select(services):
         with opened_backend(svc, project.settings.connect) as backend:
-            rows.extend(backend.history(limit))
+            found = backend.history(None if run else limit)
+            rows.extend(r for r in found if run is None or r.run_id == run)
     rows.sort(key=lambda r: (r.started_at, str(r.id)))
+    if run is not None and not rows:
+        raise BadInput(f"No run '{run}' is in the ledgers of "
+                       f"{', '.join(s.name for s in project.select(services))}; "
+                       "`manage.py history` shows each row's run.")
     return rows[-limit:] if limit else rows
 
 

@@ -20,6 +20,8 @@ from .config import DdlSettings
 from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
+from .safe_ddl import RULES as SAFE_DDL_RULES
+from .safe_ddl import proven_not_null, unsafe_ddl
 from .squawk import find_squawk, run_squawk, without_version_table
 from .urls import redact_known, scheme_of
 
@@ -36,6 +38,7 @@ RULES: dict[str, str] = {
     "type-change": "changes a column's type: may rewrite the table and lose data",
     "non-concurrent-index": "creates an index without CONCURRENTLY: writes to the table block meanwhile",
     "raw-sql-drop": "runs raw SQL that drops or truncates",
+    **SAFE_DDL_RULES,  # PostgreSQL only, each with its fix: safe_ddl.py
 }
 # Operations that lose data: in a protected environment they need confirmation.
 DESTRUCTIVE = frozenset(
@@ -97,7 +100,11 @@ def lint_revision(
         return []
     allowed = allow_comments(text)
     postgres = is_postgres(config)
-    hits = _mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres)
+    hits = list(_mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres))
+    if postgres:
+        proven = proven_not_null(upgrade)
+        hits = [h for h in hits if not (h.rule == "not-null-without-default" and h.line in proven)]
+        hits += [Hit(u.rule, u.line, u.end_line, u.detail) for u in unsafe_ddl(upgrade)]
     out = []
     for hit in hits:
         if not include_allowed and _silenced(hit.rule, hit.line, hit.end_line, allowed):

@@ -31,6 +31,8 @@ class MigrateResult:
 
     plan: Plan
     report: RunReport = field(default_factory=RunReport)
+    run_id: str | None = None  # this run's, in the ledger and the audit log
+    undid_run: str | None = None  # `rollback --run`/`--last-run`: the run it reverted
     undo: RunReport | None = None
     kept: list[str] = field(default_factory=list)  # not rolled back: a dirty service needs them
     # after_* hooks that failed and a webhook that could not be told: reported, not errors
@@ -50,6 +52,7 @@ class MigrateResult:
         if error is None:
             return self
         error.results = self.results
+        error.run_id = self.run_id
         if self.undo is not None:
             undone = [f"{r.service}:{r.revision}" for r in self.undo.results if r.outcome == "reverted"]
             note = f" Rolled back this run's revisions: {', '.join(undone) or 'none'}."
@@ -122,7 +125,7 @@ def run_plan(
     callbacks = RunCallbacks(settings, steps, command, audit.ctx)
     refused = callbacks.before()
     if refused is not None:
-        return MigrateResult(steps, RunReport(error=refused))
+        return MigrateResult(steps, RunReport(error=refused), run_id=audit.ctx.run_id)
     try:
         result = _run_plan(project, steps, fake, jobs, callbacks.after_step(report or _ignore),
                            rollback_on_failure, audit)
@@ -173,7 +176,7 @@ def _run_plan(
         rollback_on_failure = settings.rollback_on_failure
     with audit.held_open(), stopping_on_signals() as stop:
         run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report, stop)
-        result = MigrateResult(steps, run)
+        result = MigrateResult(steps, run, run_id=ctx.run_id)
         if isinstance(run.error, Interrupted):
             if rollback_on_failure:
                 log.warning("interrupted: nothing is rolled back (that is more work after being "

@@ -92,22 +92,24 @@ def history_cmd(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Latest N rows.")] = None,
+    run: Annotated[str | None, typer.Option("--run", metavar="ID", help="Only this run's rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show the ledger: who applied what, when, how long, and the outcome.
+    """Show the ledger: who applied what, when, how long, the outcome, and in which run.
 
     Example: python manage.py history users --limit 20
     """
     with exit_on_error():
-        rows = commands.history([service] if service else [], limit=limit, **globals_of(ctx).where)
+        rows = commands.history([service] if service else [], limit=limit, run=run,
+                                **globals_of(ctx).where)
         if as_json:
             print_json(rows)
             return
         table = Table("started", "service", "revision", "dir", "status", "ms", "actor",
-                      "host", "env", box=None)
+                      "host", "env", "run", box=None)
         for r in rows:
             table.add_row(r.started_at[:19], r.service, r.revision, r.direction, r.status,
-                          f"{r.duration_ms or 0:.0f}", r.actor, r.host, r.environment)
+                          f"{r.duration_ms or 0:.0f}", r.actor, r.host, r.environment, r.run_id or "")
         out.print(table)
 
 
