@@ -19,6 +19,7 @@ from pathlib import Path
 from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
+from .redis_lint import REDIS_DESTRUCTIVE, REDIS_RULES, redis_calls, uses_redis
 from .squawk import find_squawk, run_squawk, without_version_table
 from .urls import redact_known, scheme_of
 
@@ -35,11 +36,12 @@ RULES: dict[str, str] = {
     "type-change": "changes a column's type: may rewrite the table and lose data",
     "non-concurrent-index": "creates an index without CONCURRENTLY: writes to the table block meanwhile",
     "raw-sql-drop": "runs raw SQL that drops or truncates",
+    **REDIS_RULES,
 }
 # Operations that lose data: in a protected environment they need confirmation.
 DESTRUCTIVE = frozenset(
     {"drop-table", "drop-column", "drop-index", "drop-collection", "rename-table", "rename-column",
-     "type-change", "raw-sql-drop"}
+     "type-change", "raw-sql-drop"} | REDIS_DESTRUCTIVE
 )
 # Rules that only matter for a table that already exists (rows, readers, writers): not
 # findings on a table that the same `upgrade()` creates first.
@@ -96,7 +98,9 @@ def lint_revision(
         return []
     allowed = allow_comments(text)
     postgres = is_postgres(config)
-    hits = _mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres)
+    hits = _backend_hits(config, upgrade, postgres)
+    if config.backend == "redis" or uses_redis(tree):
+        hits = [*hits, *(_hit(rule, call, detail) for rule, call, detail in redis_calls(tree))]
     out = []
     for hit in hits:
         if not include_allowed and _silenced(hit.rule, hit.line, hit.end_line, allowed):
@@ -129,6 +133,13 @@ def lint_service(
     if squawk and config.backend == "sql" and is_postgres(config):
         findings.extend(squawk_service(config, revisions, severity, root))
     return findings
+
+
+def _backend_hits(config: ServiceConfig, upgrade: ast.AST, postgres: bool) -> list[Hit]:
+    """The SQL or MongoDB rules' hits (a Redis service's rules are `redis_lint`'s)."""
+    if config.backend == "redis":
+        return []
+    return list(_mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres))
 
 
 def is_postgres(config: ServiceConfig) -> bool:

@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 
 Direction = Literal["up", "down"]
 Outcome = Literal["applied", "reverted", "faked", "failed", "skipped", "not-run"]
-BackendName = Literal["sql", "mongo"]
+BackendName = Literal["sql", "mongo", "redis"]
 MIGRATION_TYPES = ("schema", "data", "index", "seed", "merge")
 
 
