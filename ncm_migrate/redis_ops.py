@@ -36,7 +36,7 @@ class KeyConflict(Exception):
 
 
 @dataclass(frozen=True)
-class Position:
+class ScanPosition:
     """Where a walk over `pattern` stands: SCAN's next cursor and the keys done so far.
     A cursor of 0 with a position stored means the walk finished."""
 
@@ -46,7 +46,7 @@ class Position:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ScanProgress:
     """How far a walk has got (passed to `progress` after each batch)."""
 
     name: str
@@ -64,9 +64,9 @@ class CursorStore(Protocol):
     @property
     def prefix(self) -> str: ...
 
-    def load(self, r: Redis, name: str) -> Position | None: ...
+    def load(self, r: Redis, name: str) -> ScanPosition | None: ...
 
-    def save(self, pipe: Pipeline, name: str, position: Position) -> None: ...
+    def save(self, pipe: Pipeline, name: str, position: ScanPosition) -> None: ...
 
     def clear(self, r: Redis, name: str) -> None: ...
 
@@ -80,14 +80,14 @@ class KeyCursorStore:
     def key(self, name: str) -> str:
         return f"{self.prefix}cursor:{name}"
 
-    def load(self, r: Redis, name: str) -> Position | None:
+    def load(self, r: Redis, name: str) -> ScanPosition | None:
         raw = r.hgetall(self.key(name))
         if not raw:
             return None
         got = {_text(k): _text(v) for k, v in raw.items()}
-        return Position(got["pattern"], int(got["cursor"]), int(got["done"]))
+        return ScanPosition(got["pattern"], int(got["cursor"]), int(got["done"]))
 
-    def save(self, pipe: Pipeline, name: str, position: Position) -> None:
+    def save(self, pipe: Pipeline, name: str, position: ScanPosition) -> None:
         fields: dict[FieldT, EncodableT] = {
             "pattern": position.pattern, "cursor": position.cursor, "done": position.done,
         }
@@ -126,7 +126,7 @@ def batched_scan_update(
     type: str | None = None,
     name: str | None = None,
     store: CursorStore | None = None,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[ScanProgress], None] | None = None,
 ) -> int:
     """Call `fn(pipe, key)` for every key matching `pattern` (of `type`, e.g. "hash"); `fn`
     queues its writes on `pipe`, sent as one MULTI/EXEC per SCAN batch of about `count` keys.
@@ -409,7 +409,7 @@ def _walk(
     name: str,
     store: CursorStore | None,
     type: str | None = None,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[ScanProgress], None] | None = None,
 ) -> int:
     """SCAN `pattern` from the stored cursor, a batch at a time: WATCH what `watch` names,
     `read`, then `write` with the new cursor in one MULTI/EXEC (read again if a watched key
@@ -434,9 +434,9 @@ def _walk(
         if keys:
             done += len(keys)
             batch = _Batch(keys, read, write, watch(keys) if watch is not None else [])
-            batch.run(r, store, name, Position(pattern, cursor, done))
+            batch.run(r, store, name, ScanPosition(pattern, cursor, done))
             batches += 1
-            state = Progress(name, done, batches, cursor, time.monotonic() - started)
+            state = ScanProgress(name, done, batches, cursor, time.monotonic() - started)
             log.info("%s: %d keys done in %d batches (%.1fs)", name, done, batches, state.elapsed_s)
             if progress is not None:
                 progress(state)
@@ -455,7 +455,7 @@ class _Batch:
     write: Writer
     watched: list[Key]
 
-    def run(self, r: Redis, store: CursorStore, name: str, position: Position) -> None:
+    def run(self, r: Redis, store: CursorStore, name: str, position: ScanPosition) -> None:
         """Write the batch and save `position` in one MULTI/EXEC; if a watched key changed
         since it was read, read and write again (a few times)."""
         with r.pipeline() as pipe:

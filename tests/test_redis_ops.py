@@ -23,7 +23,7 @@ import redis
 from redis.client import Pipeline
 
 from ncm_migrate import redis_ops
-from ncm_migrate.redis_ops import KeyConflict, KeyCursorStore, Position
+from ncm_migrate.redis_ops import KeyConflict, KeyCursorStore, ScanPosition
 
 REDIS_URL = os.environ.get("NCM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REQUIRE = os.environ.get("NCM_TEST_REQUIRE_SERVERS") == "1"
@@ -275,7 +275,7 @@ def test_an_interrupted_walk_resumes_from_its_cursor_and_does_each_key_once(
     assert all(text(r.get(k)) in ("0", "1") for k in keys)
 
     stop_after = -1  # no more interruptions
-    progress: list[redis_ops.Progress] = []
+    progress: list[redis_ops.ScanProgress] = []
     with caplog.at_level(logging.INFO, logger="ncm_migrate.redis_ops"):
         done = redis_ops.batched_scan_update(r, f"{p}*", incr, count=20, name="bump",
                                              progress=progress.append)
@@ -302,7 +302,7 @@ def test_the_default_cursor_is_under_the_ledger_prefix(r: redis.Redis, p: str) -
     assert r.exists(f"ncm:cursor:{p}k:*") == 0
     with redis_ops.using_cursor_store(default):
 
-        def stop(state: redis_ops.Progress) -> None:
+        def stop(state: redis_ops.ScanProgress) -> None:
             raise Interrupted  # after the first batch was written, with its cursor
 
         with pytest.raises(Interrupted):
@@ -320,14 +320,14 @@ def test_a_stored_cursor_must_be_of_the_same_pattern_and_a_finished_one_is_only_
     store = redis_ops.cursor_store()
     r.set(f"{p}a:1", "0")
     with r.pipeline() as pipe:
-        store.save(pipe, "walk", Position(f"{p}b:*", 17, 3))
+        store.save(pipe, "walk", ScanPosition(f"{p}b:*", 17, 3))
         pipe.execute()
     with pytest.raises(ValueError, match="belongs to a walk over"):
         redis_ops.batched_scan_update(r, f"{p}a:*", lambda pipe, key: pipe.incr(key), name="walk")
 
     # A walk that wrote its last batch but was stopped before clearing its cursor: done.
     with r.pipeline() as pipe:
-        store.save(pipe, "walk", Position(f"{p}a:*", 0, 1))
+        store.save(pipe, "walk", ScanPosition(f"{p}a:*", 0, 1))
         pipe.execute()
     assert redis_ops.batched_scan_update(r, f"{p}a:*", lambda pipe, key: pipe.incr(key), name="walk") == 1
     assert text(r.get(f"{p}a:1")) == "0" and store.load(r, "walk") is None
