@@ -169,7 +169,9 @@ def write_section(path: Path, keys: int, table: list[str], argv: list[str]) -> N
         f"{HEADING} over {keys:,} keys", "", MARK, "",
         f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; Python {platform.python_version()}, "
         f"redis-py {redis.__version__}, nproc {os.cpu_count()}. {table[0]}; each way in a fresh "
-        "process, every key checked to be incremented exactly once by each.", "", *table[1:], "",
+        "process, every key checked to be incremented exactly once by each. Wall times are under "
+        "tracemalloc (which slows Python several times over) on a shared machine: they say "
+        "little about speed.", "", *table[1:], "",
         "```", f"cd $REPO && .venv/bin/python benchmarks/redis_batched_update.py {' '.join(argv)}",
         "```", ""])
     path.write_text("".join(kept).rstrip("\n") + "\n\n" + section)
