@@ -123,12 +123,12 @@ def batched_scan_update(
     fn: Callable[[Pipeline, Key], None],
     *,
     count: int = 1000,
-    type: str | None = None,
+    key_type: str | None = None,
     name: str | None = None,
     store: CursorStore | None = None,
     progress: Callable[[ScanProgress], None] | None = None,
 ) -> int:
-    """Call `fn(pipe, key)` for every key matching `pattern` (of `type`, e.g. "hash"); `fn`
+    """Call `fn(pipe, key)` for every key matching `pattern` (of `key_type`, e.g. "hash"); `fn`
     queues its writes on `pipe`, sent as one MULTI/EXEC per SCAN batch of about `count` keys.
 
     Memory stays bounded by one batch. The cursor is saved with each batch under `name`
@@ -143,7 +143,7 @@ def batched_scan_update(
         for key in keys:
             fn(pipe, key)
 
-    return _walk(r, pattern, write, count=count, type=type, name=name or pattern, store=store,
+    return _walk(r, pattern, write, count=count, key_type=key_type, name=name or pattern, store=store,
                  progress=progress)
 
 
@@ -224,7 +224,7 @@ def re_encode(
             if raw is not None:
                 pipe.set(key, encode(decode(raw)), keepttl=True)
 
-    return _walk(r, pattern, write, read=read, watch=list, count=count, type="string",
+    return _walk(r, pattern, write, read=read, watch=list, count=count, key_type="string",
                  name=name or f"re_encode:{pattern}", store=store)
 
 
@@ -304,7 +304,7 @@ def copy_hash_fields(
             if not exists and ttl_ms > 0:
                 pipe.pexpire(dest, ttl_ms)
 
-    return _walk(r, pattern, write, read=read, count=count, type="hash",
+    return _walk(r, pattern, write, read=read, count=count, key_type="hash",
                  watch=lambda keys: [*keys, *(_like(k, target(_text(k))) for k in keys)],
                  name=name or f"copy_hash_fields:{pattern}", store=store)
 
@@ -322,7 +322,7 @@ def delete_hash_fields(
         for key in keys:
             pipe.hdel(key, *fields)
 
-    return _walk(r, pattern, write, count=count, type="hash",
+    return _walk(r, pattern, write, count=count, key_type="hash",
                  name=name or f"delete_hash_fields:{pattern}", store=store)
 
 
@@ -408,7 +408,7 @@ def _walk(
     count: int,
     name: str,
     store: CursorStore | None,
-    type: str | None = None,
+    key_type: str | None = None,
     progress: Callable[[ScanProgress], None] | None = None,
 ) -> int:
     """SCAN `pattern` from the stored cursor, a batch at a time: WATCH what `watch` names,
@@ -429,7 +429,7 @@ def _walk(
     if position is not None:
         log.info("%s: resuming after %d keys (cursor %d)", name, done, cursor)
     while True:
-        cursor, found = r.scan(cursor, match=pattern, count=count, _type=type)
+        cursor, found = r.scan(cursor, match=pattern, count=count, _type=key_type)
         keys = [k for k in dict.fromkeys(found) if not _text(k).startswith(store.prefix)]
         if keys:
             done += len(keys)

@@ -333,3 +333,11 @@ def test_a_stored_cursor_must_be_of_the_same_pattern_and_a_finished_one_is_only_
     assert text(r.get(f"{p}a:1")) == "0" and store.load(r, "walk") is None
     with pytest.raises(ValueError, match="count"):
         redis_ops.batched_scan_update(r, f"{p}a:*", lambda pipe, key: None, count=0)
+
+
+def test_a_walk_can_keep_to_one_type_of_key(r: redis.Redis, p: str) -> None:
+    fill_sessions(r, p)
+    seen: list[str] = []
+    assert redis_ops.batched_scan_update(r, f"{p}*", lambda pipe, key: seen.append(text(key)),
+                                         key_type="hash") == 1
+    assert seen == [f"{p}sess:h"]
