@@ -24,7 +24,7 @@ from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve
 
 TOP_KEYS = {
     "services_dir", "services_glob", "database_url", "services", "connect", "lock",
-    "protected", "backup", "lint", "audit", "jobs", "rollback_on_failure",
+    "protected", "backup", "lint", "audit", "jobs", "read_jobs", "rollback_on_failure",
     "allow_checksum_drift",
 }
 SERVICE_KEYS = {
