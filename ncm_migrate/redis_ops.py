@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,11 @@ WATCH_ATTEMPTS = 5
 
 class KeyConflict(Exception):
     """A helper would overwrite a key that already exists (nothing in that batch written)."""
+
+
+class PartlyWritten(ResponseError):
+    """A command of a batch failed at EXEC (Redis does not roll the others back): the rest
+    of the batch and its cursor were written, so running again goes on after that batch."""
 
 
 @dataclass(frozen=True)
@@ -469,6 +474,11 @@ class _Batch:
                     store.save(pipe, name, position)
                     pipe.execute()
                     return
+                except ResponseError as exc:
+                    raise PartlyWritten(
+                        f"{name}: {exc}; the rest of that batch and the walk's cursor were written "
+                        "(Redis does not roll a transaction back), so running it again goes on after "
+                        "that batch: put that key right by hand") from exc
                 except WatchError:
                     pipe.reset()
         raise WatchError(f"keys kept changing while being rewritten ({WATCH_ATTEMPTS} tries), e.g. "

@@ -341,3 +341,15 @@ def test_a_walk_can_keep_to_one_type_of_key(r: redis.Redis, p: str) -> None:
     assert redis_ops.batched_scan_update(r, f"{p}*", lambda pipe, key: seen.append(text(key)),
                                          key_type="hash") == 1
     assert seen == [f"{p}sess:h"]
+
+
+def test_a_command_failing_at_exec_says_what_was_written(r: redis.Redis, p: str) -> None:
+    """Redis applies the rest of a transaction whose command fails: the batch and its cursor
+    are written, the error says so and names the command, and a re-run does nothing twice."""
+    r.mset({f"{p}k:a": 0, f"{p}k:b": 0})
+    r.hset(f"{p}k:h", "f", "v")
+    with pytest.raises(redis_ops.PartlyWritten, match=f"INCRBY {p}k:h 1.*WRONGTYPE.*by hand"):
+        redis_ops.batched_scan_update(r, f"{p}k:*", lambda pipe, key: pipe.incr(key), name="mixed")
+    assert [text(v) for v in r.mget(f"{p}k:a", f"{p}k:b")] == ["1", "1"]
+    assert redis_ops.batched_scan_update(r, f"{p}k:*", lambda pipe, key: pipe.incr(key), name="mixed") == 3
+    assert [text(v) for v in r.mget(f"{p}k:a", f"{p}k:b")] == ["1", "1"]
