@@ -166,7 +166,7 @@ def rename_keys(
     pattern's wildcards matched, in order (`rename_keys(r, "sess:*", "session:*")`), or a
     function of the old name. TTLs stay (RENAME keeps them). Its inverse is
     `rename_keys(r, "session:*", "sess:*")`. An existing target raises `KeyConflict` unless
-    `overwrite`. Returns the count renamed.
+    `overwrite`. Returns the count of keys visited.
     """
     target = key_template(pattern, to)
     source = glob_regex(pattern)
@@ -214,7 +214,7 @@ def re_encode(
     """Rewrite every string key matching `pattern` as `encode(decode(value))`, keeping its
     TTL (SET ... KEEPTTL). Values reach `decode` as bytes whatever the client decodes.
     Inverse: swap the codecs, `re_encode(r, pattern, new_decode, old_encode)`. Returns the
-    count rewritten."""
+    count of keys visited."""
 
     def read(client: Redis, keys: list[Key]) -> list[Any]:
         reader = client.pipeline(transaction=False)
