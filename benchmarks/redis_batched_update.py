@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -82,6 +83,12 @@ def measure(r: Any, way: str, prefix: str, count: int) -> Measure:
     return Measure(way, keys, seconds, rss if sys.platform != "darwin" else rss // 1024, heap)
 
 
+def client(url: str, db: int) -> redis.Redis:
+    """A client on database `db` of `url`'s server (a database in the URL would win over
+    `from_url(db=...)`)."""
+    return redis.Redis.from_url(urlunsplit(urlsplit(url)._replace(path=f"/{db}")))
+
+
 def fill(r: Any, prefix: str, keys: int, chunk: int = 10_000) -> None:
     for start in range(0, keys, chunk):
         r.mset({f"{prefix}k:{n}": 0 for n in range(start, min(keys, start + chunk))})
@@ -123,7 +130,7 @@ def in_process(r: Any, keys: int, count: int) -> list[Measure]:
 
 def in_subprocesses(url: str, db: int, keys: int, count: int, say: Callable[[str], None]) -> list[Measure]:
     """Each way in a fresh process of its own, so that each RSS peak is that way's."""
-    r = redis.Redis.from_url(url, db=db)
+    r = client(url, db)
     prefix = f"ncm_bench_{uuid.uuid4().hex[:8]}:"
     say(f"filling db {db} with {keys} keys under {prefix}")
     fill(r, prefix, keys)
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        r = redis.Redis.from_url(args.url, db=args.db)
+        r = client(args.url, args.db)
         print(json.dumps(asdict(measure(r, args.worker, args.prefix, args.count))))
         return
 

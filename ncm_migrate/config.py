@@ -65,9 +65,46 @@ class Settings:
     audit_log_path: Path | None = None
     known_envs: tuple[str, ...] = ()
     services_dir: Path = Path("services")
+    hooks: HookSettings = field(default_factory=lambda: HookSettings())
+    notify: NotifySettings = field(default_factory=lambda: NotifySettings())
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
             if svc.name == name:
                 return svc
         raise UnknownService(name, [s.name for s in self.services])
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One hook: a command run without a shell (`argv`), or a Python callable (`call`,
+    `module:function`, imported with the project's root on `sys.path`)."""
+
+    argv: tuple[str, ...] = ()
+    call: str | None = None
+
+    def __str__(self) -> str:
+        return self.call or " ".join(self.argv)
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """Hooks run around `migrate` and `rollback` (`before_migrate`, `after_step`,
+    `after_migrate`, `after_failure`) and after `makemigrations` writes a file
+    (`after_write`), each given `timeout_s` seconds."""
+
+    before_migrate: tuple[Hook, ...] = ()
+    after_step: tuple[Hook, ...] = ()
+    after_migrate: tuple[Hook, ...] = ()
+    after_failure: tuple[Hook, ...] = ()
+    after_write: tuple[Hook, ...] = ()
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """The webhook told of each run's outcome (a secret: kept out of repr and output)."""
+
+    webhook_url: str | None = field(default=None, repr=False)
+    timeout_s: float = 5.0
+    retries: int = 2

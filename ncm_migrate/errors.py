@@ -169,6 +169,10 @@ class RollbackRefused(NcmError):
     """Other services' applied revisions still require what a rollback would remove."""
 
 
+class HookFailed(NcmError):
+    """A `before_*` hook failed: the run did not start, nothing changed (exit 1)."""
+
+
 class ProblemsFound(NcmError):
     """validate, lint or check found problems."""
 

@@ -78,6 +78,10 @@ class ServiceConfig:
     use_env_py: bool = False
     database_name: str | None = None
     skip_reason: str | None = None
+    # Redis: the prefix of ncm-migrate's own keys (ledger, markers, lease), and the prefixes
+    # of the service's keys that backups hold (empty: every key but ncm-migrate's).
+    key_prefix: str = "ncm:"
+    key_prefixes: tuple[str, ...] = ()
 
     @property
     def migrations_dir(self) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from .audit import AuditLog
 from .backends import opened_backend
 from .backups import Manifest
+from .callbacks import RunCallbacks
 from .errors import Interrupted
 from .events import Event, Reporter, RunReport
 from .executor import SegmentJob, apply_plan, segments
@@ -32,6 +33,8 @@ class MigrateResult:
     report: RunReport = field(default_factory=RunReport)
     undo: RunReport | None = None
     kept: list[str] = field(default_factory=list)  # not rolled back: a dirty service needs them
+    # after_* hooks that failed and a webhook that could not be told: reported, not errors
+    callback_failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -112,13 +115,40 @@ def run_plan(
     rollback_on_failure: bool | None = None,
     command: str = "migrate",
 ) -> MigrateResult:
+    """Run `steps` between the settings' hooks (`callbacks.RunCallbacks`): nothing runs
+    when a `before_migrate` hook fails; the after hooks and the webhook see the outcome."""
     settings = project.settings
     audit = AuditLog.open(settings.audit_log_path, settings.root, command, settings.env)
+    callbacks = RunCallbacks(settings, steps, command, audit.ctx)
+    refused = callbacks.before()
+    if refused is not None:
+        return MigrateResult(steps, RunReport(error=refused))
+    try:
+        result = _run_plan(project, steps, fake, jobs, callbacks.after_step(report or _ignore),
+                           rollback_on_failure, audit)
+    except BaseException as exc:
+        callbacks.after([], exc)
+        raise
+    callbacks.after(result.results, result.report.error)
+    result.callback_failures = callbacks.failures
+    return result
+
+
+def _run_plan(
+    project: Project,
+    steps: Plan,
+    fake: bool,
+    jobs: int | None,
+    report: Reporter,
+    rollback_on_failure: bool | None,
+    audit: AuditLog,
+) -> MigrateResult:
+    settings = project.settings
     if settings.backup.before_migrate and not fake:
         for name in steps.services():
             folder, _manifest = take_backup(project, project.service(name), None, audit)
             log.warning("backed up service '%s' to %s before migrating", name, folder)
-    report = audit.reporter(report or _ignore)
+    report = audit.reporter(report)
     ctx = audit.ctx
 
     def jobs_for(plan: Plan) -> list[SegmentJob]:

@@ -15,10 +15,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 from dynaconf import Dynaconf
 
-from .config import BackupSettings, ConnectSettings, LockSettings, Settings
+from .config import BackupSettings, ConnectSettings, HookSettings, LockSettings, NotifySettings, Settings
 from .discovery import find_service_dirs
 from .environments import (
     DEFAULT_ENV,
@@ -37,6 +38,7 @@ from .settings_files import (
     read_toml,
 )
 from .settings_values import (
+    HOOK_EVENTS,
     SettingSources,
     bad_setting,
     check_setting_keys,
@@ -45,10 +47,12 @@ from .settings_values import (
     setting_at,
     setting_bool,
     setting_float,
+    setting_hooks,
     setting_int,
     setting_opt_str,
     setting_str,
 )
+from .urls import remember_secret_text
 
 log = logging.getLogger(__name__)
 _warned: set[tuple[Path, str]] = set()
@@ -231,6 +235,30 @@ def load_settings(
         audit_log_path=(root / audit) if audit else None,
         known_envs=tuple(known),
         services_dir=root / services_dir,
+        hooks=HookSettings(
+            **{event: setting_hooks(merged, f"hooks.{event}", sources) for event in HOOK_EVENTS},
+            timeout_s=setting_float(merged, "hooks.timeout_s", sources),
+        ),
+        notify=_notify(merged, sources),
+    )
+
+
+def _notify(merged: dict[str, Any], sources: SettingSources) -> NotifySettings:
+    """The webhook's settings; its URL (a secret: keep it in settings/.secrets.toml or
+    NCM_NOTIFY__WEBHOOK_URL) must be http(s) and is never shown whole."""
+    url = setting_opt_str(merged, "notify.webhook_url", sources)
+    if url is not None and not url.startswith(("https://", "http://")):
+        raise SettingsError(
+            f"Setting 'notify.webhook_url' ({sources.of(('notify', 'webhook_url'))}) must be an "
+            "http:// or https:// URL."
+        )
+    if url:
+        parts = urlsplit(url)
+        remember_secret_text(parts.path.strip("/") + (f"?{parts.query}" if parts.query else ""))
+    return NotifySettings(
+        webhook_url=url or None,
+        timeout_s=setting_float(merged, "notify.timeout_s", sources),
+        retries=setting_int(merged, "notify.retries", sources, minimum=0),
     )
 
 

@@ -261,12 +261,13 @@ def _in_unreadable_file(finding: Finding, unreadable: Mapping[str, set[str]]) ->
     return finding.rule == "missing-file" and (finding.revision in held or "" in held)
 
 
-def models_findings(project: Project) -> list[Finding]:
+def models_findings(project: Project, names: Sequence[str] = ()) -> list[Finding]:
     """Services whose models.py has changes no revision holds yet (`makemigrations --check`),
-    among the active ones (named, so that the services left out are not logged again)."""
+    among the active ones (named, so that the services left out are not logged again), or
+    among `names` when given."""
     from .making_migrations import changed_services
 
-    active = [s.name for s in project.settings.services if s.active]
+    active = [s.name for s in project.settings.services if s.active and (not names or s.name in names)]
     findings: list[Finding] = []
     for name, changes in sorted((changed_services(project, active) if active else {}).items()):
         svc = project.service(name)

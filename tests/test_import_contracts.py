@@ -72,9 +72,13 @@ def test_the_package_keeps_every_contract(package_copy: Path) -> None:
         ("backends/sql/bookkeeping.py", "from .alembic_bridge import revision_map",
          "Only backends.sql.run imports the Alembic bridge"),
         ("backends/mongo/backup.py", "from ..sql import backend",
-         "The SQL and MongoDB backends do not import each other"),
+         "The SQL, MongoDB and Redis backends do not import each other"),
         ("backends/sql/backup.py", "from ..mongo.lease import Lease",
-         "The SQL and MongoDB backends do not import each other"),
+         "The SQL, MongoDB and Redis backends do not import each other"),
+        ("backends/redis/backup.py", "from ..mongo.lease import Lease",
+         "The SQL, MongoDB and Redis backends do not import each other"),
+        ("backends/redis/ledger.py", "from .run import CLAIM",
+         "The Redis backend's layers"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

@@ -16,6 +16,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import fakeredis
 import pytest
@@ -48,8 +49,8 @@ def r(request: pytest.FixtureRequest, p: str) -> Iterator[redis.Redis]:
     """A client (the server's decodes responses, fakeredis's gives bytes: both ways are
     covered) whose helpers keep their cursors under the test's own prefix."""
     if request.param == "server":
-        client = redis.Redis.from_url(REDIS_URL, db=_server_db(), decode_responses=True,
-                                      socket_timeout=30)
+        url = urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{_server_db()}"))  # the URL's db wins
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
         try:
             client.ping()
         except redis.RedisError as exc:

@@ -1,7 +1,7 @@
 """One protocol that every database backend implements, the factory that picks one, and
 opening one with the connect retry policy (`retry.py`) and closing it again (`opened_backend`).
 
-The protocol speaks only in ncm-migrate's own value objects, so SQL and MongoDB services
+The protocol speaks only in ncm-migrate's own value objects, so SQL, MongoDB and Redis services
 go through the same executor.
 """
 
@@ -91,9 +91,21 @@ class Backend(Protocol):
         DDL included); the connection is not used again. A no-op where nothing runs on."""
 
 
+def step_outcome(step: Step, fake: bool) -> Literal["applied", "reverted", "faked"]:
+    """What a step that succeeds is recorded as: `faked` with --fake, else by its direction."""
+    if fake:
+        return "faked"
+    return "applied" if step.direction == "up" else "reverted"
+
+
 def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
     """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
-    a connect timeout); `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
+    a connect timeout); `lease_s` is MongoDB's and Redis's lock lease (`lock.lease_s`)."""
+    if config.backend == "redis":
+        from .redis.backend import RedisBackend
+
+        settings = connect if isinstance(connect, ConnectSettings) else ConnectSettings(timeout_s=connect)
+        return RedisBackend(config, settings, lease_s)
     if config.backend == "mongo":
         from .mongo.backend import MongoBackend
 

@@ -95,6 +95,12 @@ def migrate_cmd(
         bool, typer.Option("--verify-only", help="Re-run applied revisions' verify(); change nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    changed_since: Annotated[
+        str | None,
+        typer.Option("--changed-since", metavar="REF",
+                     help="With --plan: only services changed since this git commit, and "
+                          "their dependents."),
+    ] = None,
 ) -> None:
     """Apply every pending revision of every service, in dependency order.
 
@@ -108,8 +114,12 @@ def migrate_cmd(
         if rollback_on_failure and no_rollback_on_failure:
             raise BadInput("Give --rollback-on-failure or --no-rollback-on-failure, not both.")
         undo = True if rollback_on_failure else False if no_rollback_on_failure else None
+        if changed_since is not None and not plan:
+            raise BadInput("--changed-since works with --plan (it shows what a change would "
+                           "migrate); migrate itself runs what is pending.")
         if plan:
-            steps = commands.plan(services, target, cascade=cascade, **g.where)
+            steps = commands.plan(services, target, cascade=cascade, changed_since=changed_since,
+                                  **g.where)
             if as_json:
                 print_json({"steps": [asdict(s) for s in steps.steps]})
             else:

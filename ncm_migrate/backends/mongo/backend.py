@@ -37,7 +37,7 @@ from ...locking import wait_for
 from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ...pyfiles import load_revision_module, verify_failure
 from ...urls import mask_url, password_of, redact
-from .. import ConnectFailed, ServerInfo, StepCallback
+from .. import ConnectFailed, ServerInfo, StepCallback, step_outcome
 from .lease import COLLECTION as LOCK_COLLECTION
 from .lease import Lease
 from .ledger import (
@@ -52,7 +52,7 @@ from .ledger import (
     reconcile_markers,
     state_from_docs,
 )
-from .run import MarkerClaimed, StepRun, short_error, step_failed, step_outcome
+from .run import MarkerClaimed, StepRun, short_error, step_failed
 
 log = logging.getLogger(__name__)
 
