@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import fakeredis
 import pytest
 import redis
+from conftest import RedisTarget
+from monorepo import Monorepo
 from redis.client import Pipeline
 
 from ncm_migrate import redis_ops
@@ -354,3 +356,46 @@ def test_a_command_failing_at_exec_says_what_was_written(r: redis.Redis, p: str)
     assert [text(v) for v in r.mget(f"{p}k:a", f"{p}k:b")] == ["1", "1"]
     assert redis_ops.batched_scan_update(r, f"{p}k:*", lambda pipe, key: pipe.incr(key), name="mixed") == 3
     assert [text(v) for v in r.mget(f"{p}k:a", f"{p}k:b")] == ["1", "1"]
+
+
+# -- in a revision -----------------------------------------------------------------------------
+
+
+def test_a_revision_stopped_mid_walk_goes_on_from_its_cursor_after_repair(
+    repo: Monorepo, redis_target: RedisTarget
+) -> None:
+    """The backend keeps a revision's cursors under the service's `key_prefix`; the first
+    run stops after one batch, and the run after `repair` finishes the walk, each key once."""
+    p = redis_target.prefix
+    r = redis_target.client()
+    r.mset({f"{p}item:{n}": 0 for n in range(40)})
+    stop, once = f"{p}stop", f"{p}stopped-once"
+    upgrade = f"""
+        from ncm_migrate import redis_ops
+
+        def bump(pipe, key):
+            if r.exists({stop!r}):
+                raise RuntimeError("stopped mid-walk")
+            pipe.incr(key)
+
+        def stop_once(state):
+            if r.set({once!r}, 1, nx=True):
+                r.set({stop!r}, 1)
+
+        redis_ops.batched_scan_update(r, {p + "item:*"!r}, bump, count=5, name="bump",
+                                      progress=stop_once)
+    """
+    repo.redis_revision("orders", "0001", upgrade=upgrade)
+    repo.settings(f"[development.services.orders]\n{redis_target.service_settings()}")
+    failed = repo.cli("migrate")
+    assert failed.code == 1 and "stopped mid-walk" in failed.stderr, failed.output
+    position = KeyCursorStore(redis_target.ncm_prefix).load(r, "bump")
+    assert position is not None and 0 < position.done < 40
+    assert sum(int(v) for v in r.mget([f"{p}item:{n}" for n in range(40)])) == position.done
+
+    r.delete(stop)
+    assert repo.cli("repair", "orders").code == 0
+    done = repo.cli("migrate")
+    assert done.code == 0, done.output
+    assert [int(v) for v in r.mget([f"{p}item:{n}" for n in range(40)])] == [1] * 40
+    assert r.exists(f"{redis_target.ncm_prefix}cursor:bump") == 0
