@@ -215,7 +215,9 @@ def sqlmigrate(
 
     start = (rev,) if backwards else node.down_revisions
     step = Step(svc.name, rev, "down" if backwards else "up")
-    return SqlBackend(svc, 1.0).offline_sql([step], project.revisions[svc.name], start)
+    return SqlBackend(svc, 1.0, project.settings.ddl).offline_sql(
+        [step], project.revisions[svc.name], start
+    )
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,7 @@ def migrate_sql(
     for seg in segments(steps):
         svc = project.service(seg[0].service)
         _require_sql(svc, "migrate --sql")
-        backend = SqlBackend(svc, 1.0)
+        backend = SqlBackend(svc, 1.0, project.settings.ddl)
         chunks.append(f"-- service {svc.name} ({mask_url(svc.database_url)})")
         for step in seg:
             start = project.graph.heads_of(svc.name, frozenset(applied[svc.name]))
@@ -372,7 +374,8 @@ def lint(
     findings = [f for f in inventory.findings if f.rule == "malformed-revision" and f.service in chosen]
     for svc in selected:
         findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
-                                 settings.root, squawk=settings.lint_squawk)
+                                 settings.root, squawk=settings.lint_squawk,
+                                 ddl=settings.ddl, pg_version=settings.squawk_pg_version)
     return Report.of(findings, strict, checked=chosen)
 
 

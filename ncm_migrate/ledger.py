@@ -25,7 +25,9 @@ COLUMNS = (
 )
 # Columns a ledger made by an earlier version lacks: added (nullable) when found missing.
 LATER_COLUMNS = ("run_id", "attempt", "waited_ms")
-STATUSES = ("running", "applied", "reverted", "faked", "failed")
+# `blocked`: an attempt that waited past its lock timeout (or a deadlock picked it) and left
+# nothing behind; retried within `ddl.retries`, else the run stopped there.
+STATUSES = ("running", "applied", "reverted", "faked", "failed", "blocked")
 # The longest `actor` and `environment` a row holds (the SQL columns' sizes): the settings
 # refuse longer ones before any database is touched.
 ACTOR_LENGTH = 128

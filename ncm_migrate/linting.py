@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DdlSettings
 from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
@@ -125,13 +126,16 @@ def lint_service(
     severity: Severity,
     root: Path,
     squawk: bool = False,
+    ddl: DdlSettings | None = None,
+    pg_version: str | None = None,
 ) -> list[Finding]:
-    """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too."""
+    """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too (on
+    the SQL each revision runs, its `ddl` timeouts included, for `pg_version`)."""
     findings: list[Finding] = []
     for rev in revisions.values():
         findings.extend(lint_revision(config, rev, severity, root))
     if squawk and config.backend == "sql" and is_postgres(config):
-        findings.extend(squawk_service(config, revisions, severity, root))
+        findings.extend(squawk_service(config, revisions, severity, root, ddl, pg_version))
     return findings
 
 
@@ -357,13 +361,15 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def squawk_service(
-    config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path
+    config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path,
+    ddl: DdlSettings | None = None, pg_version: str | None = None,
 ) -> list[Finding]:
-    """squawk's findings on each revision's upgrade SQL, rendered offline, as `squawk:<rule>`."""
+    """squawk's findings on each revision's upgrade SQL, rendered offline as `migrate --sql`
+    shows it (its timeouts' `SET` lines first), as `squawk:<rule>`."""
     from .backends.sql.backend import SqlBackend
 
     program = find_squawk()
-    backend = SqlBackend(config, 1.0)
+    backend = SqlBackend(config, 1.0, ddl)
     findings: list[Finding] = []
     for rev in revisions.values():
         file = _relative(rev.path, root)
@@ -377,7 +383,7 @@ def squawk_service(
             continue
         sql = without_version_table(sql, config.version_table)
         allowed = allow_comments(rev.path.read_text(encoding="utf-8"))
-        for rule, message in run_squawk(program, sql, file, root):
+        for rule, message in run_squawk(program, sql, file, root, pg_version):
             name = f"squawk:{rule}"
             if line is not None and _silenced(name, line, line, allowed):
                 continue

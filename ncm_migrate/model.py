@@ -48,6 +48,10 @@ class Revision:
     depends_on: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     migration_type: str = "schema"
+    # The header's `lock_timeout` / `statement_timeout` as written ("2s", "0"), else None:
+    # the settings' `ddl.*` apply.
+    lock_timeout: str | None = None
+    statement_timeout: str | None = None
     doc: str = ""
     defines: frozenset[str] = frozenset()
     line_of: tuple[tuple[str, int], ...] = ()
@@ -168,6 +172,16 @@ class LedgerRow:
     run_id: str | None = None
     attempt: int | None = None
     waited_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class InvalidIndex:
+    """An index a revision names that a failed `CREATE INDEX CONCURRENTLY` left INVALID."""
+
+    service: str
+    revision: str
+    name: str
+    table: str
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,7 @@ def _run_plan(
                 fake=fake,
                 allow_checksum_drift=settings.allow_checksum_drift,
                 lock_lease_s=settings.lock.lease_s,
+                ddl=settings.ddl,
             )
             for seg in segments(plan)
         ]

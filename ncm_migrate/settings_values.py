@@ -17,7 +17,7 @@ from typing import Any, Literal, cast
 
 from dynaconf.utils.inspect import get_history
 
-from .config import Hook
+from .config import DURATION_HINT, Hook, duration_ms
 from .errors import SettingsError
 from .model import BackendName, ServiceConfig
 from .rules import version_table_findings
@@ -28,7 +28,7 @@ BACKENDS = ("sql", "mongo", "redis")
 TOP_KEYS = {
     "services_dir", "services_glob", "database_url", "services", "connect", "lock",
     "protected", "backup", "lint", "audit", "jobs", "read_jobs", "rollback_on_failure",
-    "allow_checksum_drift", "hooks", "notify",
+    "allow_checksum_drift", "hooks", "notify", "ddl",
 }
 SERVICE_KEYS = {
     "database_url", "backend", "version_table", "depends_on", "naming_convention", "models",
@@ -38,7 +38,8 @@ TABLE_KEYS = {
     "connect": {"retries", "max_wait_s", "timeout_s", "read_timeout_s", "keepalive_s"},
     "lock": {"timeout_s", "lease_s"},
     "backup": {"before_migrate", "dir", "encryption_key"},
-    "lint": {"severity", "squawk"},
+    "ddl": {"lock_timeout", "statement_timeout", "retries", "retry_budget_s"},
+    "lint": {"severity", "squawk", "pg_version"},
     "audit": {"log_path"},
     "hooks": {*HOOK_EVENTS, "timeout_s"},
     "notify": {"webhook_url", "timeout_s", "retries"},
@@ -265,6 +266,15 @@ def setting_str(data: Mapping[str, Any], dotted: str, sources: SettingSources) -
     if not isinstance(value, str) or not value:
         raise bad_setting(key, value, "a non-empty string", sources)
     return value
+
+
+def setting_duration_ms(data: Mapping[str, Any], dotted: str, sources: SettingSources) -> int | None:
+    """A timeout (`config.duration_ms`) in milliseconds; None for `""`, the server's own."""
+    key, value = _setting_value(data, dotted, ())
+    ms = duration_ms(value)
+    if ms is None:
+        raise bad_setting(key, value, DURATION_HINT, sources)
+    return None if ms < 0 else ms
 
 
 def setting_opt_str(

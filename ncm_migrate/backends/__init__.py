@@ -13,8 +13,17 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ..config import ConnectSettings
-from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..config import ConnectSettings, DdlSettings
+from ..model import (
+    InvalidIndex,
+    LedgerRow,
+    Revision,
+    RunContext,
+    ServiceConfig,
+    ServiceState,
+    Step,
+    StepResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +94,13 @@ class Backend(Protocol):
                ctx: RunContext) -> None:
         """Append one finished ledger row (used by `repair`)."""
 
+    def invalid_indexes(self, revisions: Mapping[str, Revision]) -> list[InvalidIndex]:
+        """Indexes that `revisions` name and that a failed concurrent build left INVALID
+        (PostgreSQL; none elsewhere)."""
+
+    def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
+        """Drop INVALID `indexes` (concurrently, on PostgreSQL): those dropped."""
+
     def interrupt(self) -> None:
         """After a signal cut a step short on this side: stop what the server still runs
         for this backend's connection (MySQL goes on with a statement whose client left,
@@ -98,9 +114,11 @@ def step_outcome(step: Step, fake: bool) -> Literal["applied", "reverted", "fake
     return "applied" if step.direction == "up" else "reverted"
 
 
-def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
+def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0,
+                 ddl: DdlSettings | None = None) -> Backend:
     """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
-    a connect timeout); `lease_s` is MongoDB's and Redis's lock lease (`lock.lease_s`)."""
+    a connect timeout); `lease_s` is MongoDB's and Redis's lock lease (`lock.lease_s`);
+    `ddl` how SQL steps wait on locks (`ddl.*`)."""
     if config.backend == "redis":
         from .redis.backend import RedisBackend
 
@@ -113,7 +131,7 @@ def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_
         return MongoBackend(config, timeout, lease_s)
     from .sql.backend import SqlBackend
 
-    return SqlBackend(config, connect)
+    return SqlBackend(config, connect, ddl)
 
 
 def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:

@@ -134,7 +134,8 @@ def doctor_cmd(
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Per service: reachable, latency, server version, privileges, heads, pending, lock.
+    """Per service: reachable, latency, server version, privileges, heads, pending, lock,
+    and indexes a failed CREATE INDEX CONCURRENTLY left INVALID.
 
     Exits 1 when a database is unreachable or a revision file cannot be read.
 
@@ -160,6 +161,10 @@ def doctor_cmd(
             for d in found:
                 if d.error:
                     err.print(redact_known(d.error), markup=False)
+                if d.invalid_indexes:
+                    err.print(f"{d.service}: INVALID indexes left by a failed CREATE INDEX "
+                              f"CONCURRENTLY: {', '.join(d.invalid_indexes)}; run `manage.py "
+                              f"repair {d.service}` to drop them.", markup=False)
         if any(d.error for d in found):
             raise typer.Exit(1)
 

@@ -22,7 +22,16 @@ from ... import ledger as ledger_rules
 from ...config import ConnectSettings
 from ...errors import DatabaseUnreachable, LockLost, LockTimeout, RevisionFileError, SettingsError
 from ...locking import wait_for
-from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ...model import (
+    InvalidIndex,
+    LedgerRow,
+    Revision,
+    RunContext,
+    ServiceConfig,
+    ServiceState,
+    Step,
+    StepResult,
+)
 from ...pyfiles import load_revision_module, verify_failure
 from ...urls import mask_url, password_of, redact
 from .. import ConnectFailed, ServerInfo, StepCallback, step_outcome
@@ -273,6 +282,12 @@ class RedisBackend:
             return dict(self.client.info(section))
         except redis.ResponseError:
             return {}
+
+    def invalid_indexes(self, revisions: Mapping[str, Revision]) -> list[InvalidIndex]:
+        return []  # no index is built part way
+
+    def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
+        return []
 
     def server_info(self) -> ServerInfo:
         with connection_errors(self.config, "reading the server's version"):
