@@ -20,6 +20,7 @@ from .config import DdlSettings
 from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
+from .redis_lint import REDIS_DESTRUCTIVE, REDIS_RULES, redis_calls, uses_redis
 from .safe_ddl import RULES as SAFE_DDL_RULES
 from .safe_ddl import proven_not_null, unsafe_ddl
 from .squawk import find_squawk, run_squawk, without_version_table
@@ -39,11 +40,12 @@ RULES: dict[str, str] = {
     "non-concurrent-index": "creates an index without CONCURRENTLY: writes to the table block meanwhile",
     "raw-sql-drop": "runs raw SQL that drops or truncates",
     **SAFE_DDL_RULES,  # PostgreSQL only, each with its fix: safe_ddl.py
+    **REDIS_RULES,  # Redis revisions: redis_lint.py
 }
 # Operations that lose data: in a protected environment they need confirmation.
 DESTRUCTIVE = frozenset(
     {"drop-table", "drop-column", "drop-index", "drop-collection", "rename-table", "rename-column",
-     "type-change", "raw-sql-drop"}
+     "type-change", "raw-sql-drop"} | REDIS_DESTRUCTIVE
 )
 # Rules that only matter for a table that already exists (rows, readers, writers): not
 # findings on a table that the same `upgrade()` creates first.
@@ -100,11 +102,13 @@ def lint_revision(
         return []
     allowed = allow_comments(text)
     postgres = is_postgres(config)
-    hits = list(_mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres))
+    hits = _backend_hits(config, upgrade, postgres)
     if postgres:
         proven = proven_not_null(upgrade)
         hits = [h for h in hits if not (h.rule == "not-null-without-default" and h.line in proven)]
         hits += [Hit(u.rule, u.line, u.end_line, u.detail) for u in unsafe_ddl(upgrade)]
+    if config.backend == "redis" or uses_redis(tree):
+        hits = [*hits, *(_hit(rule, call, detail) for rule, call, detail in redis_calls(tree))]
     out = []
     for hit in hits:
         if not include_allowed and _silenced(hit.rule, hit.line, hit.end_line, allowed):
@@ -140,6 +144,13 @@ def lint_service(
     if squawk and config.backend == "sql" and is_postgres(config):
         findings.extend(squawk_service(config, revisions, severity, root, ddl, pg_version))
     return findings
+
+
+def _backend_hits(config: ServiceConfig, upgrade: ast.AST, postgres: bool) -> list[Hit]:
+    """The SQL or MongoDB rules' hits (a Redis service's rules are `redis_lint`'s)."""
+    if config.backend == "redis":
+        return []
+    return list(_mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres))
 
 
 def is_postgres(config: ServiceConfig) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import redis
 
 from ... import ledger as ledger_rules
+from ... import redis_ops
 from ...errors import DatabaseUnreachable, MigrationFailed, NcmError
 from ...model import Revision, RunContext, Step, StepResult
 from ...pyfiles import stopped_error
@@ -105,11 +106,13 @@ class RedisStep:
     def _call(self, fn: Callable[..., Any], check: Callable[..., Any] | None) -> None:
         """The revision's function, then its verify(), each with the client."""
         r = self.backend.client
-        self.phase = f"in {'upgrade' if self.step.direction == 'up' else 'downgrade'}()"
-        fn(r)
-        if check is not None:
-            self.phase = "in verify()"
-            check(r)
+        # redis_ops' walks keep their cursors under the service's key prefix, with its ledger
+        with redis_ops.using_cursor_store(redis_ops.KeyCursorStore(self.backend.config.key_prefix)):
+            self.phase = f"in {'upgrade' if self.step.direction == 'up' else 'downgrade'}()"
+            fn(r)
+            if check is not None:
+                self.phase = "in verify()"
+                check(r)
         self.phase = "while it was recorded"
 
     def _claim(self) -> None:
