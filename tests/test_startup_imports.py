@@ -13,7 +13,7 @@ from monorepo import Monorepo
 from ncm_migrate.settings import load_settings, service_folders
 
 HEAVY = {"sqlalchemy", "dynaconf", "alembic", "jinja2", "mako", "tenacity", "pymongo", "bson",
-         "cryptography", "filelock", "psycopg"}
+         "cryptography", "filelock", "psycopg", "redis"}
 
 # manage.py as generated, plus a line on stderr naming the top-level modules loaded at exit.
 MANAGE_PY = """\
@@ -70,7 +70,7 @@ def test_showmigrations_and_noop_migrate_import_no_alembic(project: Monorepo) ->
         modules, _ = loaded(project, *args)
         assert "sqlalchemy" in modules and "dynaconf" in modules
         # jinja2 is imported by Dynaconf itself (dynaconf.utils.parse_conf), not asserted here.
-        unwanted = {"alembic", "mako", "pymongo", "bson", "cryptography"}
+        unwanted = {"alembic", "mako", "pymongo", "bson", "cryptography", "redis"}
         assert not modules & unwanted, (args, sorted(modules & unwanted))
 
 
