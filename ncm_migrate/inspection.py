@@ -1,5 +1,6 @@
 """The verbs that read and change nothing: the services, their status and plans, the SQL a
-plan runs, the ledger, `verify`, `wait`, `doctor`, and the checks (`validate`, `lint`, `check`).
+plan runs, the ledger, `verify`, `wait`, `doctor`, and the checks (`validate`, `lint`, `check`,
+`drift`).
 
 Re-exported by `commands`, where a Python caller finds every verb.
 """
@@ -355,12 +356,17 @@ def lint(
 
 
 def check(
+    services: Sequence[str] = (),
     *,
     strict: bool = False,
+    drift: bool = False,
+    roundtrip: bool = False,
     **where: Unpack[Where],
 ) -> Report:
     """For CI: validate every service, plus pending revisions, dirty marks and models.py
-    changes that no revision holds yet (`makemigrations --check`)."""
+    changes that no revision holds yet (`makemigrations --check`); with `drift`, the live
+    schema compared with the applied revisions' (`drift`), and with `roundtrip`, each
+    revision's downgrade checked on a scratch database. `services` narrows those two."""
     at = Location.of(where, "check")
     from .validation import models_findings, validate_settings
 
@@ -369,7 +375,27 @@ def check(
     report = Report.of(findings, strict)
     if report.exit_code == 2:
         return report  # the graph cannot be built: nothing to compare models with
-    return Report.of(findings + models_findings(load_project_at(at)), strict)
+    project = load_project_at(at)
+    findings += models_findings(project)
+    if drift or roundtrip:
+        from .schema_checks import check_roundtrip, find_drift
+
+        findings += find_drift(project, services) if drift else []
+        findings += check_roundtrip(project, services) if roundtrip else []
+    return Report.of(findings, strict)
+
+
+def drift(
+    services: Sequence[str] = (),
+    **where: Unpack[Where],
+) -> Report:
+    """Each difference between the live schema of the selected services (default: all) and
+    the schema their applied revisions give, built on a scratch database; the live
+    database is only read. Exit code 1 (`Report.exit_code`) when there is drift."""
+    at = Location.of(where, "drift")
+    from .schema_checks import find_drift
+
+    return Report.of(find_drift(load_project_at(at), services))
 
 
 # -- wiring ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The commands that look and change nothing: `services`, `showmigrations`, `history`, `wait`,
-`doctor`, `validate`, `lint` and `check`.
+`doctor`, `validate`, `lint`, `check` and `drift`.
 """
 
 from __future__ import annotations
@@ -193,14 +193,44 @@ def lint_cmd(
 
 def check_cmd(
     ctx: typer.Context,
+    services: Annotated[
+        list[str] | None, typer.Argument(help="Services for --drift and --roundtrip (default: all).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+    drift: Annotated[
+        bool, typer.Option("--drift", help="Also compare live schemas with the applied revisions.")
+    ] = False,
+    roundtrip: Annotated[bool, typer.Option(
+        "--roundtrip", help="Also run every revision up, down and up on a scratch database.")] = False,
 ) -> None:
     """For CI: validate everything, and fail when a revision is pending or a service dirty.
+
+    --drift adds `drift`; --roundtrip checks that each revision's downgrade restores the
+    schema before it (on a scratch database, never yours).
 
     Example: python manage.py check --env test --json
     """
     g = globals_of(ctx)
     with exit_on_error():
-        report = commands.check(strict=strict, **g.where)
+        report = commands.check(services or (), strict=strict, drift=drift, roundtrip=roundtrip, **g.where)
+    print_findings(report, as_json, g.verbosity < 0)
+
+
+def drift_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Compare each live database with the schema its applied revisions give; exit 1 on drift.
+
+    The expected schema is built on a scratch database (always dropped); the live one is
+    only read. Tables, columns, types, nullability, defaults, indexes and constraints
+    (MongoDB: collections, indexes, validators).
+
+    Example: python manage.py drift users --env staging --json
+    """
+    g = globals_of(ctx)
+    with exit_on_error():
+        report = commands.drift(services or (), **g.where)
     print_findings(report, as_json, g.verbosity < 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from urllib.parse import unquote
 
@@ -26,6 +26,7 @@ from pymongo.errors import (
 )
 
 from ... import ledger as ledger_rules
+from ...drift import Schema
 from ...errors import (
     DatabaseUnreachable,
     LockLost,
@@ -53,6 +54,7 @@ from .ledger import (
     state_from_docs,
 )
 from .run import MarkerClaimed, StepRun, short_error, step_failed, step_outcome
+from .snapshot import read_schema
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +243,10 @@ class MongoBackend:
         with _connection_errors(self.config, "reading its migration state"):
             docs = ledger_docs(self.ledger, self.config.name)
         return state_from_docs(docs, revisions)
+
+    def read_schema(self, ignored: Iterable[str]) -> Schema:
+        with _connection_errors(self.config, "reading its schema"):
+            return read_schema(self.db, {*ignored, ledger_rules.TABLE, MARKERS, LOCK_COLLECTION})
 
     def history(self, limit: int | None = None) -> list[LedgerRow]:
         with _connection_errors(self.config, "reading its ledger"):

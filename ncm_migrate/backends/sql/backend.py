@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ... import ledger as ledger_rules
+from ...drift import Schema
 from ...errors import DatabaseUnreachable, NcmError
 from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ...urls import is_async, sqlite_file
@@ -41,6 +42,7 @@ from .engine import (
     short_reason,
 )
 from .locks import named_lock
+from .snapshot import read_schema
 
 if TYPE_CHECKING:
     # Imported where it is used: SQLAlchemy's asyncio extension pulls in the ORM.
@@ -371,6 +373,10 @@ class SqlBackend:
                 return
             log.warning("service '%s': could not stop the interrupted statement on the server: "
                         "%s", self.config.name, short_reason(exc))
+
+    @_driver_call
+    def read_schema(self, ignored: Iterable[str]) -> Schema:
+        return read_schema(self.conn, {*ignored, ledger_rules.TABLE})
 
     # -- applying -----------------------------------------------------------------
 
