@@ -1,5 +1,5 @@
 """`drift` and `check --roundtrip`: a service's revisions run on a scratch database (never
-the user's, always dropped), and the schemas they give compared (`drift.py`).
+the user's, always dropped), and the schemas they give compared (`schemas.py`).
 
 Services that share one database are built together, in plan order, as `migrate` builds
 them; the live database is only read.
@@ -14,7 +14,14 @@ from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 from .backends import Backend, open_backend, scratch_copy
-from .drift import (
+from .errors import MigrationFailed, NcmError
+from .findings import Finding, relative_file
+from .graph import plan_upgrade
+from .ledger import run_context
+from .model import RevisionKey, ServiceConfig, Step, StepResult
+from .planning import read_states
+from .project import Project
+from .schemas import (
     Difference,
     Schema,
     compare_schemas,
@@ -23,13 +30,6 @@ from .drift import (
     roundtrip_failure,
     roundtrip_findings,
 )
-from .errors import MigrationFailed, NcmError
-from .findings import Finding, relative_file
-from .graph import plan_upgrade
-from .ledger import run_context
-from .model import RevisionKey, ServiceConfig, Step, StepResult
-from .planning import read_states
-from .project import Project
 from .urls import is_async, sync_equivalent
 
 log = logging.getLogger(__name__)
@@ -124,36 +124,39 @@ class _RoundTrip:
 
     def run(self) -> list[Finding]:
         records = [self.scratch.schema()]
-        for i, step in enumerate(self.steps):
-            if not self._step(i, step, "upgrade", records[-1], None):
+        for step in self.steps:
+            if not self._step(step, "its first upgrade"):
                 return self.findings
             records.append(self.scratch.schema())
         n = len(self.steps)
         for i in reversed(range(self.first, n)):
             down = replace(self.steps[i], direction="down")
-            if not self._step(i, down, "its downgrade", records[i + 1], records[i]):
+            if not self._step(down, "its downgrade", records[i + 1], records[i],
+                              "its downgrade does not restore the schema before its upgrade"):
                 return self.findings
         for i in range(self.first, n):
-            if not self._step(i, self.steps[i], "upgrading it again after its downgrade",
-                              records[i], records[i + 1]):
+            if not self._step(self.steps[i], "upgrading it again", records[i],
+                              records[i + 1], "upgrading it again does not give the schema "
+                              "its first upgrade gave"):
                 return self.findings
         return self.findings
 
-    def _step(self, i: int, step: Step, doing: str, before: Schema, after: Schema | None) -> bool:
-        """Run `step`; with `after`, blame it for each new difference from `after`. False
-        when it raised (what follows cannot be compared)."""
-        old = compare_schemas(before, self.scratch.schema()) if after is not None else []
+    def _step(self, step: Step, doing: str, before: Schema | None = None,
+              after: Schema | None = None, problem: str = "") -> bool:
+        """Run `step`; with the schemas expected `before` and `after` it, blame it for each
+        difference from `after` that was not there already. False when it raised (what
+        follows cannot be compared)."""
+        old = compare_schemas(before, self.scratch.schema()) if before is not None else []
         try:
             self.scratch.apply([step])
         except MigrationFailed as exc:
             self.findings.append(roundtrip_failure(
-                step.service, step.revision, self.scratch.file(step.service),
-                f"{doing} ({step.direction})" if after is not None else "upgrade", str(exc)))
+                step.service, step.revision, self.scratch.file(step.service), doing, str(exc)))
             return False
         if after is not None and self._checked(step):
             new = new_differences(old, compare_schemas(after, self.scratch.schema()))
             self.findings += roundtrip_findings(step.service, step.revision,
-                                                self.scratch.file(step.service), new, doing)
+                                                self.scratch.file(step.service), new, problem)
         return True
 
     def _checked(self, step: Step) -> bool:

@@ -3,6 +3,8 @@ ncm-migrate (to show it unchanged), and the scratch databases left on a server."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 
 
@@ -44,3 +46,30 @@ def scratch_names(url: str) -> set[str]:
             return {r[0] for r in rows}
     finally:
         engine.dispose()
+
+
+def exists(url: str) -> bool:
+    """Whether the database at `url` (a SQLite file, or one on a server) is there."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return Path(str(parsed.database)).exists()
+    return str(parsed.database) in scratch_names(url)
+
+
+def servers(url: str) -> set[str]:
+    """The scratch databases on `url`'s server (none for SQLite)."""
+    return set() if url.startswith("sqlite") else scratch_names(url)
+
+
+def assert_dropped(made: list[str], live_url: str, before: set[str]) -> None:
+    """Every scratch database made is gone, and the server lists no new one."""
+    assert made, "no scratch database was built"
+    server = sa.engine.make_url(live_url).get_backend_name() != "sqlite"
+    after = scratch_names(live_url) if server else set()
+    for url in made:
+        name = sa.engine.make_url(url).database
+        assert name is not None
+        if server:
+            assert name.startswith("ncm_scratch_") and name not in before and name not in after
+        else:
+            assert not Path(name).exists() and not Path(name).parent.exists()

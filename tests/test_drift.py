@@ -5,9 +5,7 @@ MariaDB, the live database only read, and MongoDB's collections, indexes and val
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,11 +13,10 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from monorepo import Monorepo
-from scratch_dbs import fingerprint, scratch_names
+from scratch_dbs import assert_dropped, fingerprint, servers
 
 from ncm_migrate.backends.mongo import backend as mongo_backend
-from ncm_migrate.backends.sql import autogen
-from ncm_migrate.drift import Difference, Schema, compare_schemas, new_differences
+from ncm_migrate.schemas import Difference, Schema, compare_schemas, new_differences
 
 SHOP_UP = """
 op.create_table(
@@ -42,38 +39,6 @@ op.create_table(
               nullable=False),
 )
 """
-
-
-@pytest.fixture
-def scratches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The URL of every scratch database built during the test (checked to exist while
-    it is used)."""
-    made: list[str] = []
-    real = autogen.scratch_database
-
-    @contextmanager
-    def spy(config: Any, project: Any) -> Iterator[str | None]:
-        with real(config, project) as url:
-            if url is not None:
-                made.append(url)
-            yield url
-
-    monkeypatch.setattr(autogen, "scratch_database", spy)
-    return made
-
-
-def assert_dropped(made: list[str], live_url: str, before: set[str]) -> None:
-    """Every scratch database made is gone, and the server lists no new one."""
-    assert made, "no scratch database was built"
-    server = sa.engine.make_url(live_url).get_backend_name() != "sqlite"
-    after = scratch_names(live_url) if server else set()
-    for url in made:
-        name = sa.engine.make_url(url).database
-        assert name is not None
-        if server:
-            assert name.startswith("ncm_scratch_") and name not in before and name not in after
-        else:
-            assert not Path(name).exists() and not Path(name).parent.exists()
 
 
 def shop(repo: Monorepo, url: str) -> Monorepo:
@@ -114,10 +79,6 @@ def change_type(op: Operations) -> None:
     with op.batch_alter_table("customers") as batch:
         batch.alter_column("name", type_=sa.String(80), existing_type=sa.String(50),
                            existing_nullable=False)
-
-
-def servers(url: str) -> set[str]:
-    return scratch_names(url) if not url.startswith("sqlite") else set()
 
 
 def test_a_clean_database_has_no_drift(repo: Monorepo, db_url: str, scratches: list[str]) -> None:

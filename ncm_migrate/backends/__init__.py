@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..config import ConnectSettings
-from ..drift import Schema
 from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..schemas import Schema
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -117,9 +117,9 @@ def scratch_copy(config: ServiceConfig, project: Project) -> Iterator[ServiceCon
     """`config` pointed at a new, empty database on the service's server, dropped on the way
     out (even when the work in it fails); None when the server refuses to create one."""
     if config.backend == "mongo":
-        from .mongo.scratch import scratch_database as mongo_scratch
+        from .mongo.scratch import scratch_mongo_database
 
-        with mongo_scratch(config, project.settings.connect.timeout_s) as scratch:
+        with scratch_mongo_database(config, project.settings.connect.timeout_s) as scratch:
             yield scratch
         return
     from .sql.autogen import scratch_database

@@ -26,7 +26,6 @@ from pymongo.errors import (
 )
 
 from ... import ledger as ledger_rules
-from ...drift import Schema
 from ...errors import (
     DatabaseUnreachable,
     LockLost,
@@ -37,6 +36,7 @@ from ...errors import (
 from ...locking import wait_for
 from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
 from ...pyfiles import load_revision_module, verify_failure
+from ...schemas import Schema
 from ...urls import mask_url, password_of, redact
 from .. import ConnectFailed, ServerInfo, StepCallback
 from .lease import COLLECTION as LOCK_COLLECTION
@@ -54,7 +54,7 @@ from .ledger import (
     state_from_docs,
 )
 from .run import MarkerClaimed, StepRun, short_error, step_failed, step_outcome
-from .snapshot import read_schema
+from .snapshot import read_mongo_schema
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class MongoBackend:
 
     def read_schema(self, ignored: Iterable[str]) -> Schema:
         with _connection_errors(self.config, "reading its schema"):
-            return read_schema(self.db, {*ignored, ledger_rules.TABLE, MARKERS, LOCK_COLLECTION})
+            return read_mongo_schema(self.db, {*ignored, ledger_rules.TABLE, MARKERS, LOCK_COLLECTION})
 
     def history(self, limit: int | None = None) -> list[LedgerRow]:
         with _connection_errors(self.config, "reading its ledger"):

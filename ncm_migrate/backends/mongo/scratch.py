@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def scratch_database(config: ServiceConfig, timeout_s: float) -> Iterator[ServiceConfig]:
+def scratch_mongo_database(config: ServiceConfig, timeout_s: float) -> Iterator[ServiceConfig]:
     """`config` pointed at a new database on the same server, dropped on the way out."""
     name = f"ncm_scratch_{secrets.token_hex(6)}"
     log.info("%s: building scratch database %s", config.name, name)

@@ -1,4 +1,4 @@
-"""A MongoDB database's schema as a `drift.Schema`: its collections with their options
+"""A MongoDB database's schema as a `schemas.Schema`: its collections with their options
 (validator, validation level and action, capped size...), and their indexes. Read only."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any
 
 from pymongo.database import Database
 
-from ...drift import Schema
+from ...schemas import Schema
 from .ledger import Document
 
 
-def read_schema(db: Database[Document], ignored: Iterable[str]) -> Schema:
+def read_mongo_schema(db: Database[Document], ignored: Iterable[str]) -> Schema:
     """The collections of `db` but those in `ignored` (the ledger, markers and lease)."""
     skip = set(ignored)
     objects: dict[str, str] = {}

@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ... import ledger as ledger_rules
-from ...drift import Schema
 from ...errors import DatabaseUnreachable, NcmError
 from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ...schemas import Schema
 from ...urls import is_async, sqlite_file
 from .. import ConnectFailed, ServerInfo, StepCallback
 from . import bookkeeping, run
@@ -42,7 +42,7 @@ from .engine import (
     short_reason,
 )
 from .locks import named_lock
-from .snapshot import read_schema
+from .snapshot import read_sql_schema
 
 if TYPE_CHECKING:
     # Imported where it is used: SQLAlchemy's asyncio extension pulls in the ORM.
@@ -376,7 +376,7 @@ class SqlBackend:
 
     @_driver_call
     def read_schema(self, ignored: Iterable[str]) -> Schema:
-        return read_schema(self.conn, {*ignored, ledger_rules.TABLE})
+        return read_sql_schema(self.conn, {*ignored, ledger_rules.TABLE})
 
     # -- applying -----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A SQL database's schema as a `drift.Schema`, read with SQLAlchemy's inspector: tables,
+"""A SQL database's schema as a `schemas.Schema`, read with SQLAlchemy's inspector: tables,
 columns (type, nullability, default), primary keys, indexes, and unique, foreign-key and
 check constraints. Read only.
 
@@ -15,10 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ...drift import Schema
+from ...schemas import Schema
 
 
-def read_schema(conn: Connection, ignored: Iterable[str]) -> Schema:
+def read_sql_schema(conn: Connection, ignored: Iterable[str]) -> Schema:
     """The schema of the database behind `conn` (its default schema), without the tables
     in `ignored` (the version tables and the ledger); ends the transaction it reads in."""
     skip = set(ignored)
@@ -85,6 +85,6 @@ def _columns(names: Iterable[Any]) -> str:
 
 
 def _options(options: Mapping[str, Any] | None) -> str:
-    if not options:
-        return ""
-    return "".join(f" {k}={v}" for k, v in sorted(options.items()))
+    """An index's dialect options that say something (PostgreSQL reports an empty
+    `postgresql_include` for every index)."""
+    return "".join(f" {k}={v}" for k, v in sorted((options or {}).items()) if v not in (None, [], ()))

@@ -73,17 +73,16 @@ def drift_findings(service: str, file: str, differences: Iterable[Difference]) -
 
 
 def roundtrip_findings(service: str, revision: str, file: str,
-                       differences: Iterable[Difference], doing: str) -> list[Finding]:
-    """One `roundtrip` error per difference a step (`doing`: its downgrade, or the upgrade
-    after it) left between a schema and the one recorded for that point."""
+                       differences: Iterable[Difference], problem: str) -> list[Finding]:
+    """One `roundtrip` error per difference a step left between a schema and the one
+    recorded for that point (`problem` says which step and which record)."""
     return [
-        Finding(service, revision, "roundtrip", "error",
-                f"{doing} does not give the schema recorded before it: {d.describe()}", file,
+        Finding(service, revision, "roundtrip", "error", f"{problem}: {d.describe()}", file,
                 object=d.object, expected=d.expected, actual=d.actual)
         for d in differences
     ]
 
 
 def roundtrip_failure(service: str, revision: str, file: str, doing: str, error: str) -> Finding:
-    """The `roundtrip` error of a step that raised."""
+    """The `roundtrip` error of a step (`doing`) that raised."""
     return Finding(service, revision, "roundtrip", "error", f"{doing} failed: {error}", file)
