@@ -86,7 +86,13 @@ def _group_drift(project: Project, group: list[str], selected: list[str]) -> lis
         owner: dict[str, str] = {}
         for name, run in groupby(steps, key=lambda step: step.service):
             before = scratch.schema()
-            scratch.apply(list(run))
+            try:
+                scratch.apply(list(run))
+            except MigrationFailed as exc:
+                raise MigrationFailed(
+                    f"Cannot compare service '{name}' with its live database: its applied "
+                    f"revisions failed on a scratch database: {exc}", exc.service, exc.revision,
+                ) from None
             owner.update({path: name for path, _ in scratch.schema().objects
                           if path.startswith(_TOP) and path not in before.as_dict()})
         expected = scratch.schema()

@@ -174,8 +174,41 @@ def test_scratch_database_dropped_when_the_revisions_fail_on_it(
     result = repo.cli("drift")
     assert result.code == 1, result.output
     assert "0003_fragile" in result.stderr and "boom" in result.stderr
+    assert "scratch database" in result.stderr
     assert "Traceback" not in result.output
     assert_dropped(scratches, db_url, listed)
+
+
+def test_services_sharing_a_database_each_answer_for_their_own_tables(
+    repo: Monorepo, sqlite_url: str
+) -> None:
+    """shop and audit share one database: a change to audit's table is audit's drift, and
+    a table nobody's revisions made is the drift of the first service selected."""
+    repo.settings(f"""
+        [development.services.shop]
+        database_url = "{sqlite_url}"
+        [development.services.audit]
+        database_url = "{sqlite_url}"
+        version_table = "alembic_version_audit"
+    """)
+    repo.revision("shop", "0001_customers", upgrade=SHOP_UP, downgrade=SHOP_DOWN)
+    repo.revision("audit", "0001_events", upgrade=(
+        "op.create_table('events', sa.Column('id', sa.Integer, primary_key=True), "
+        "sa.Column('kind', sa.String(20)))\nop.create_index('ix_events_kind', 'events', ['kind'])"),
+        downgrade="op.drop_table('events')")
+    assert repo.cli("migrate").code == 0
+    assert drift_json(repo) == (0, [])  # each other's tables and version tables are expected
+    by_hand(sqlite_url, lambda op: op.drop_index("ix_events_kind", table_name="events"))
+    by_hand(sqlite_url, lambda op: op.create_table("stray", sa.Column("id", sa.Integer)))
+    _, findings = drift_json(repo)
+    assert {(f["service"], f["object"]) for f in findings} == {
+        ("audit", "table events / index ix_events_kind"),
+        ("audit", "table stray"), ("audit", "table stray / column id"),
+    }
+    _, shop_only = drift_json(repo, "shop")
+    assert {(f["service"], f["object"]) for f in shop_only} == {
+        ("shop", "table stray"), ("shop", "table stray / column id"),
+    }
 
 
 def test_unknown_service_is_bad_input(repo: Monorepo, sqlite_url: str) -> None:
