@@ -99,6 +99,12 @@ class SqlBackend:
         # short (SQLAlchemy then drops that connection, and `conn` would be a new one).
         self.lock_session: int | None = None
 
+    @property
+    def read_timeout_s(self) -> float:
+        """`connect.read_timeout_s`: how long one statement may wait for its answer (0: no
+        bound); a lock is waited for in shorter statements than that."""
+        return self._net.read_timeout_s
+
     # -- connection -------------------------------------------------------------
 
     @property
@@ -429,7 +435,7 @@ class SqlBackend:
                 service=self.config.name, revision=revision, direction=direction, status=status,
                 checksum=checksum, started_at=now, finished_at=now, duration_ms=0.0,
                 actor=ctx.actor, host=ctx.host, environment=ctx.environment,
-                tool_version=ctx.tool_version,
+                tool_version=ctx.tool_version, run_id=ctx.run_id or None,
             )
         )
         self.conn.commit()
