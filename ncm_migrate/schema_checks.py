@@ -83,9 +83,10 @@ def _group_drift(project: Project, group: list[str], selected: list[str]) -> lis
     steps = _upgrade_steps(project, group, {s: states[s].heads for s in group})
     first = _config(project, group[0])
     with _Scratch.of(project, group) as scratch:
-        owner: dict[str, str] = {}
+        owner: dict[str, str] = {}  # which service's revisions made each table
+        shared = len(group) > 1
         for name, run in groupby(steps, key=lambda step: step.service):
-            before = scratch.schema()
+            before = scratch.schema().as_dict() if shared else {}
             try:
                 scratch.apply(list(run))
             except MigrationFailed as exc:
@@ -93,8 +94,9 @@ def _group_drift(project: Project, group: list[str], selected: list[str]) -> lis
                     f"Cannot compare service '{name}' with its live database: its applied "
                     f"revisions failed on a scratch database: {exc}", exc.service, exc.revision,
                 ) from None
-            owner.update({path: name for path, _ in scratch.schema().objects
-                          if path.startswith(_TOP) and path not in before.as_dict()})
+            if shared:
+                owner.update({path: name for path, _ in scratch.schema().objects
+                              if path.startswith(_TOP) and path not in before})
         expected = scratch.schema()
     backend = open_backend(first, project.settings.connect)
     try:
@@ -129,12 +131,15 @@ class _RoundTrip:
     findings: list[Finding] = field(default_factory=list)
 
     def run(self) -> list[Finding]:
-        records = [self.scratch.schema()]
-        for step in self.steps:
+        for step in self.steps[: self.first]:  # never downgraded: no schema to record
             if not self._step(step, "its first upgrade"):
                 return self.findings
-            records.append(self.scratch.schema())
+        records = {self.first: self.scratch.schema()}
         n = len(self.steps)
+        for i in range(self.first, n):
+            if not self._step(self.steps[i], "its first upgrade"):
+                return self.findings
+            records[i + 1] = self.scratch.schema()
         for i in reversed(range(self.first, n)):
             down = replace(self.steps[i], direction="down")
             if not self._step(down, "its downgrade", records[i + 1], records[i],
