@@ -370,7 +370,12 @@ def check(
     at = Location.of(where, "check")
     from .validation import models_findings, validate_settings
 
+    if services and not (drift or roundtrip):
+        raise BadInput(f"`check {' '.join(services)}`: services narrow --drift and --roundtrip "
+                       "only (the other checks cover every service); add one of them.")
     settings = load_settings(at.root, at.env, at.settings_dir)
+    for name in services:
+        settings.service(name)  # an unknown one is bad input before anything is checked
     findings = validate_settings(settings, (), pending=True)
     report = Report.of(findings, strict)
     if report.exit_code == 2:

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ..errors import Interrupted, NcmError, signal_name
 from ..events import Event, RunReport
-from ..findings import Report
+from ..findings import Finding, Report
 from ..model import Plan, StepResult
 from ..urls import redact_known
 
@@ -206,7 +206,7 @@ def where_each_stands(error: NcmError) -> None:
 def print_findings(report: Report, as_json: bool, quiet: bool) -> None:
     """Print a report's findings (JSON: `{ok, findings}`) and exit with its code."""
     if as_json:
-        print_json({"ok": report.ok, "findings": list(report.findings)})
+        print_json({"ok": report.ok, "findings": [finding_json(f) for f in report.findings]})
     else:
         for f in report.findings:
             colour = "red" if f.severity == "error" else "yellow"
@@ -218,6 +218,16 @@ def print_findings(report: Report, as_json: bool, quiet: bool) -> None:
             out.print(f"{verdict}: {report.summary()}", markup=False)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    """A finding as JSON: `object`, `expected` and `actual` only on schema differences
+    (`drift`, `roundtrip`), so that other findings read as they always have."""
+    data = asdict(finding)
+    if finding.object is None:
+        for key in ("object", "expected", "actual"):
+            del data[key]
+    return data
 
 
 def shown(path: Path) -> str:
