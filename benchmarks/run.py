@@ -601,6 +601,20 @@ def report(scenarios: list[Scenario], sizes: Sizes, args: argparse.Namespace, ad
     return "\n".join(lines)
 
 
+def kept_sections(path: Path) -> str:
+    """The sections of `path` that other benchmarks wrote (a `<!-- written by benchmarks/...`
+    line under their heading, e.g. redis_batched_update.py's): rewriting the file keeps them."""
+    if not path.exists():
+        return ""
+    sections: list[str] = []
+    for line in path.read_text().splitlines(keepends=True):
+        if line.startswith("## ") or not sections:
+            sections.append("")
+        sections[-1] += line
+    kept = [s for s in sections if s.startswith("## ") and "\n<!-- written by benchmarks/" in s]
+    return "".join("\n" + s.rstrip("\n") + "\n" for s in kept)
+
+
 def _baseline(sc: Scenario) -> Variant | None:
     for prefix in ("plain Alembic: load", "alembic upgrade head (transaction_per_migration)",
                    "alembic upgrade head"):
@@ -689,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 drop_pg(admin, name)
     text = report(scenarios, sizes, args, admin, started, (load0, os.getloadavg()),
                   time.perf_counter() - t0)
-    args.results.write_text(text)
+    args.results.write_text(text + kept_sections(args.results))
     say(f"wrote {args.results}; monorepos and logs in {work}")
     for t in targets({s.key: s for s in scenarios}):
         say(f"{'met    ' if t.met else 'MISSED '} {t.what}: {t.measured}")

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from .config import DURATION_HINT, duration_ms
 from .errors import Interrupted, RevisionFileError
 from .model import MIGRATION_TYPES, Revision, split_reference
 from .pyfiles import import_file, one_line
@@ -40,6 +41,8 @@ _HEADER_KEYS = (
     "depends_on",
     "requires",
     "migration_type",
+    "lock_timeout",
+    "statement_timeout",
 )
 _SKIPPED_FILES = {"env.py", "__init__.py", "conftest.py"}
 log = logging.getLogger(__name__)
@@ -213,6 +216,8 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
             f"{', '.join(MIGRATION_TYPES)}, not {migration_type!r}."
         )
     header = {key: _strings(values.get(key), key, path) for key in _NAME_KEYS}
+    timeouts = {key: _timeout(values.get(key), f"{path}:{lines.get(key, 1)}", key)
+                for key in ("lock_timeout", "statement_timeout")}
     where = f"{path}:{lines.get('revision', 1)}"
     check_name(revision, f"{where}: the revision id of this file of service '{service}'")
     for key, names in header.items():
@@ -232,6 +237,8 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
         depends_on=header["depends_on"],
         requires=header["requires"],
         migration_type=str(migration_type),
+        lock_timeout=timeouts["lock_timeout"],
+        statement_timeout=timeouts["statement_timeout"],
         doc=_first_line(ast.get_docstring(tree)),
         defines=frozenset(defines),
         line_of=tuple(sorted(lines.items())),
@@ -239,6 +246,15 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
 
 
 _NAME_KEYS = ("down_revision", "branch_labels", "depends_on", "requires")
+
+
+def _timeout(value: object, where: str, key: str) -> str | None:
+    """A `lock_timeout` / `statement_timeout` header as written (None: not given), checked."""
+    if value is None:
+        return None
+    if duration_ms(value) is None:
+        raise RevisionFileError(f"{where}: {key} must be {DURATION_HINT}, not {value!r}.")
+    return str(value)
 
 
 def check_name(name: str, what: str) -> None:
@@ -420,14 +436,15 @@ def _load_folders(path: Path) -> dict[str, str]:
 
 
 # A row: sha256, revision, down_revisions, checksum, branch_labels, depends_on, requires,
-# migration_type, doc, defines, line_of (flat: name, line, name, line, ...).
+# migration_type, doc, defines, line_of (flat: name, line, name, line, ...), lock_timeout,
+# statement_timeout.
 def _well_formed(row: object) -> TypeGuard[list[Any]]:
     """The row has the shape this module writes (rows are only ever written by `put`, and
     served only for the bytes and the code version they were written for: this guards
     against a damaged file, cheaply, as it runs for every revision of every listing)."""
     return (
         type(row) is list
-        and len(row) == 11
+        and len(row) == 13
         and type(row[0]) is str
         and type(row[1]) is str
         and type(row[2]) is list
@@ -439,6 +456,8 @@ def _well_formed(row: object) -> TypeGuard[list[Any]]:
         and type(row[8]) is str
         and type(row[9]) is list
         and type(row[10]) is list
+        and (row[11] is None or type(row[11]) is str)
+        and (row[12] is None or type(row[12]) is str)
     )
 
 
@@ -446,7 +465,8 @@ def _row_of(rev: Revision, digest: str) -> list[Any]:
     return [
         digest, rev.revision, list(rev.down_revisions), rev.checksum, list(rev.branch_labels),
         list(rev.depends_on), list(rev.requires), rev.migration_type, rev.doc,
-        sorted(rev.defines), [x for pair in rev.line_of for x in pair],
+        sorted(rev.defines), [x for pair in rev.line_of for x in pair], rev.lock_timeout,
+        rev.statement_timeout,
     ]
 
 
@@ -464,4 +484,6 @@ def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
         doc=row[8],
         defines=frozenset(row[9]),
         line_of=tuple(zip(row[10][::2], row[10][1::2], strict=True)),
+        lock_timeout=row[11],
+        statement_timeout=row[12],
     )

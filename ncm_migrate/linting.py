@@ -16,9 +16,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DdlSettings
 from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
+from .redis_lint import REDIS_DESTRUCTIVE, REDIS_RULES, redis_calls, uses_redis
+from .safe_ddl import RULES as SAFE_DDL_RULES
+from .safe_ddl import proven_not_null, unsafe_ddl
 from .squawk import find_squawk, run_squawk, without_version_table
 from .urls import redact_known, scheme_of
 
@@ -35,11 +39,13 @@ RULES: dict[str, str] = {
     "type-change": "changes a column's type: may rewrite the table and lose data",
     "non-concurrent-index": "creates an index without CONCURRENTLY: writes to the table block meanwhile",
     "raw-sql-drop": "runs raw SQL that drops or truncates",
+    **SAFE_DDL_RULES,  # PostgreSQL only, each with its fix: safe_ddl.py
+    **REDIS_RULES,  # Redis revisions: redis_lint.py
 }
 # Operations that lose data: in a protected environment they need confirmation.
 DESTRUCTIVE = frozenset(
     {"drop-table", "drop-column", "drop-index", "drop-collection", "rename-table", "rename-column",
-     "type-change", "raw-sql-drop"}
+     "type-change", "raw-sql-drop"} | REDIS_DESTRUCTIVE
 )
 # Rules that only matter for a table that already exists (rows, readers, writers): not
 # findings on a table that the same `upgrade()` creates first.
@@ -96,7 +102,13 @@ def lint_revision(
         return []
     allowed = allow_comments(text)
     postgres = is_postgres(config)
-    hits = _mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres)
+    hits = _backend_hits(config, upgrade, postgres)
+    if postgres:
+        proven = proven_not_null(upgrade)
+        hits = [h for h in hits if not (h.rule == "not-null-without-default" and h.line in proven)]
+        hits += [Hit(u.rule, u.line, u.end_line, u.detail) for u in unsafe_ddl(upgrade)]
+    if config.backend == "redis" or uses_redis(tree):
+        hits = [*hits, *(_hit(rule, call, detail) for rule, call, detail in redis_calls(tree))]
     out = []
     for hit in hits:
         if not include_allowed and _silenced(hit.rule, hit.line, hit.end_line, allowed):
@@ -121,14 +133,24 @@ def lint_service(
     severity: Severity,
     root: Path,
     squawk: bool = False,
+    ddl: DdlSettings | None = None,
+    pg_version: str | None = None,
 ) -> list[Finding]:
-    """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too."""
+    """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too (on
+    the SQL each revision runs, its `ddl` timeouts included, for `pg_version`)."""
     findings: list[Finding] = []
     for rev in revisions.values():
         findings.extend(lint_revision(config, rev, severity, root))
     if squawk and config.backend == "sql" and is_postgres(config):
-        findings.extend(squawk_service(config, revisions, severity, root))
+        findings.extend(squawk_service(config, revisions, severity, root, ddl, pg_version))
     return findings
+
+
+def _backend_hits(config: ServiceConfig, upgrade: ast.AST, postgres: bool) -> list[Hit]:
+    """The SQL or MongoDB rules' hits (a Redis service's rules are `redis_lint`'s)."""
+    if config.backend == "redis":
+        return []
+    return list(_mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres))
 
 
 def is_postgres(config: ServiceConfig) -> bool:
@@ -346,13 +368,15 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def squawk_service(
-    config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path
+    config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path,
+    ddl: DdlSettings | None = None, pg_version: str | None = None,
 ) -> list[Finding]:
-    """squawk's findings on each revision's upgrade SQL, rendered offline, as `squawk:<rule>`."""
+    """squawk's findings on each revision's upgrade SQL, rendered offline as `migrate --sql`
+    shows it (its timeouts' `SET` lines first), as `squawk:<rule>`."""
     from .backends.sql.backend import SqlBackend
 
     program = find_squawk()
-    backend = SqlBackend(config, 1.0)
+    backend = SqlBackend(config, 1.0, ddl)
     findings: list[Finding] = []
     for rev in revisions.values():
         file = _relative(rev.path, root)
@@ -366,7 +390,7 @@ def squawk_service(
             continue
         sql = without_version_table(sql, config.version_table)
         allowed = allow_comments(rev.path.read_text(encoding="utf-8"))
-        for rule, message in run_squawk(program, sql, file, root):
+        for rule, message in run_squawk(program, sql, file, root, pg_version):
             name = f"squawk:{rule}"
             if line is not None and _silenced(name, line, line, allowed):
                 continue

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 from .backends import Backend, open_backend, scratch_copy
-from .errors import MigrationFailed, NcmError
+from .errors import BadInput, MigrationFailed, NcmError
 from .findings import Finding, relative_file
 from .graph import plan_upgrade
 from .ledger import run_context
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def find_drift(project: Project, names: Sequence[str] = ()) -> list[Finding]:
     """Each difference between the schema the selected services' applied revisions give
     (built on a scratch database) and their live database, as a `drift` finding."""
-    selected = [s.name for s in project.select(names)]
+    selected = _with_schemas(project, names, "drift")
     findings: list[Finding] = []
     for group in _groups(project, selected):
         findings += _group_drift(project, group, selected)
@@ -53,7 +53,7 @@ def check_roundtrip(
     point. A `roundtrip` finding for each revision whose downgrade (or the upgrade after
     it) gives another schema, naming the difference, or raises. `only`: check just these
     revisions (`makemigrations --check-roundtrip`: the new ones); the others still run."""
-    selected = [s.name for s in project.select(names)]
+    selected = _with_schemas(project, names, "check --roundtrip")
     findings: list[Finding] = []
     for group in _groups(project, selected):
         steps = _upgrade_steps(project, group, {s: project.graph.heads(s) for s in group})
@@ -230,6 +230,20 @@ def _quiet(_step: Step, _phase: str, _result: StepResult | None) -> None:
 
 
 # -- wiring ----------------------------------------------------------------------------
+
+
+def _with_schemas(project: Project, names: Sequence[str], what: str) -> list[str]:
+    """The selected SQL and MongoDB services (Redis keeps no schema): one named by the
+    user that is neither is bad input."""
+    chosen = project.select(names)
+    for svc in chosen:
+        if names and svc.backend not in _SCHEMA_BACKENDS:
+            raise BadInput(f"`{what}` compares schemas; '{svc.name}' is a {svc.backend} "
+                           "service, which has none.")
+    return [s.name for s in chosen if s.backend in _SCHEMA_BACKENDS]
+
+
+_SCHEMA_BACKENDS = ("sql", "mongo")
 
 
 def _groups(project: Project, selected: list[str]) -> list[list[str]]:

@@ -4,11 +4,14 @@ ledger exactly once). Nothing here is timed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import fakeredis
 import pytest
+import redis
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
@@ -17,6 +20,8 @@ from ncm_migrate.loader import load_project
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
+import redis_batched_update as redis_bench
+import run
 from generate import generate, history
 
 
@@ -64,3 +69,37 @@ def test_a_tiny_full_run_completes_and_writes_the_report(tmp_path: Path) -> None
     assert "vs Alembic" in report and "Python " in report and "nproc " in report
     assert "(sqlite, a fresh checkout)" in report and "(sqlite, warm caches)" in report
     assert "plain Alembic, cold" in report and "reference: only importing" in report
+
+
+# -- redis_batched_update.py ---------------------------------------------------------------
+
+
+def test_redis_batched_update_smoke_on_fakeredis() -> None:
+    r = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    results = redis_bench.in_process(r, 2000, 200)  # raises if a key was not incremented once
+    assert [(m.way, m.keys) for m in results] == [("batched", 2000), ("naive", 2000)]
+    assert all(m.heap_bytes > 0 for m in results)
+    assert list(r.scan_iter()) == []  # its keys and cursor are gone
+
+
+def test_redis_batched_update_smoke_on_the_server_writes_its_section(tmp_path: Path) -> None:
+    """Each way in a process of its own on the real server; the section it writes into a
+    results file replaces its previous one, and run.py's rewrite of the file keeps it."""
+    url = os.environ.get("NCM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("NCM_TEST_REQUIRE_SERVERS") == "1":
+            pytest.fail(f"Redis at {url} is not reachable: {exc} (NCM_TEST_REQUIRE_SERVERS=1)")
+        pytest.skip(f"Redis at {url} is not reachable: {exc}")
+    results_file = tmp_path / "RESULTS.md"
+    results_file.write_text("# Benchmarks\n\n## Targets\n\nkept\n")
+    for _ in range(2):
+        redis_bench.main(["--keys", "2000", "--count", "200", "--db", "15", "--url", url,
+                          "--results", str(results_file)])
+    text = results_file.read_text()
+    assert text.startswith("# Benchmarks\n\n## Targets\n\nkept\n")
+    assert text.count(redis_bench.HEADING) == 1 and "over 2,000 keys" in text
+    assert "| `batched_scan_update`" in text and "| naive: `KEYS prefix*`" in text
+    kept = run.kept_sections(results_file)
+    assert kept.startswith(f"\n{redis_bench.HEADING} over 2,000 keys") and "## Targets" not in kept

@@ -60,7 +60,7 @@ def makemigrations_cmd(
         else:
             _print_outcome(result, dry_run, merge)
     if check_roundtrip and result.written:
-        print_findings(Report.of(result.roundtrip), False, g.verbosity < 0)
+        print_findings(Report.of(result.roundtrip), "text", g.verbosity < 0, None, "makemigrations")
 
 
 def _print_outcome(result: Outcome, dry_run: bool, merge: bool) -> None:
@@ -88,7 +88,7 @@ def startservice_cmd(
         str, typer.Argument(help="The new service's name: lower case, digits and _ (\\[a-z]\\[a-z0-9_]*).")
     ],
     backend: Annotated[
-        str | None, typer.Option("--backend", help="sql or mongo (default: from the URL, else sql).")
+        str | None, typer.Option("--backend", help="sql, mongo or redis (default: from the URL, else sql).")
     ] = None,
     database_url: Annotated[
         str | None, typer.Option("--database-url", help="Its URL in this environment (no password).")
