@@ -159,6 +159,22 @@ def test_check_drift_adds_the_findings_to_check(
     assert repo.cli("check").code == 0  # without --drift the live schema is not compared
 
 
+def test_drift_findings_in_the_ci_formats(repo: Monorepo, sqlite_url: str) -> None:
+    """The same finding as SARIF (rule with help text) and as a GitHub workflow command."""
+    shop(repo, sqlite_url)
+    by_hand(sqlite_url, drop_index)
+    sarif = repo.cli("drift", "--format", "sarif")
+    assert sarif.code == 1
+    run = json.loads(sarif.stdout)["runs"][0]
+    assert [r["id"] for r in run["tool"]["driver"]["rules"]] == ["drift"]
+    assert "applied revisions" in run["tool"]["driver"]["rules"][0]["help"]["text"]
+    assert [r["ruleId"] for r in run["results"]] == ["drift"]
+    assert "index ix_customers_name" in run["results"][0]["message"]["text"]
+    github = repo.cli("drift", "--format", "github")
+    assert github.code == 1 and github.stdout.startswith("::error ")
+    assert "index ix_customers_name" in github.stdout
+
+
 def test_scratch_database_dropped_when_the_revisions_fail_on_it(
     repo: Monorepo, db_url: str, scratches: list[str]
 ) -> None:
@@ -209,6 +225,15 @@ def test_services_sharing_a_database_each_answer_for_their_own_tables(
     assert {(f["service"], f["object"]) for f in shop_only} == {
         ("shop", "table stray"), ("shop", "table stray / column id"),
     }
+
+
+def test_a_redis_service_has_no_schema_to_compare(repo: Monorepo, sqlite_url: str) -> None:
+    shop(repo, sqlite_url)
+    repo.urls({"shop": sqlite_url, "cache": "redis://127.0.0.1:6379/0"})
+    repo.service("cache")
+    named = repo.cli("drift", "cache")
+    assert named.code == 2 and "redis service" in named.stderr and "Traceback" not in named.output
+    assert drift_json(repo) == (0, [])  # every service: the SQL one compared, Redis left out
 
 
 def test_unknown_service_is_bad_input(repo: Monorepo, sqlite_url: str) -> None:
