@@ -1,5 +1,6 @@
 """The verbs that read and change nothing: the services, their status and plans, the SQL a
-plan runs, the ledger, `verify`, `wait`, `doctor`, and the checks (`validate`, `lint`, `check`).
+plan runs, the ledger, `verify`, `wait`, `doctor`, and the checks (`validate`, `lint`, `check`,
+`drift`).
 
 Re-exported by `commands`, where a Python caller finds every verb.
 """
@@ -387,18 +388,29 @@ def lint(
 
 
 def check(
+    services: Sequence[str] = (),
     *,
     strict: bool = False,
     changed_since: str | None = None,
+    drift: bool = False,
+    roundtrip: bool = False,
     **where: Unpack[Where],
 ) -> Report:
     """For CI: validate every service, plus pending revisions, dirty marks and models.py
     changes that no revision holds yet (`makemigrations --check`). With `changed_since`
-    (a git commit): only the services changed since it and those that depend on them."""
+    (a git commit): only the services changed since it and those that depend on them.
+    With `drift`, the live schema compared with the applied revisions' (`drift`); with
+    `roundtrip`, each revision's downgrade checked on a scratch database; `services`
+    narrows those two (default: the services checked)."""
     at = Location.of(where, "check")
     from .validation import graph_findings, models_findings, read_inventory, validate_settings
 
+    if services and not (drift or roundtrip):
+        raise BadInput(f"`check {' '.join(services)}`: services narrow --drift and --roundtrip "
+                       "only (the other checks cover every service); add one of them.")
     settings = load_settings(at.root, at.env, at.settings_dir)
+    for name in services:
+        settings.service(name)  # an unknown one is bad input before anything is checked
     names: list[str] = []
     if changed_since is not None:
         inventory = read_inventory(settings)
@@ -412,7 +424,30 @@ def check(
     report = Report.of(findings, strict, checked=chosen)
     if report.exit_code == 2:
         return report  # the graph cannot be built: nothing to compare models with
-    return Report.of(findings + models_findings(load_project_at(at), names), strict, checked=chosen)
+    project = load_project_at(at)
+    findings += models_findings(project, names)
+    if drift or roundtrip:
+        from .schema_checks import check_roundtrip, find_drift
+
+        schema_services = list(services) or names
+        findings += find_drift(project, schema_services) if drift else []
+        findings += check_roundtrip(project, schema_services) if roundtrip else []
+    return Report.of(findings, strict, checked=chosen)
+
+
+def drift(
+    services: Sequence[str] = (),
+    **where: Unpack[Where],
+) -> Report:
+    """Each difference between the live schema of the selected services (default: all) and
+    the schema their applied revisions give, built on a scratch database; the live
+    database is only read. Exit code 1 (`Report.exit_code`) when there is drift."""
+    at = Location.of(where, "drift")
+    from .schema_checks import find_drift
+
+    project = load_project_at(at)
+    return Report.of(find_drift(project, services),
+                     checked=services or [s.name for s in project.settings.services if s.active])
 
 
 # -- wiring ------------------------------------------------------------------------

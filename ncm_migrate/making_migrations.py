@@ -23,7 +23,7 @@ from .backends.sql.autogen import Changes, detect_changes
 from .backends.sql.metadata import has_models
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
 from .errors import BadInput, ModelsChanged, RevisionFileError
-from .findings import first_few
+from .findings import Finding, first_few
 from .model import MIGRATION_TYPES, ServiceConfig, split_reference
 from .project import Project
 from .rules import heads_findings, raise_first
@@ -69,6 +69,8 @@ class Outcome:
     dry_run: bool = False
     # hooks.after_write that failed on a written file: reported, the file is kept
     hook_failures: tuple[str, ...] = ()
+    # `--check-roundtrip`: the new revisions whose downgrade does not restore the schema
+    roundtrip: tuple[Finding, ...] = ()
 
 
 def make_migrations(
