@@ -12,6 +12,7 @@ from typing import Literal
 
 from .errors import UnknownService
 from .model import ServiceConfig
+from .windows import Window
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class Settings:
     audit_log_path: Path | None = None
     known_envs: tuple[str, ...] = ()
     services_dir: Path = Path("services")
+    # maintenance windows: where any are set, destructive revisions (and those declaring
+    # `window = True`) run only inside one
+    windows: tuple[Window, ...] = ()
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:

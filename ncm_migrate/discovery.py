@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from .errors import Interrupted, RevisionFileError
-from .model import MIGRATION_TYPES, Revision, split_reference
+from .model import MIGRATION_TYPES, PHASES, Phase, Revision, split_reference
 from .pyfiles import import_file, one_line
 
 # At most 47 characters: `alembic_version_<svc>` (the version table of services sharing a
@@ -40,6 +40,8 @@ _HEADER_KEYS = (
     "depends_on",
     "requires",
     "migration_type",
+    "phase",
+    "window",
 )
 _SKIPPED_FILES = {"env.py", "__init__.py", "conftest.py"}
 log = logging.getLogger(__name__)
@@ -212,6 +214,7 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
             f"{path}:{lines.get('migration_type', 1)}: migration_type must be one of "
             f"{', '.join(MIGRATION_TYPES)}, not {migration_type!r}."
         )
+    phase, window = _deploy_header(values, lines, path)
     header = {key: _strings(values.get(key), key, path) for key in _NAME_KEYS}
     where = f"{path}:{lines.get('revision', 1)}"
     check_name(revision, f"{where}: the revision id of this file of service '{service}'")
@@ -235,7 +238,28 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
         doc=_first_line(ast.get_docstring(tree)),
         defines=frozenset(defines),
         line_of=tuple(sorted(lines.items())),
+        phase=phase,
+        window=window,
     )
+
+
+def _deploy_header(
+    values: dict[str, object], lines: dict[str, int], path: Path
+) -> tuple[Phase, bool | None]:
+    """`phase` ("pre" unless given) and `window` (None unless given), checked."""
+    phase = values.get("phase", "pre")
+    if phase not in PHASES:
+        raise RevisionFileError(
+            f"{path}:{lines.get('phase', 1)}: phase must be \"pre\" (before the deploy, the "
+            f"default) or \"post\" (after it), not {phase!r}."
+        )
+    window = values.get("window")
+    if window is not None and not isinstance(window, bool):
+        raise RevisionFileError(
+            f"{path}:{lines.get('window', 1)}: window must be True (run only inside a "
+            f"maintenance window) or False (never wait for one), not {window!r}."
+        )
+    return "post" if phase == "post" else "pre", window
 
 
 _NAME_KEYS = ("down_revision", "branch_labels", "depends_on", "requires")
@@ -420,14 +444,14 @@ def _load_folders(path: Path) -> dict[str, str]:
 
 
 # A row: sha256, revision, down_revisions, checksum, branch_labels, depends_on, requires,
-# migration_type, doc, defines, line_of (flat: name, line, name, line, ...).
+# migration_type, doc, defines, line_of (flat: name, line, name, line, ...), phase, window.
 def _well_formed(row: object) -> TypeGuard[list[Any]]:
     """The row has the shape this module writes (rows are only ever written by `put`, and
     served only for the bytes and the code version they were written for: this guards
     against a damaged file, cheaply, as it runs for every revision of every listing)."""
     return (
         type(row) is list
-        and len(row) == 11
+        and len(row) == 13
         and type(row[0]) is str
         and type(row[1]) is str
         and type(row[2]) is list
@@ -439,6 +463,8 @@ def _well_formed(row: object) -> TypeGuard[list[Any]]:
         and type(row[8]) is str
         and type(row[9]) is list
         and type(row[10]) is list
+        and row[11] in PHASES
+        and row[12] in (None, True, False)
     )
 
 
@@ -446,7 +472,7 @@ def _row_of(rev: Revision, digest: str) -> list[Any]:
     return [
         digest, rev.revision, list(rev.down_revisions), rev.checksum, list(rev.branch_labels),
         list(rev.depends_on), list(rev.requires), rev.migration_type, rev.doc,
-        sorted(rev.defines), [x for pair in rev.line_of for x in pair],
+        sorted(rev.defines), [x for pair in rev.line_of for x in pair], rev.phase, rev.window,
     ]
 
 
@@ -464,4 +490,6 @@ def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
         doc=row[8],
         defines=frozenset(row[9]),
         line_of=tuple(zip(row[10][::2], row[10][1::2], strict=True)),
+        phase=row[11],
+        window=row[12],
     )

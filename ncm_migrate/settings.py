@@ -48,6 +48,7 @@ from .settings_values import (
     setting_int,
     setting_opt_str,
     setting_str,
+    setting_windows,
 )
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ def load_settings(
         audit_log_path=(root / audit) if audit else None,
         known_envs=tuple(known),
         services_dir=root / services_dir,
+        windows=setting_windows(merged, sources),
     )
 
 
