@@ -139,7 +139,9 @@ def test_no_windows_means_any_time(repo: Monorepo, sqlite_url: str) -> None:
     assert ncm_migrate.plan(root=repo.root, clock=at(OUTSIDE)).deferred == ()
 
 
-def test_cli_exit_codes_plan_and_json(repo: Monorepo, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_exit_codes_plan_and_json(
+    repo: Monorepo, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _monorepo(repo, sqlite_url)
     monkeypatch.setattr(windows, "system_clock", at(OUTSIDE))  # the CLI's default clock
 
@@ -191,3 +193,15 @@ def test_bad_windows_setting_is_exit_2_naming_the_file(
     assert "Setting 'windows'" in result.stderr and "settings.toml" in result.stderr
     assert says in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["'yes'", "1", "None"])
+def test_a_bad_window_header_is_exit_2(repo: Monorepo, sqlite_url: str, value: str) -> None:
+    repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
+    repo.table("users", "0001", "users", extra=f"window = {value}")
+    result = repo.cli("migrate", "--plan")
+    if value == "None":  # the same as no header
+        assert result.code == 0, result.output
+        return
+    assert result.code == 2
+    assert "0001.py:" in result.stderr and "window must be True" in result.stderr
