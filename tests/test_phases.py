@@ -274,3 +274,20 @@ def test_select_phase_in_memory() -> None:
     after = plan_upgrade(graph, {"a": frozenset({"1"}), "b": frozenset({"1", "2"})},
                          upgrade_targets(graph, ["a", "b"]))
     assert [s.key for s in after.steps] == [RevisionKey("a", "2")]
+
+
+def test_the_documented_example_runs_in_two_phases(tmp_path: Path) -> None:
+    """docs/examples/expand_contract: the recipe the README shows, as written."""
+    import shutil
+
+    root = tmp_path / "example"
+    shutil.copytree(Path(__file__).parents[1] / "docs/examples/expand_contract", root)
+    repo = Monorepo(root)
+    url = f"sqlite:///{root / 'var/example.db'}"
+    assert repo.cli("migrate", "--phase", "pre").code == 0
+    assert _columns(url, "accounts") == {"id", "name", "display_name"} and "orders" in _schema(url)
+    assert "1 pending post-deploy" in repo.cli("showmigrations", "accounts").stdout
+    assert repo.cli("migrate", "--phase", "post").code == 0
+    assert _columns(url, "accounts") == {"id", "display_name"}
+    found = json.loads(repo.cli("lint", "--json").stdout)["findings"]
+    assert found == []
