@@ -31,6 +31,7 @@ class AuditEntry:
 
     time: str
     command: str
+    run_id: str
     environment: str
     service: str
     revision: str | None
@@ -87,6 +88,7 @@ class AuditLog:
         entry = AuditEntry(
             time=utcnow().isoformat(timespec="milliseconds"),
             command=self.command,
+            run_id=self.ctx.run_id,
             environment=self.ctx.environment,
             service=service,
             revision=revision,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
+import secrets
 import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -19,12 +21,17 @@ TABLE = "ncm_migrations"
 COLUMNS = (
     "id", "service", "revision", "direction", "status", "checksum", "started_at",
     "finished_at", "duration_ms", "actor", "host", "environment", "tool_version",
+    "run_id", "attempt", "waited_ms",
 )
+# Columns a ledger made by an earlier version lacks: added (nullable) when found missing.
+LATER_COLUMNS = ("run_id", "attempt", "waited_ms")
 STATUSES = ("running", "applied", "reverted", "faked", "failed")
 # The longest `actor` and `environment` a row holds (the SQL columns' sizes): the settings
 # refuse longer ones before any database is touched.
 ACTOR_LENGTH = 128
 ENVIRONMENT_LENGTH = 64
+RUN_ID_LENGTH = 36
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
 class StateRow(NamedTuple):
@@ -58,12 +65,32 @@ def actor() -> str:
         return "unknown"
 
 
+def new_run_id() -> str:
+    """`NCM_RUN_ID` (a deploy pipeline's own id; checked with the settings), else a new id
+    that sorts by time: `20261207T132501Z-3f9a1c`."""
+    explicit = os.environ.get("NCM_RUN_ID")
+    if explicit:
+        return explicit
+    return f"{utcnow():%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why `run_id` cannot be a run id, or None when it can."""
+    if len(run_id) > RUN_ID_LENGTH:
+        return f"is {len(run_id)} characters long; the ledger records at most {RUN_ID_LENGTH}"
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        return "may hold only letters, digits and . _ : - (starting with a letter or digit)"
+    return None
+
+
 def run_context(environment: str) -> RunContext:
+    """Who runs this invocation, with its new run id."""
     return RunContext(
         environment=environment,
         actor=actor(),
         host=socket.gethostname(),
         tool_version=tool_version(),
+        run_id=new_run_id(),
     )
 
 

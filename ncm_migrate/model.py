@@ -184,6 +184,9 @@ class LedgerRow:
     host: str
     environment: str
     tool_version: str
+    run_id: str | None = None
+    attempt: int | None = None
+    waited_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -195,3 +198,6 @@ class RunContext:
     host: str
     tool_version: str
     extra: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    """One id per invocation, on every ledger row and audit line it writes: what
+    `rollback --run` and `history --run` select by (empty only where nothing is recorded)."""

@@ -27,7 +27,7 @@ from .environments import (
     section_warnings,
 )
 from .errors import SettingsError, UnknownEnvironment
-from .ledger import ACTOR_LENGTH
+from .ledger import ACTOR_LENGTH, run_id_problem
 from .settings_files import (
     NOT_ENVIRONMENTS,
     PROJECT_FILES,
@@ -54,9 +54,9 @@ from .settings_values import (
 log = logging.getLogger(__name__)
 _warned: set[tuple[Path, str]] = set()
 _DEFAULTS = Path(__file__).with_name("defaults.toml")
-# NCM_* variables that are not settings: the environment, the actor, the project root, and
-# the Docker entrypoint's app folder.
-NOT_SETTINGS = {"NCM_ENV", "NCM_ACTOR", "NCM_ROOT", "NCM_APP_DIR"}
+# NCM_* variables that are not settings: the environment, the actor, the run id, the project
+# root, and the Docker entrypoint's app folder.
+NOT_SETTINGS = {"NCM_ENV", "NCM_ACTOR", "NCM_RUN_ID", "NCM_ROOT", "NCM_APP_DIR"}
 
 
 def settings_dir_of(root: Path, settings_dir: Path | None = None) -> Path:
@@ -73,7 +73,7 @@ def chosen_environment(env: str | None, environ: Mapping[str, str]) -> str:
     return name.lower()
 
 
-def _check_actor(environ: Mapping[str, str]) -> None:
+def _check_actor_and_run_id(environ: Mapping[str, str]) -> None:
     actor = environ.get("NCM_ACTOR") or ""
     if not actor.isprintable():
         raise SettingsError(
@@ -85,6 +85,10 @@ def _check_actor(environ: Mapping[str, str]) -> None:
             f"NCM_ACTOR is {len(actor)} characters long; the ledger records at most "
             f"{ACTOR_LENGTH}: set a shorter name."
         )
+    run_id = environ.get("NCM_RUN_ID")
+    problem = run_id_problem(run_id) if run_id else None
+    if problem:
+        raise SettingsError(f"NCM_RUN_ID {problem}: set another run id.")
 
 
 def _own_keys(
@@ -132,7 +136,7 @@ def load_settings(
     if settings_dir is not None and not sdir.is_dir():
         raise SettingsError(f"The settings folder {sdir} (--settings) does not exist.")
     env = chosen_environment(env, environ)
-    _check_actor(environ)
+    _check_actor_and_run_id(environ)
     for name in PROJECT_FILES:
         if (sdir / name).exists() and not (sdir / name).is_file():
             raise SettingsError(f"Settings file {sdir / name} is not a file; make it one, or remove it.")

@@ -16,8 +16,8 @@ from monorepo import Monorepo
 from ncm_migrate.audit import AuditEntry, read_entries
 
 PASSWORD = "Pw-9f8e7d-sekret"
-KEYS = {"time", "command", "environment", "service", "revision", "direction", "outcome", "duration_ms",
-        "actor", "host", "tool_version", "git_commit", "detail"}
+KEYS = {"time", "command", "run_id", "environment", "service", "revision", "direction", "outcome",
+        "duration_ms", "actor", "host", "tool_version", "git_commit", "detail"}
 
 
 def _entries(repo: Monorepo) -> list[dict[str, object]]:
@@ -39,6 +39,16 @@ def test_one_line_per_step(repo: Monorepo, db_url: str) -> None:
         ("migrate", "users", "0002_more", "up", "applied"),
         ("migrate", "billing", "0001_initial", "up", "failed"),
         ("rollback", "users", "0002_more", "down", "reverted"),
+    ]
+    # One run id per invocation, on its audit lines and its ledger rows alike.
+    migrate_run, rollback_run = entries[0]["run_id"], entries[-1]["run_id"]
+    assert {e["run_id"] for e in entries[:3]} == {migrate_run} and rollback_run != migrate_run
+    with sa.create_engine(db_url).connect() as conn:
+        ledger = conn.execute(sa.text(
+            "SELECT revision, direction, run_id FROM ncm_migrations ORDER BY id")).all()
+    assert [tuple(r) for r in ledger] == [
+        ("0001_initial", "up", migrate_run), ("0002_more", "up", migrate_run),
+        ("0001_initial", "up", migrate_run), ("0002_more", "down", rollback_run),
     ]
     first = entries[0]
     assert first["environment"] == "development" and first["actor"] == "deploy-bot"

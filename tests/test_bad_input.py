@@ -195,6 +195,8 @@ ENV_CASES = [
     Case("NCM_ENV-empty", MIGRATE, env={"NCM_ENV": ""}, words="environment"),
     Case("NCM_ENV-slash", MIGRATE, env={"NCM_ENV": "a/b"}, words="not a valid name"),
     Case("NCM_ACTOR-too-long", MIGRATE, env={"NCM_ACTOR": "x" * 200}, words="NCM_ACTOR"),
+    Case("NCM_RUN_ID-too-long", MIGRATE, env={"NCM_RUN_ID": "r" * 40}, words="NCM_RUN_ID"),
+    Case("NCM_RUN_ID-spaces", MIGRATE, env={"NCM_RUN_ID": "deploy 42; drop"}, words="NCM_RUN_ID"),
     Case("NCM_JOBS-text", MIGRATE, env={"NCM_JOBS": "many"}, words="jobs"),
     Case("NCM_JOBS-zero", MIGRATE, env={"NCM_JOBS": "0"}, words="jobs"),
     Case("NCM_JOBS-negative", MIGRATE, env={"NCM_JOBS": "-3"}, words="jobs"),

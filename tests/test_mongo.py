@@ -574,6 +574,8 @@ def test_a_plan_interleaving_mongodb_and_sql_runs_in_order(
     rows = json.loads(repo.cli("history", "--json").stdout)
     assert {(r["service"], r["revision"], r["status"]) for r in rows} == {
         (k.split(":")[0], k.split(":")[1], "applied") for k in expected}
+    # One run, one run id, in SQL's ledger and MongoDB's alike.
+    assert len({r["run_id"] for r in rows}) == 1 and rows[0]["run_id"]
     refused = repo.cli("rollback", "users", "0001")
     assert refused.code == 1 and "notifications:0002" in refused.stderr
 

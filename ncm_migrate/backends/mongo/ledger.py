@@ -112,6 +112,7 @@ def ledger_fields(
         "started_at": started, "finished_at": finished, "duration_ms": duration_ms,
         "actor": ctx.actor, "host": ctx.host, "environment": ctx.environment,
         "tool_version": ctx.tool_version, "transactional": transactional,
+        "run_id": ctx.run_id or None,
     }
 
 
@@ -129,4 +130,5 @@ def ledger_row(doc: Mapping[str, Any]) -> LedgerRow:
         started_at=iso(doc.get("started_at")) or "", finished_at=iso(doc.get("finished_at")),
         duration_ms=doc.get("duration_ms"), actor=doc.get("actor", ""), host=doc.get("host", ""),
         environment=doc.get("environment", ""), tool_version=doc.get("tool_version", ""),
+        run_id=doc.get("run_id"), attempt=doc.get("attempt"), waited_ms=doc.get("waited_ms"),
     )

@@ -423,7 +423,7 @@ class SqlBackend:
                 service=self.config.name, revision=revision, direction=direction, status=status,
                 checksum=checksum, started_at=now, finished_at=now, duration_ms=0.0,
                 actor=ctx.actor, host=ctx.host, environment=ctx.environment,
-                tool_version=ctx.tool_version,
+                tool_version=ctx.tool_version, run_id=ctx.run_id or None,
             )
         )
         self.conn.commit()

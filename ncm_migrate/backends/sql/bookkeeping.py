@@ -1,5 +1,6 @@
 """The SQL backend's bookkeeping: the ledger table (`ncm_migrations`), created if missing and
-on MySQL/MariaDB widened to microseconds, its rows written and read, and a service's state
+brought up to date (columns added by later versions; on MySQL/MariaDB times widened to
+microseconds), its rows written and read, and a service's state
 read from its Alembic version table and its ledger rows."""
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ LEDGER = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("environment", sa.String(ledger_rules.ENVIRONMENT_LENGTH), nullable=False),
     sa.Column("tool_version", sa.String(32), nullable=False),
+    # Added by 0.2 (`ledger.LATER_COLUMNS`): a ledger made before gains them, nullable.
+    sa.Column("run_id", sa.String(ledger_rules.RUN_ID_LENGTH)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("waited_ms", sa.Float),
     sa.Index("ix_ncm_migrations_service", "service", "id"),
 )
 # Built once: a statement built per step costs SQLAlchemy a cache-key walk each time.
@@ -61,12 +66,18 @@ _LEDGER_INSERT = LEDGER.insert()
 # The same without fetching the new row's id (no RETURNING): for rows never updated later.
 _LEDGER_RECORD = LEDGER.insert().inline()
 _LEDGER_FINISH = LEDGER.update().where(LEDGER.c.id == sa.bindparam("row_id"))
-# MySQL/MariaDB: the ledger's time columns' fractional digits (None: no ledger yet).
-_MYSQL_TIME_PRECISION = sa.text(
-    "SELECT MIN(DATETIME_PRECISION) FROM information_schema.COLUMNS "
-    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table "
-    "AND COLUMN_NAME IN ('started_at', 'finished_at')"
-)
+# The ledger's columns, with their fractional digits on MySQL/MariaDB (none: no ledger yet).
+_LEDGER_COLUMNS = {
+    "postgresql": sa.text(
+        "SELECT column_name, NULL FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = :table"
+    ),
+    "mysql": sa.text(
+        "SELECT COLUMN_NAME, DATETIME_PRECISION FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table"
+    ),
+}
+_LEDGER_COLUMNS["mariadb"] = _LEDGER_COLUMNS["mysql"]
 _STATE_ROWS = sa.text(
     f"SELECT revision, direction, status, checksum FROM {ledger_rules.TABLE} "
     "WHERE service = :service ORDER BY id"
@@ -74,39 +85,50 @@ _STATE_ROWS = sa.text(
 
 
 def ensure_ledger(conn: Connection, dialect: str, named_lock: NamedLock) -> None:
-    """The ledger table, created if missing (and on MySQL/MariaDB, one made by a version
-    that kept whole seconds widened to microseconds), under a lock of its own: every
-    service of the database writes to it."""
-    if dialect in ("mysql", "mariadb"):
-        _ensure_mysql_ledger(conn, named_lock)
-        return
-    if sa.inspect(conn).has_table(ledger_rules.TABLE):
+    """The ledger table, created if missing, and brought up to date under a lock of its
+    own (every service of the database writes to it): the columns later versions added
+    (`ledger.LATER_COLUMNS`), and on MySQL/MariaDB times of whole seconds, as an early
+    version made them, widened to microseconds."""
+    if not _ledger_changes(conn, dialect):
         conn.commit()
         return
     with named_lock(ledger_rules.TABLE, 60.0):
-        _ledger_md.create_all(conn, tables=[LEDGER], checkfirst=True)
-        conn.commit()
-
-
-def _ensure_mysql_ledger(conn: Connection, named_lock: NamedLock) -> None:
-    def precision() -> int | None:
-        found = conn.execute(_MYSQL_TIME_PRECISION, {"table": ledger_rules.TABLE}).scalar()
-        return None if found is None else int(found)
-
-    if (precision() or 0) >= 6:
-        conn.commit()
-        return
-    with named_lock(ledger_rules.TABLE, 60.0):
-        found = precision()  # again, under the lock: another runner may have done it
-        if found is None:
+        changes = _ledger_changes(conn, dialect)  # again, under the lock: another runner
+        if changes == ["create"]:                 # may have done it
             _ledger_md.create_all(conn, tables=[LEDGER], checkfirst=True)
-        elif found < 6:
-            log.info("widening %s's times to microseconds (DATETIME(6))", ledger_rules.TABLE)
-            conn.exec_driver_sql(
-                f"ALTER TABLE {ledger_rules.TABLE} MODIFY started_at DATETIME(6) NOT NULL, "
-                "MODIFY finished_at DATETIME(6) NULL"
-            )
+        else:
+            for change in changes:
+                log.info("updating %s: %s", ledger_rules.TABLE, change)
+                conn.exec_driver_sql(f"ALTER TABLE {ledger_rules.TABLE} {change}")
         conn.commit()
+
+
+def _ledger_changes(conn: Connection, dialect: str) -> list[str]:
+    """What the ledger lacks: `["create"]` when there is none, else the `ALTER TABLE`
+    clauses that bring it up to date (none when it is)."""
+    precision = _ledger_columns(conn, dialect)
+    if not precision:
+        return ["create"]
+    changes = []
+    for name in ledger_rules.LATER_COLUMNS:
+        if name not in precision:
+            column_type = LEDGER.c[name].type.compile(dialect=conn.dialect)
+            changes.append(f"ADD COLUMN {name} {column_type} NULL")
+    if dialect in ("mysql", "mariadb") and int(precision.get("started_at") or 0) < 6:
+        changes.append("MODIFY started_at DATETIME(6) NOT NULL, MODIFY finished_at DATETIME(6) NULL")
+    return changes
+
+
+def _ledger_columns(conn: Connection, dialect: str) -> dict[str, int | None]:
+    """The ledger's columns (none when there is no ledger), with their fractional digits
+    on MySQL/MariaDB: one catalog query."""
+    query = _LEDGER_COLUMNS.get(dialect)
+    if query is not None:
+        return {name.lower(): p for name, p in conn.execute(query, {"table": ledger_rules.TABLE})}
+    try:
+        return {c["name"].lower(): None for c in sa.inspect(conn).get_columns(ledger_rules.TABLE)}
+    except sa.exc.NoSuchTableError:
+        return {}
 
 
 def insert_row(conn: Connection, values: dict[str, Any]) -> Any:
@@ -132,11 +154,13 @@ def step_status(step: Step, fake: bool) -> Outcome:
 
 def ledger_rows(conn: Connection, service: str | None = None,
                 limit: int | None = None) -> list[LedgerRow]:
-    """The ledger's rows (of `service`, the last `limit`), oldest first."""
-    if not sa.inspect(conn).has_table(ledger_rules.TABLE):
+    """The ledger's rows (of `service`, the last `limit`), oldest first. A ledger made by
+    an earlier version, not yet brought up to date, reads with its later columns empty."""
+    present = _ledger_columns(conn, conn.dialect.name)
+    if not present:
         conn.commit()
         return []
-    query = sa.select(LEDGER)
+    query = sa.select(*(c for c in LEDGER.c if c.name in present))
     if service is not None:
         query = query.where(LEDGER.c.service == service)
     query = query.order_by(LEDGER.c.id.desc() if limit else LEDGER.c.id)
@@ -212,5 +236,6 @@ def _row(m: Any) -> LedgerRow:
         status=m["status"], checksum=m["checksum"], started_at=iso(m["started_at"]) or "",
         finished_at=iso(m["finished_at"]), duration_ms=m["duration_ms"], actor=m["actor"],
         host=m["host"], environment=m["environment"], tool_version=m["tool_version"],
+        run_id=m.get("run_id"), attempt=m.get("attempt"), waited_ms=m.get("waited_ms"),
     )
 

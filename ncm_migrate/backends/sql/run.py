@@ -237,7 +237,8 @@ class _SqlRun:
         self.rmap = alembic_bridge.revision_map(revisions)
         self.transactional = backend.transactional
         self.run_values = dict(actor=ctx.actor, host=ctx.host, environment=ctx.environment,
-                               tool_version=ctx.tool_version)
+                               tool_version=ctx.tool_version, run_id=ctx.run_id or None,
+                               attempt=1, waited_ms=0.0)
         self.results: list[StepResult] = []
         self.own_loop = self.transactional and not backend.config.use_env_py
         # PostgreSQL: the plain step's ledger row goes in its version UPDATE (one statement).
