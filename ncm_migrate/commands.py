@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, Unpack
 
@@ -44,8 +43,7 @@ from .inspection import (
 from .loader import Location, PathArg, Where, as_path, load_project_at
 from .model import Phase, Plan
 from .phases import defer
-from .planning import deferred_note, plan_migrate, plan_rollback, window_holds
-from .project import Project
+from .planning import deferred_note, now_reasons, plan_migrate, plan_rollback, window_holds
 from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
 from .running import MigrateResult, confirm_protected, run_plan, take_backup
@@ -123,8 +121,9 @@ def migrate(
     project = load_project_at(at)
     steps, _states = plan_migrate(project, services, target, cascade, phase)
     moment = (clock or windows.system_clock)()
-    steps = _scheduled(project, steps, moment, now, questioner)
-    confirm_protected(project, steps, fake, questioner)
+    held = window_holds(project, steps, moment)
+    steps = steps if now else defer(steps, project.graph, held)
+    confirm_protected(project, steps, fake, questioner, now_reasons(held) if now else None)
     if confirm is not None:
         confirm(steps)
     result = run_plan(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
@@ -133,24 +132,6 @@ def migrate(
         error.results = result.results
         raise error
     return result
-
-
-def _scheduled(
-    project: Project, steps: Plan, moment: datetime, now: bool, questioner: Questioner | None
-) -> Plan:
-    """`steps` with what must wait for a maintenance window deferred; with `now`, none
-    deferred (where protected, once `questioner` confirms running them outside a window)."""
-    held = window_holds(project, steps, moment)
-    if not now:
-        return defer(steps, project.graph, held)
-    if project.settings.protected:
-        asked = questioner or NonInteractiveQuestioner()
-        for service in dict.fromkeys(k.service for k in held):
-            asked.confirm(project.settings.env, service, [
-                f"applies {k.revision} outside a maintenance window (--now; {why})"
-                for k, why in held.items() if k.service == service
-            ])
-    return steps
 
 
 def rollback(

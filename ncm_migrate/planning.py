@@ -133,6 +133,15 @@ def window_holds(project: Project, plan: Plan, moment: datetime) -> dict[Revisio
     return held
 
 
+def now_reasons(held: Mapping[RevisionKey, str]) -> dict[str, list[str]]:
+    """Per service, what `--now` runs outside a window: confirmed where protected."""
+    reasons: dict[str, list[str]] = {}
+    for key, why in held.items():
+        reasons.setdefault(key.service, []).append(
+            f"applies {key.revision} outside a maintenance window (--now; {why})")
+    return reasons
+
+
 def deferred_note(project: Project, plan: Plan, moment: datetime) -> str:
     """One sentence naming `plan`'s deferred steps, the next window and what to run."""
     opens = next_opening(project.settings.windows, moment)

@@ -4,6 +4,7 @@ destructive revisions deferred outside a window and applied inside, and the exit
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,6 @@ from monorepo import Monorepo, tables
 import ncm_migrate
 from ncm_migrate import windows
 from ncm_migrate.errors import ConfirmationRefused, RevisionsDeferred
-from ncm_migrate.questioner import NonInteractiveQuestioner
 from ncm_migrate.windows import is_open, next_opening, parse_window
 
 # Saturday 2026-12-12 03:00 UTC is inside "Sat 02:00-04:00 UTC"; Monday noon is not.
@@ -173,9 +173,20 @@ def test_now_where_protected_needs_confirmation(repo: Monorepo, sqlite_url: str)
     with pytest.raises(ConfirmationRefused, match="outside a maintenance window"):
         ncm_migrate.migrate(root=repo.root, env="production", clock=at(OUTSIDE), now=True)
     assert "users" not in tables(sqlite_url)
+    asked: list[tuple[str, list[str]]] = []
+
+    class Recording:
+        def confirm(self, environment: str, service: str, reasons: Sequence[str]) -> None:
+            asked.append((service, list(reasons)))
+
     done = ncm_migrate.migrate(root=repo.root, env="production", clock=at(OUTSIDE), now=True,
-                               questioner=NonInteractiveQuestioner(yes=True))
+                               questioner=Recording())
     assert len(done.plan.steps) == 5 and done.plan.deferred == ()
+    # once per service, the window's reasons with the destructive ones
+    assert asked == [("users", [
+        "applies 0002 (drop-table)",
+        "applies 0002 outside a maintenance window (--now; destructive: drop-table)",
+    ])]
 
 
 @pytest.mark.parametrize(("value", "says"), [
