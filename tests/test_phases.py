@@ -67,10 +67,11 @@ def _columns(url: str, table: str) -> set[str]:
     return {name for name, _, _ in _schema(url)[table]}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def url(request: pytest.FixtureRequest) -> str:
-    """The same test on SQLite and PostgreSQL."""
-    found: str = request.getfixturevalue({"sqlite": "sqlite_url", "postgresql": "pg_url"}[request.param])
+    """The same test on SQLite, PostgreSQL and MariaDB."""
+    fixture = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mysql": "mysql_url"}[request.param]
+    found: str = request.getfixturevalue(fixture)
     return found
 
 
@@ -106,6 +107,27 @@ def test_phase_pre_takes_what_pre_revisions_need_from_other_services(repo: Monor
     assert steps == ["users:0001", "users:0002", "billing:0001"]
     everything = repo.cli("migrate", "--plan", "--json")
     assert len(json.loads(everything.stdout)["steps"]) == 5
+
+
+def test_migrate_sql_takes_a_phase(repo: Monorepo, sqlite_url: str) -> None:
+    _expand_contract(repo, sqlite_url)
+    pre = repo.cli("migrate", "--sql", "--phase", "pre")
+    assert pre.code == 0, pre.output
+    assert "ADD COLUMN full_name" in pre.stdout
+    assert "0003" not in pre.output and "billing:0002" not in pre.output
+    full = repo.cli("migrate", "--sql")  # SQLite's batch drop needs a live database
+    assert "users:0003" in full.output and "billing:0002" in full.output
+
+
+def test_contract_steps_in_a_mongo_pre_revision(repo: Monorepo, mongo_url: str) -> None:
+    repo.settings(f'[development.services.events]\ndatabase_url = "{mongo_url}"\n')
+    repo.mongo_revision("events", "0001", upgrade="db.sessions.drop()\ndb.users.rename('people')")
+    repo.mongo_revision("events", "0002", down="0001", extra=POST)
+    found = json.loads(repo.cli("lint", "--json").stdout)["findings"]
+    assert [(f["rule"], f["line"]) for f in found if f["rule"] == "contract-in-pre"] == [
+        ("contract-in-pre", _line_of(repo, "0001", "db.sessions.drop()", "events")),
+        ("contract-in-pre", _line_of(repo, "0001", "db.users.rename", "events")),
+    ]
 
 
 def test_a_pre_revision_that_needs_a_post_one_is_refused(repo: Monorepo, sqlite_url: str) -> None:
@@ -197,8 +219,8 @@ def test_contract_steps_in_a_pre_revision_are_flagged_and_allow_silences_them(
     assert not [f for f in found if f["rule"] == "contract-in-pre"]
 
 
-def _line_of(repo: Monorepo, revision: str, text: str) -> int:
-    lines = (repo.root / "services/users/migrations" / f"{revision}.py").read_text().splitlines()
+def _line_of(repo: Monorepo, revision: str, text: str, service: str = "users") -> int:
+    lines = (repo.root / f"services/{service}/migrations" / f"{revision}.py").read_text().splitlines()
     return next(n for n, line in enumerate(lines, 1) if text in line)
 
 
