@@ -114,7 +114,7 @@ def test_migrate_sql_takes_a_phase(repo: Monorepo, sqlite_url: str) -> None:
     pre = repo.cli("migrate", "--sql", "--phase", "pre")
     assert pre.code == 0, pre.output
     assert "ADD COLUMN full_name" in pre.stdout
-    assert "0003" not in pre.output and "billing:0002" not in pre.output
+    assert "users:0003" not in pre.output and "billing:0002" not in pre.output
     full = repo.cli("migrate", "--sql")  # SQLite's batch drop needs a live database
     assert "users:0003" in full.output and "billing:0002" in full.output
 
