@@ -36,7 +36,8 @@ class Window:
     zone: str
 
     def contains(self, moment: datetime) -> bool:
-        local = _aware(moment).astimezone(ZoneInfo(self.zone))
+        moment = _aware(moment)
+        local = moment.astimezone(ZoneInfo(self.zone))
         # a window that crosses midnight may have opened the day before
         for day in (local.date(), local.date() - timedelta(days=1)):
             opens = self.opening(day)
@@ -86,9 +87,10 @@ def is_open(windows: Sequence[Window], moment: datetime) -> bool:
 
 def next_opening(windows: Sequence[Window], moment: datetime) -> datetime | None:
     """When the next of `windows` opens after `moment` (within a week), or None."""
+    moment = _aware(moment)
     found: list[datetime] = []
     for w in windows:
-        local = _aware(moment).astimezone(ZoneInfo(w.zone)).date()
+        local = moment.astimezone(ZoneInfo(w.zone)).date()
         for offset in range(8):
             opens = w.opening(local + timedelta(days=offset))
             if opens is not None and opens > moment:
@@ -98,6 +100,7 @@ def next_opening(windows: Sequence[Window], moment: datetime) -> datetime | None
 
 
 def _aware(moment: datetime) -> datetime:
+    """A clock's time; one without a zone is taken as UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 

@@ -64,6 +64,8 @@ def test_next_opening() -> None:
     assert next_opening(found, OUTSIDE) == datetime(2026, 12, 9, 23, 0, tzinfo=UTC)
     assert not is_open(found, OUTSIDE) and is_open(found, INSIDE)
     assert not is_open([], INSIDE)
+    assert is_open(found, INSIDE.replace(tzinfo=None))  # a naive time is UTC
+    assert next_opening(found, OUTSIDE.replace(tzinfo=None)) == next_opening(found, OUTSIDE)
 
 
 def _monorepo(repo: Monorepo, url: str, extra: str = "", env: str = "development") -> None:
