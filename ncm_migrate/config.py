@@ -58,6 +58,7 @@ class Settings:
     backup: BackupSettings = BackupSettings()
     protected: bool = False
     jobs: int = 1
+    read_jobs: int = 8
     rollback_on_failure: bool = False
     allow_checksum_drift: bool = False
     lint_severity: Literal["warning", "error"] = "warning"

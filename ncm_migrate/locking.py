@@ -18,6 +18,7 @@ from .errors import LockTimeout
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
+BLOCKING_CHUNK_S = 5.0
 
 
 def lock_name(*parts: str) -> str:
@@ -34,21 +35,45 @@ def lock_key(name: str) -> int:
 
 
 def wait_for(try_acquire: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Call `try_acquire` until it returns True; raise `LockTimeout` after `timeout_s`."""
+    """Call `try_acquire` until it returns True; raise `LockTimeout` after `timeout_s`.
+    For locks that cannot be waited on (see `wait_blocking` for those that can)."""
     deadline = time.monotonic() + timeout_s
     delay = POLL_S
     logged = False
     while not try_acquire():
         if time.monotonic() >= deadline:
-            raise LockTimeout(
-                f"Another runner held the migration lock of {what} for more than "
-                f"{timeout_s:g}s (lock.timeout_s); try again when it has finished."
-            )
+            raise _timed_out(what, timeout_s)
         if not logged:
             log.info("waiting for the migration lock of %s", what)
             logged = True
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)
+
+
+def wait_blocking(acquire_within: Callable[[float], bool], timeout_s: float, what: str,
+                  chunk_s: float = BLOCKING_CHUNK_S) -> None:
+    """Take a lock that the database itself can wait for: `acquire_within(s)` waits up to
+    `s` seconds (0: only tries) and says whether it got it. The server wakes a waiter the
+    moment the holder lets go, where polling would sleep on; the wait goes in chunks of at
+    most `chunk_s`, so that no single statement outlives a read timeout. `LockTimeout`
+    after `timeout_s`."""
+    if acquire_within(0.0):
+        return
+    log.info("waiting for the migration lock of %s", what)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _timed_out(what, timeout_s)
+        if acquire_within(min(left, chunk_s)):
+            return
+
+
+def _timed_out(what: str, timeout_s: float) -> LockTimeout:
+    return LockTimeout(
+        f"Another runner held the migration lock of {what} for more than "
+        f"{timeout_s:g}s (lock.timeout_s); try again when it has finished."
+    )
 
 
 @contextmanager
@@ -61,10 +86,7 @@ def file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
     try:
         lock.acquire(timeout=timeout_s, poll_interval=POLL_S)
     except Timeout:
-        raise LockTimeout(
-            f"Another runner held the migration lock of {what} for more than "
-            f"{timeout_s:g}s (lock.timeout_s); try again when it has finished."
-        ) from None
+        raise _timed_out(what, timeout_s) from None
     try:
         yield
     finally:

@@ -224,6 +224,7 @@ def load_settings(
         ),
         protected=protected,
         jobs=setting_int(merged, "jobs", sources, minimum=1),
+        read_jobs=setting_int(merged, "read_jobs", sources, minimum=1),
         rollback_on_failure=setting_bool(merged, "rollback_on_failure", sources),
         allow_checksum_drift=setting_bool(merged, "allow_checksum_drift", sources),
         lint_severity=cast(Literal["warning", "error"], severity),

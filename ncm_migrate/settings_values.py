@@ -25,7 +25,7 @@ from .windows import EXAMPLE, Window, parse_windows
 
 TOP_KEYS = {
     "services_dir", "services_glob", "database_url", "services", "connect", "lock",
-    "protected", "backup", "lint", "audit", "jobs", "rollback_on_failure",
+    "protected", "backup", "lint", "audit", "jobs", "read_jobs", "rollback_on_failure",
     "allow_checksum_drift", "windows",
 }
 SERVICE_KEYS = {

@@ -170,8 +170,33 @@ def test_image_is_python_311_slim_non_root_and_installs_dependencies_before_sour
     assert first("COPY pyproject.toml") < first("RUN python -c") < first("COPY ncm_migrate/")
     assert first("COPY ncm_migrate/") < first("COPY services/")
     assert any(ln.startswith("HEALTHCHECK") for ln in lines)
+    assert first("COPY services/") < first("RUN python -m compileall") < first("USER ")
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert {"docker/.env", "settings/.secrets.toml", ".git", ".venv"} <= set(ignored)
+
+
+def test_the_build_makes_bytecode_and_the_header_cache(tmp_path: Path) -> None:
+    """The Dockerfile's warming step, run as written on a copy of /app: afterwards the
+    revision files have bytecode and every header is in the cache, with no database."""
+    text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
+    [step] = [ln[len("RUN "):] for ln in text.splitlines() if ln.startswith("RUN python -m compileall")]
+    step = step.split("&& chown")[0].strip().removesuffix("&&")
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(REPO / "manage.py", app)
+    for folder in ("settings", "services"):
+        shutil.copytree(REPO / folder, app / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    python = Path(sys.executable).parent
+    env = {**os.environ, "NCM_ENV": "docker", "PATH": f"{python}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["sh", "-ec", step], cwd=app, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    revisions = sorted(app.glob("services/*/migrations/*.py"))
+    assert revisions
+    for revision in revisions:
+        assert list((revision.parent / "__pycache__").glob(f"{revision.stem}.*.pyc")), revision
+    cached = (app / "var" / "cache" / "ncm-headers.json").read_text()
+    assert all(revision.name in cached for revision in revisions)
 
 
 # -- the entrypoint and the bootstrap script, for real ----------------------------------

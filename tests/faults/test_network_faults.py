@@ -259,6 +259,7 @@ def test_cut_mid_revision_is_exit_4(repo: Monorepo, server_url: str) -> None:
         result = repo.run("migrate", timeout=BOUND_S)
     assert result.code == 4, result.output
     _one_sentence(result, "Service 'users'", "lost the connection", "applying users:0002_cut")
+    assert "((" not in result.stderr  # MySQL's (code, 'message') read as words, not a tuple
 
 
 # -- the database programs of backup and restore -----------------------------------------

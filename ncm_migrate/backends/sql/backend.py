@@ -97,6 +97,12 @@ class SqlBackend:
         # short (SQLAlchemy then drops that connection, and `conn` would be a new one).
         self.lock_session: int | None = None
 
+    @property
+    def read_timeout_s(self) -> float:
+        """`connect.read_timeout_s`: how long one statement may wait for its answer (0: no
+        bound); a lock is waited for in shorter statements than that."""
+        return self._net.read_timeout_s
+
     # -- connection -------------------------------------------------------------
 
     @property

@@ -78,9 +78,17 @@ _LEDGER_COLUMNS = {
     ),
 }
 _LEDGER_COLUMNS["mariadb"] = _LEDGER_COLUMNS["mysql"]
+# What a service's state is read from: for each revision its latest row that applied,
+# reverted or faked it (up or down), and the service's latest row of all (whether it is dirty), oldest
+# first; a long ledger stays in the server. The same state as from every row: only those
+# rows decide it (`ledger.applied_checksums`, `ledger.dirty_mark`).
 _STATE_ROWS = sa.text(
-    f"SELECT revision, direction, status, checksum FROM {ledger_rules.TABLE} "
-    "WHERE service = :service ORDER BY id"
+    f"SELECT revision, direction, status, checksum FROM {ledger_rules.TABLE} WHERE id IN ("
+    f"SELECT MAX(id) FROM {ledger_rules.TABLE} WHERE service = :service "
+    "AND (status = 'faked' OR status = 'applied' AND direction = 'up' "
+    "OR status = 'reverted' AND direction = 'down') GROUP BY revision "
+    f"UNION SELECT MAX(id) FROM {ledger_rules.TABLE} WHERE service = :service"
+    ") ORDER BY id"
 )
 
 

@@ -221,8 +221,13 @@ def is_refusal(exc: BaseException) -> bool:
 
 
 def short_reason(exc: BaseException) -> str:
-    """The first line of a driver error, without SQLAlchemy's background link."""
+    """The first line of a driver error, without SQLAlchemy's background link; MySQL's
+    drivers' `(code, 'message')` read as `message (MySQL error code)`."""
     orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
+    error = orig if orig is not None else exc
+    args: tuple[object, ...] = getattr(error, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str) and args[1]:
+        return f"{args[1].strip().splitlines()[0]} (MySQL error {args[0]})"
+    text = str(error).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
