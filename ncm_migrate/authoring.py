@@ -4,16 +4,22 @@ and `init`. Re-exported by `commands`, where a Python caller finds every verb.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
 
 from .errors import BadInput
+from .hooks import run_hooks
 from .loader import Location, PathArg, Where, as_path, load_project_at
 from .settings import settings_dir_of
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from .making_migrations import Outcome
+    from .project import Project
     from .scaffold import NewService
 
 
@@ -49,10 +55,27 @@ def makemigrations(
         if len(services) != 1:
             raise BadInput("--merge needs exactly one service: `makemigrations SVC --merge`.")
         new = mm.make_merge(project, services[0], templates_dir, message, dry_run)
-        return mm.Outcome(written=(new,) if new else (), unchanged=() if new else (services[0],),
-                          dry_run=dry_run)
+        return _after_write(project, mm.Outcome(
+            written=(new,) if new else (), unchanged=() if new else (services[0],), dry_run=dry_run))
     request = mm.Request(message, migration_type, empty, tuple(requires), phase)
-    return mm.make_migrations(project, services, request, templates_dir, dry_run)
+    return _after_write(project, mm.make_migrations(project, services, request, templates_dir, dry_run))
+
+
+def _after_write(project: Project, outcome: Outcome) -> Outcome:
+    """Run `hooks.after_write` on each file written (the team's formatter, say: a command
+    gets the file's path as its last argument); a failure is logged, the file kept."""
+    hooks = project.settings.hooks
+    if outcome.dry_run or not hooks.after_write:
+        return outcome
+    failures: list[str] = []
+    for new in outcome.written:
+        payload = {"event": "after_write", "environment": project.settings.env,
+                   "service": new.service, "revision": new.revision, "path": str(new.path)}
+        for failure in run_hooks("after_write", hooks.after_write, payload, root=project.root,
+                                 timeout_s=hooks.timeout_s, extra_args=[str(new.path)]):
+            log.warning("%s; %s is written as it was", failure, new.path)
+            failures.append(str(failure))
+    return dataclasses.replace(outcome, hook_failures=tuple(failures))
 
 
 def startservice(

@@ -3,8 +3,8 @@
 Each folder holds the dump files and a `manifest.json` with a sha256 per file; with
 `backup.encryption_key` the files are Fernet-encrypted. `restore` checks every file (its
 sha256, its key, the dump itself) before it touches the database, and a restore that fails
-leaves the database as it was. The dumps themselves are `backends/sql/backup.py`'s and
-`backends/mongo/backup.py`'s.
+leaves the database as it was. The dumps themselves are `backends/sql/backup.py`'s,
+`backends/mongo/backup.py`'s and `backends/redis/backup.py`'s.
 """
 
 from __future__ import annotations
@@ -375,6 +375,25 @@ def _restore_mongo(config: ServiceConfig, folder: Path, files: Sequence[str], _l
     restore_mongo(config, folder, files=files)
 
 
+def _dump_redis(config: ServiceConfig, out_dir: Path, _lock_timeout_s: float) -> list[str]:
+    from .backends.redis.backup import backup_redis
+
+    return [p.relative_to(out_dir).as_posix() for p in backup_redis(config, out_dir)]
+
+
+def _check_redis(config: ServiceConfig, folder: Path, files: Sequence[str]) -> None:
+    from .backends.redis.backup import check_redis
+
+    check_redis(config, folder, files)
+
+
+def _restore_redis(config: ServiceConfig, folder: Path, _files: Sequence[str],
+                   _lock_timeout_s: float) -> None:
+    from .backends.redis.backup import restore_redis
+
+    restore_redis(config, folder)
+
+
 def _sql(
     file: str,
     dump: Callable[[ServiceConfig, Path, float], list[str]],
@@ -401,4 +420,5 @@ _FORMATS = {
     "mysql": _sql(sql_backup.MYSQL_FILE, sql_backup.dump_mysql, sql_backup.check_mysql,
                   sql_backup.restore_mysql),
     "mongodb": _Format(_dump_mongo, _check_mongo, _restore_mongo),
+    "redis": _Format(_dump_redis, _check_redis, _restore_redis),
 }

@@ -43,7 +43,14 @@ from .inspection import (
 from .loader import Location, PathArg, Where, as_path, load_project_at
 from .model import Phase, Plan
 from .phases import defer
-from .planning import deferred_note, now_reasons, plan_migrate, plan_rollback, window_holds
+from .planning import (
+    deferred_note,
+    now_reasons,
+    plan_migrate,
+    plan_rollback,
+    plan_run_rollback,
+    window_holds,
+)
 from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
 from .running import MigrateResult, confirm_protected, run_plan, take_backup
@@ -129,16 +136,18 @@ def migrate(
     result = run_plan(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
     if steps.deferred and not allow_deferred:
         error = RevisionsDeferred(deferred_note(project, steps, moment), steps.deferred)
-        error.results = result.results
+        error.results, error.run_id = result.results, result.run_id
         raise error
     return result
 
 
 def rollback(
-    service: str,
+    service: str | None = None,
     target: str | None = None,
     *,
     steps: int | None = None,
+    run: str | None = None,
+    last_run: bool = False,
     cascade: bool = False,
     fake: bool = False,
     report: Reporter | None = None,
@@ -147,16 +156,32 @@ def rollback(
     **where: Unpack[Where],
 ) -> MigrateResult:
     """Move `service` backwards to `target`, or by `steps` revisions (default 1); in a
-    protected environment only once `questioner` (default: refuse) confirms it."""
+    protected environment only once `questioner` (default: refuse) confirms it.
+
+    With `run` (a run id) or `last_run` (the newest run that applied something here):
+    revert what that run applied and nothing since reverted, across the services (only
+    `service`'s with one), newest first; `BadInput` for a run no ledger knows."""
     at = Location.of(where, "rollback")
     _refuse_inside_event_loop("rollback")
-    project = load_project_at(at)
-    downgrade = plan_rollback(project, service, target, steps, cascade)
+    undid: str | None = None
+    if run is not None or last_run:
+        if run is not None and last_run:
+            raise BadInput("Give rollback either --run ID or --last-run, not both.")
+        if target is not None or steps is not None:
+            raise BadInput("Rolling back a run takes no TARGET or --steps: it reverts what the run applied.")
+        project = load_project_at(at)
+        undid, downgrade = plan_run_rollback(project, [service] if service else [], run, cascade)
+    elif service is None:
+        raise BadInput("Name the service to roll back, or give --run ID or --last-run.")
+    else:
+        project = load_project_at(at)
+        downgrade = plan_rollback(project, service, target, steps, cascade)
     confirm_protected(project, downgrade, fake, questioner)
     if confirm is not None:
         confirm(downgrade)
-    return run_plan(project, downgrade, fake, 1, report, rollback_on_failure=False,
-                    command="rollback").raise_for_error()
+    result = run_plan(project, downgrade, fake, 1, report, rollback_on_failure=False, command="rollback")
+    result.undid_run = undid
+    return result.raise_for_error()
 
 
 def repair(

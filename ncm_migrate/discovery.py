@@ -20,8 +20,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from .config import DURATION_HINT, duration_ms
 from .errors import Interrupted, RevisionFileError
-from .model import MIGRATION_TYPES, PHASES, Phase, Revision, split_reference
+from .header_checks import deploy_header
+from .model import MIGRATION_TYPES, PHASES, Revision, split_reference
 from .pyfiles import import_file, one_line
 
 # At most 47 characters: `alembic_version_<svc>` (the version table of services sharing a
@@ -40,6 +42,8 @@ _HEADER_KEYS = (
     "depends_on",
     "requires",
     "migration_type",
+    "lock_timeout",
+    "statement_timeout",
     "phase",
     "window",
 )
@@ -214,8 +218,10 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
             f"{path}:{lines.get('migration_type', 1)}: migration_type must be one of "
             f"{', '.join(MIGRATION_TYPES)}, not {migration_type!r}."
         )
-    phase, window = _deploy_header(values, lines, path)
+    phase, window = deploy_header(values, lines, path)
     header = {key: _strings(values.get(key), key, path) for key in _NAME_KEYS}
+    timeouts = {key: _timeout(values.get(key), f"{path}:{lines.get(key, 1)}", key)
+                for key in ("lock_timeout", "statement_timeout")}
     where = f"{path}:{lines.get('revision', 1)}"
     check_name(revision, f"{where}: the revision id of this file of service '{service}'")
     for key, names in header.items():
@@ -235,6 +241,8 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
         depends_on=header["depends_on"],
         requires=header["requires"],
         migration_type=str(migration_type),
+        lock_timeout=timeouts["lock_timeout"],
+        statement_timeout=timeouts["statement_timeout"],
         doc=_first_line(ast.get_docstring(tree)),
         defines=frozenset(defines),
         line_of=tuple(sorted(lines.items())),
@@ -243,26 +251,16 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
     )
 
 
-def _deploy_header(
-    values: dict[str, object], lines: dict[str, int], path: Path
-) -> tuple[Phase, bool | None]:
-    """`phase` ("pre" unless given) and `window` (None unless given), checked."""
-    phase = values.get("phase", "pre")
-    if phase not in PHASES:
-        raise RevisionFileError(
-            f"{path}:{lines.get('phase', 1)}: phase must be \"pre\" (before the deploy, the "
-            f"default) or \"post\" (after it), not {phase!r}."
-        )
-    window = values.get("window")
-    if window is not None and not isinstance(window, bool):
-        raise RevisionFileError(
-            f"{path}:{lines.get('window', 1)}: window must be True (run only inside a "
-            f"maintenance window) or False (never wait for one), not {window!r}."
-        )
-    return "post" if phase == "post" else "pre", window
-
-
 _NAME_KEYS = ("down_revision", "branch_labels", "depends_on", "requires")
+
+
+def _timeout(value: object, where: str, key: str) -> str | None:
+    """A `lock_timeout` / `statement_timeout` header as written (None: not given), checked."""
+    if value is None:
+        return None
+    if duration_ms(value) is None:
+        raise RevisionFileError(f"{where}: {key} must be {DURATION_HINT}, not {value!r}.")
+    return str(value)
 
 
 def check_name(name: str, what: str) -> None:
@@ -421,7 +419,8 @@ def _cache_format() -> str:
     global _FORMAT
     if _FORMAT is None:
         digest = hashlib.sha256(sys.version.encode())
-        for module in (Path(__file__), Path(__file__).with_name("model.py")):
+        for module in (Path(__file__), Path(__file__).with_name("model.py"),
+                       Path(__file__).with_name("header_checks.py")):
             digest.update(module.read_bytes())
         _FORMAT = digest.hexdigest()
     return _FORMAT
@@ -444,14 +443,15 @@ def _load_folders(path: Path) -> dict[str, str]:
 
 
 # A row: sha256, revision, down_revisions, checksum, branch_labels, depends_on, requires,
-# migration_type, doc, defines, line_of (flat: name, line, name, line, ...), phase, window.
+# migration_type, doc, defines, line_of (flat: name, line, name, line, ...), lock_timeout,
+# statement_timeout, phase, window.
 def _well_formed(row: object) -> TypeGuard[list[Any]]:
     """The row has the shape this module writes (rows are only ever written by `put`, and
     served only for the bytes and the code version they were written for: this guards
     against a damaged file, cheaply, as it runs for every revision of every listing)."""
     return (
         type(row) is list
-        and len(row) == 13
+        and len(row) == 15
         and type(row[0]) is str
         and type(row[1]) is str
         and type(row[2]) is list
@@ -463,8 +463,10 @@ def _well_formed(row: object) -> TypeGuard[list[Any]]:
         and type(row[8]) is str
         and type(row[9]) is list
         and type(row[10]) is list
-        and row[11] in PHASES
-        and row[12] in (None, True, False)
+        and (row[11] is None or type(row[11]) is str)
+        and (row[12] is None or type(row[12]) is str)
+        and row[13] in PHASES
+        and row[14] in (None, True, False)
     )
 
 
@@ -472,7 +474,8 @@ def _row_of(rev: Revision, digest: str) -> list[Any]:
     return [
         digest, rev.revision, list(rev.down_revisions), rev.checksum, list(rev.branch_labels),
         list(rev.depends_on), list(rev.requires), rev.migration_type, rev.doc,
-        sorted(rev.defines), [x for pair in rev.line_of for x in pair], rev.phase, rev.window,
+        sorted(rev.defines), [x for pair in rev.line_of for x in pair], rev.lock_timeout,
+        rev.statement_timeout, rev.phase, rev.window,
     ]
 
 
@@ -490,6 +493,8 @@ def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
         doc=row[8],
         defines=frozenset(row[9]),
         line_of=tuple(zip(row[10][::2], row[10][1::2], strict=True)),
-        phase=row[11],
-        window=row[12],
+        lock_timeout=row[11],
+        statement_timeout=row[12],
+        phase=row[13],
+        window=row[14],
     )

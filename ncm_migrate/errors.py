@@ -32,6 +32,16 @@ class NcmError(Exception):
     def results(self, value: list[StepResult]) -> None:
         self.__dict__["_results"] = list(value)
 
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run this error stopped (in the ledger and the audit log), if one began."""
+        found: str | None = self.__dict__.get("_run_id")
+        return found
+
+    @run_id.setter
+    def run_id(self, value: str | None) -> None:
+        self.__dict__["_run_id"] = value
+
     def __reduce__(self) -> tuple[object, ...]:
         # Errors cross process boundaries (parallel runs); keep their data on the way.
         return (_rebuild, (type(self), str(self), dict(self.__dict__)))
@@ -168,6 +178,10 @@ class MultipleHeads(NcmError):
 
 class RollbackRefused(NcmError):
     """Other services' applied revisions still require what a rollback would remove."""
+
+
+class HookFailed(NcmError):
+    """A `before_*` hook failed: the run did not start, nothing changed (exit 1)."""
 
 
 class ProblemsFound(NcmError):

@@ -22,12 +22,12 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .backends import Backend, closing_backend, make_backend
 from .backends.retry import open_with_retries
-from .config import ConnectSettings
+from .config import ConnectSettings, DdlSettings
 from .errors import Interrupted, NcmError, signal_name
 from .events import Event, Reporter, RunReport
 from .graph import Graph
@@ -53,6 +53,7 @@ class SegmentJob:
     fake: bool
     allow_checksum_drift: bool
     lock_lease_s: float = 30.0
+    ddl: DdlSettings = field(default_factory=DdlSettings)
 
 
 def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = None) -> list[StepResult]:
@@ -97,7 +98,7 @@ def run_segment(job: SegmentJob, report: Reporter, stop: StopRequest | None = No
 
 
 def _backend(job: SegmentJob) -> Backend:
-    return make_backend(job.config, job.connect, job.lock_lease_s)
+    return make_backend(job.config, job.connect, job.lock_lease_s, job.ddl)
 
 
 class _Tracker:

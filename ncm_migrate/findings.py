@@ -52,17 +52,20 @@ def relative_file(path: Path, root: Path | None) -> str:
 
 @dataclass(frozen=True)
 class Report:
-    """Findings in a stable order, and the exit code they mean."""
+    """Findings in a stable order, the exit code they mean, and the services checked
+    (`checked`: a JUnit report names the checks that passed too)."""
 
     findings: tuple[Finding, ...]
     strict: bool = False
+    checked: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, findings: Iterable[Finding], strict: bool = False) -> Report:
+    def of(cls, findings: Iterable[Finding], strict: bool = False,
+           checked: Iterable[str] = ()) -> Report:
         ordered = sorted(
             set(findings), key=lambda f: (f.service, f.revision, f.file, f.line or 0, f.rule, f.message)
         )
-        return cls(tuple(ordered), strict)
+        return cls(tuple(ordered), strict, tuple(dict.fromkeys(checked)))
 
     @property
     def errors(self) -> list[Finding]:

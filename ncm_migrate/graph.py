@@ -356,15 +356,21 @@ def upgrade_targets(graph: Graph, services: Sequence[str]) -> list[RevisionKey]:
 
 
 def plan_downgrade(
-    graph: Graph, remove: Iterable[RevisionKey], first: Iterable[RevisionKey] = ()
+    graph: Graph,
+    remove: Iterable[RevisionKey],
+    first: Iterable[RevisionKey] = (),
+    newest_first: Sequence[RevisionKey] = (),
 ) -> Plan:
     """Steps that revert `remove`, children before parents, in a deterministic order;
-    what is in `first` (other services' dependents, for a cascade) as early as it can."""
+    what is in `first` (other services' dependents, for a cascade) as early as it can, then
+    what is in `newest_first` (a run's revisions, newest first) in that order where the
+    graph allows it."""
     removing = set(remove)
     leading = sorted(set(first) & removing, reverse=True)
+    given = [k for k in dict.fromkeys(newest_first) if k in removing and k not in set(leading)]
     order: list[RevisionKey] = []
     done: set[RevisionKey] = set()
-    for start in leading + sorted(removing - set(leading), reverse=True):
+    for start in leading + given + sorted(removing - set(leading) - set(given), reverse=True):
         stack: list[tuple[RevisionKey, int]] = [(start, 0)]
         while stack:
             node, idx = stack.pop()

@@ -40,6 +40,8 @@ class Diagnosis:
     heads: tuple[str, ...] = ()
     pending: int | None = None
     lock: str | None = None
+    # Indexes its revisions name that a failed concurrent build left INVALID.
+    invalid_indexes: tuple[str, ...] = ()
     details: tuple[tuple[str, str], ...] = ()
     error: str | None = None
 
@@ -99,8 +101,10 @@ def diagnose(
                 state = backend.read_state(project.revisions[svc.name])
                 order = plan_upgrade(project.graph, {svc.name: state.applied},
                                      upgrade_targets(project.graph, [svc.name]))
+                invalid = backend.invalid_indexes(project.revisions[svc.name])
                 out.append(replace(
                     base, heads=state.heads, pending=sum(1 for s in order.steps if s.service == svc.name),
+                    invalid_indexes=tuple(f"{i.name} ({svc.name}:{i.revision})" for i in invalid),
                 ))
             except DatabaseUnreachable as exc:  # lost after it answered: reported like the others
                 out.append(replace(base, reachable=False, error=str(exc)))

@@ -14,16 +14,18 @@ from typing import Unpack
 
 from . import health, windows
 from .backends import opened_backend
+from .changes import Selection, changed_files, looks_like_path, select_changed, services_of_paths
+from .config import Settings
 from .errors import BadInput, NcmError, RevisionFileError
 from .executor import segments
 from .findings import Report
-from .graph import plan_upgrade, upgrade_targets
+from .graph import Graph, plan_upgrade, upgrade_targets
 from .loader import Location, Where, load_project_at
 from .model import LedgerRow, Phase, Plan, ServiceConfig, ServiceState
 from .phases import defer
 from .planning import left_out, plan_migrate, read_states, window_holds
 from .project import Project
-from .settings import load_settings
+from .settings import load_settings, settings_dir_of
 from .urls import mask_url
 from .windows import Clock
 
@@ -154,15 +156,24 @@ def plan(
     target: str | None = None,
     *,
     cascade: bool = False,
+    changed_since: str | None = None,
     phase: Phase | None = None,
     now: bool = False,
     clock: Clock | None = None,
     **where: Unpack[Where],
 ) -> Plan:
-    """The exact steps `migrate` would run, in order, without changing anything; in its
-    `deferred`, those it would leave for a maintenance window (none with `now`)."""
+    """The exact steps `migrate` would run, in order, without changing anything; with
+    `changed_since` (a git commit) only for the services changed since it and those that
+    depend on them (`changes.select_changed`); in its `deferred`, those it would leave for a
+    maintenance window (none with `now`)."""
     at = Location.of(where, "plan")
     project = load_project_at(at)
+    if changed_since is not None:
+        selection = _changed(project.settings, project.graph, changed_since, at)
+        active = [n for n in selection.services if project.service(n).active]
+        if not active:
+            return Plan(())
+        services = [*services, *(n for n in active if n not in services)] if services else active
     steps = plan_migrate(project, services, target, cascade, phase)[0]
     if now:
         return steps
@@ -219,7 +230,9 @@ def sqlmigrate(
 
     start = (rev,) if backwards else node.down_revisions
     step = Step(svc.name, rev, "down" if backwards else "up")
-    return SqlBackend(svc, 1.0).offline_sql([step], project.revisions[svc.name], start)
+    return SqlBackend(svc, 1.0, project.settings.ddl).offline_sql(
+        [step], project.revisions[svc.name], start
+    )
 
 
 @dataclass(frozen=True)
@@ -255,7 +268,7 @@ def migrate_sql(
     for seg in segments(steps):
         svc = project.service(seg[0].service)
         _require_sql(svc, "migrate --sql")
-        backend = SqlBackend(svc, 1.0)
+        backend = SqlBackend(svc, 1.0, project.settings.ddl)
         chunks.append(f"-- service {svc.name} ({mask_url(svc.database_url)})")
         for step in seg:
             start = project.graph.heads_of(svc.name, frozenset(applied[svc.name]))
@@ -281,10 +294,12 @@ def history(
     services: Sequence[str] = (),
     *,
     limit: int | None = None,
+    run: str | None = None,
     **where: Unpack[Where],
 ) -> list[LedgerRow]:
     """The ledger rows of the selected services, oldest first (also of a service with a
-    revision file that cannot be read: the ledger does not need it)."""
+    revision file that cannot be read: the ledger does not need it); with `run`, only that
+    run's rows (`BadInput` when there are none)."""
     at = Location.of(where, "history")
     from .validation import load_readable_project
 
@@ -298,8 +313,13 @@ def history(
     rows: list[LedgerRow] = []
     for svc in project.select(services):
         with opened_backend(svc, project.settings.connect) as backend:
-            rows.extend(backend.history(limit))
+            found = backend.history(None if run else limit)
+            rows.extend(r for r in found if run is None or r.run_id == run)
     rows.sort(key=lambda r: (r.started_at, str(r.id)))
+    if run is not None and not rows:
+        raise BadInput(f"No run '{run}' is in the ledgers of "
+                       f"{', '.join(s.name for s in project.select(services))}; "
+                       "`manage.py history` shows each row's run.")
     return rows[-limit:] if limit else rows
 
 
@@ -339,12 +359,19 @@ def validate(
     **where: Unpack[Where],
 ) -> Report:
     """Graph, files, version tables, applied checksums and lint, as findings (no exception
-    for what it finds: `Report.exit_code` says 0, 1 or 2)."""
+    for what it finds: `Report.exit_code` says 0, 1 or 2). `services` may name files too
+    (as pre-commit passes them): the services holding them are checked."""
     at = Location.of(where, "validate")
     from .validation import validate_settings
 
     settings = load_settings(at.root, at.env, at.settings_dir)
-    return Report.of(validate_settings(settings, services), strict)
+    named = _named(settings, services, at)
+    # a service that holds a file named but has no database here is left out, as `check` does
+    names = [n for n in named or () if n in services or settings.service(n).active]
+    if named is None or (named and not names):
+        return Report.of((), strict)
+    chosen = names or [s.name for s in settings.services if s.active]
+    return Report.of(validate_settings(settings, names), strict, checked=chosen)
 
 
 def lint(
@@ -354,42 +381,83 @@ def lint(
     **where: Unpack[Where],
 ) -> Report:
     """Dangerous operations in the selected services' `upgrade()`s (no database needed),
-    and each revision file that cannot be read (exit 2, as in `validate`)."""
+    and each revision file that cannot be read (exit 2, as in `validate`). `services` may
+    name files too (as pre-commit passes them): the services holding them are linted."""
     at = Location.of(where, "lint")
     from .linting import lint_service
     from .validation import read_inventory
 
     settings = load_settings(at.root, at.env, at.settings_dir)
+    names = _named(settings, services, at)
+    if names is None:
+        return Report.of((), strict)
     inventory = read_inventory(settings)
     # Every service, with a database in this environment or not: lint reads only files.
-    selected = [settings.service(n) for n in services] if services else list(settings.services)
+    selected = [settings.service(n) for n in names] if names else list(settings.services)
     chosen = {svc.name for svc in selected}
     findings = [f for f in inventory.findings if f.rule == "malformed-revision" and f.service in chosen]
     for svc in selected:
         findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
-                                 settings.root, squawk=settings.lint_squawk)
-    return Report.of(findings, strict)
+                                 settings.root, squawk=settings.lint_squawk,
+                                 ddl=settings.ddl, pg_version=settings.squawk_pg_version)
+    return Report.of(findings, strict, checked=chosen)
 
 
 def check(
     *,
     strict: bool = False,
+    changed_since: str | None = None,
     **where: Unpack[Where],
 ) -> Report:
     """For CI: validate every service, plus pending revisions, dirty marks and models.py
-    changes that no revision holds yet (`makemigrations --check`)."""
+    changes that no revision holds yet (`makemigrations --check`). With `changed_since`
+    (a git commit): only the services changed since it and those that depend on them."""
     at = Location.of(where, "check")
-    from .validation import models_findings, validate_settings
+    from .validation import graph_findings, models_findings, read_inventory, validate_settings
 
     settings = load_settings(at.root, at.env, at.settings_dir)
-    findings = validate_settings(settings, (), pending=True)
-    report = Report.of(findings, strict)
+    names: list[str] = []
+    if changed_since is not None:
+        inventory = read_inventory(settings)
+        graph = graph_findings(settings, inventory.revisions, inventory.unreadable)[1]
+        names = [n for n in _changed(settings, graph, changed_since, at).services
+                 if settings.service(n).active]
+        if not names:
+            return Report.of((), strict)
+    chosen = names or [s.name for s in settings.services if s.active]
+    findings = validate_settings(settings, names, pending=True)
+    report = Report.of(findings, strict, checked=chosen)
     if report.exit_code == 2:
         return report  # the graph cannot be built: nothing to compare models with
-    return Report.of(findings + models_findings(load_project_at(at)), strict)
+    return Report.of(findings + models_findings(load_project_at(at), names), strict, checked=chosen)
 
 
 # -- wiring ------------------------------------------------------------------------
+
+
+def _changed(settings: Settings, graph: Graph, ref: str, at: Location) -> Selection:
+    """The services changed since `ref` and their dependents, logged."""
+    selection = select_changed(settings, graph, changed_files(settings.root, ref),
+                               settings_dir_of(at.root, at.settings_dir))
+    if selection.everything:
+        log.warning("%s changed since %s: checking every service", selection.everything, ref)
+    else:
+        log.warning("changed since %s: %s", ref, ", ".join(selection.services) or "no service")
+    return selection
+
+
+def _named(settings: Settings, args: Sequence[str], at: Location) -> list[str] | None:
+    """Services named in `args`, where a file names the service holding it: [] for every
+    service, None when only files were given and no service holds any of them."""
+    files = [a for a in args if looks_like_path(a) and a not in {s.name for s in settings.services}]
+    names = [a for a in args if a not in files]
+    if not files:
+        return names
+    owners = services_of_paths(settings, files, settings_dir_of(at.root, at.settings_dir))
+    if owners is None:
+        return []
+    names += [n for n in owners if n not in names]
+    return names or None
 
 
 def _require_sql(svc: ServiceConfig, what: str) -> None:

@@ -25,7 +25,9 @@ COLUMNS = (
 )
 # Columns a ledger made by an earlier version lacks: added (nullable) when found missing.
 LATER_COLUMNS = ("run_id", "attempt", "waited_ms")
-STATUSES = ("running", "applied", "reverted", "faked", "failed")
+# `blocked`: an attempt that waited past its lock timeout (or a deadlock picked it) and left
+# nothing behind; retried within `ddl.retries`, else the run stopped there.
+STATUSES = ("running", "applied", "reverted", "faked", "failed", "blocked")
 # The longest `actor` and `environment` a row holds (the SQL columns' sizes): the settings
 # refuse longer ones before any database is touched.
 ACTOR_LENGTH = 128
@@ -130,3 +132,26 @@ def applied_checksums(rows: Iterable[LedgerRow | StateRow]) -> dict[str, str]:
 def applied_from_ledger(rows: Iterable[LedgerRow | StateRow]) -> set[str]:
     """The revisions applied now by the ledger alone (MongoDB keeps no version table)."""
     return set(applied_checksums(rows))
+
+
+def last_run(rows: Iterable[LedgerRow], environment: str) -> str | None:
+    """The id of the newest run that applied a revision in `environment`, or None."""
+    newest = max(
+        (r for r in rows if r.run_id and r.environment == environment
+         and r.direction == "up" and r.status == "applied"),
+        key=lambda r: (r.started_at, str(r.id)),
+        default=None,
+    )
+    return newest.run_id if newest is not None else None
+
+
+def applied_by_run(rows: Iterable[LedgerRow], run_id: str) -> list[str]:
+    """The revisions of one service's ledger (`rows` oldest first) that run `run_id` applied
+    and that no later row reverted, in the order that run applied them."""
+    applied: dict[str, None] = {}
+    for row in rows:
+        if row.direction == "up" and row.status == "applied" and row.run_id == run_id:
+            applied[row.revision] = None
+        elif row.direction == "down" and row.status in ("reverted", "faked"):
+            applied.pop(row.revision, None)
+    return list(applied)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import io
-import itertools
 import logging
 import re
 import tokenize
@@ -17,9 +16,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DdlSettings
 from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
+from .safe_ddl import RULES as SAFE_DDL_RULES
+from .safe_ddl import proven_not_null, unsafe_ddl
 from .squawk import find_squawk, run_squawk, without_version_table
 from .urls import redact_known, scheme_of
 
@@ -36,6 +38,7 @@ RULES: dict[str, str] = {
     "type-change": "changes a column's type: may rewrite the table and lose data",
     "non-concurrent-index": "creates an index without CONCURRENTLY: writes to the table block meanwhile",
     "raw-sql-drop": "runs raw SQL that drops or truncates",
+    **SAFE_DDL_RULES,  # PostgreSQL only, each with its fix: safe_ddl.py
     "contract-in-pre": (
         "a contract step in a pre-deploy revision: the code still running during the deploy "
         "uses what it removes or changes; move it to a post-deploy revision (`phase = \"post\"`, "
@@ -105,9 +108,13 @@ def lint_revision(
         return []
     allowed = allow_comments(text)
     postgres = is_postgres(config)
-    hits = _mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres)
+    hits = list(_mongo_hits(upgrade) if config.backend == "mongo" else _sql_hits(upgrade, postgres))
+    if postgres:
+        proven = proven_not_null(upgrade)
+        hits = [h for h in hits if not (h.rule == "not-null-without-default" and h.line in proven)]
+        hits += [Hit(u.rule, u.line, u.end_line, u.detail) for u in unsafe_ddl(upgrade)]
     if phased and rev.phase == "pre":
-        hits = itertools.chain(hits, _contract_hits(upgrade, config.backend))
+        hits += _contract_hits(upgrade, config.backend)
     out = []
     for hit in hits:
         if not include_allowed and _silenced(hit.rule, hit.line, hit.end_line, allowed):
@@ -132,14 +139,17 @@ def lint_service(
     severity: Severity,
     root: Path,
     squawk: bool = False,
+    ddl: DdlSettings | None = None,
+    pg_version: str | None = None,
 ) -> list[Finding]:
-    """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too."""
+    """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too (on
+    the SQL each revision runs, its `ddl` timeouts included, for `pg_version`)."""
     findings: list[Finding] = []
     phased = any(rev.phase == "post" for rev in revisions.values())
     for rev in revisions.values():
         findings.extend(lint_revision(config, rev, severity, root, phased=phased))
     if squawk and config.backend == "sql" and is_postgres(config):
-        findings.extend(squawk_service(config, revisions, severity, root))
+        findings.extend(squawk_service(config, revisions, severity, root, ddl, pg_version))
     return findings
 
 
@@ -402,13 +412,15 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def squawk_service(
-    config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path
+    config: ServiceConfig, revisions: Mapping[str, Revision], severity: Severity, root: Path,
+    ddl: DdlSettings | None = None, pg_version: str | None = None,
 ) -> list[Finding]:
-    """squawk's findings on each revision's upgrade SQL, rendered offline, as `squawk:<rule>`."""
+    """squawk's findings on each revision's upgrade SQL, rendered offline as `migrate --sql`
+    shows it (its timeouts' `SET` lines first), as `squawk:<rule>`."""
     from .backends.sql.backend import SqlBackend
 
     program = find_squawk()
-    backend = SqlBackend(config, 1.0)
+    backend = SqlBackend(config, 1.0, ddl)
     findings: list[Finding] = []
     for rev in revisions.values():
         file = _relative(rev.path, root)
@@ -422,7 +434,7 @@ def squawk_service(
             continue
         sql = without_version_table(sql, config.version_table)
         allowed = allow_comments(rev.path.read_text(encoding="utf-8"))
-        for rule, message in run_squawk(program, sql, file, root):
+        for rule, message in run_squawk(program, sql, file, root, pg_version):
             name = f"squawk:{rule}"
             if line is not None and _silenced(name, line, line, allowed):
                 continue

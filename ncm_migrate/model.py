@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 
 Direction = Literal["up", "down"]
 Outcome = Literal["applied", "reverted", "faked", "failed", "skipped", "not-run"]
-BackendName = Literal["sql", "mongo"]
+BackendName = Literal["sql", "mongo", "redis"]
 MIGRATION_TYPES = ("schema", "data", "index", "seed", "merge")
 # Expand/contract deploys: `pre` revisions run before the new code is deployed (the
 # default), `post` revisions after it (`migrate --phase post`).
@@ -52,6 +52,10 @@ class Revision:
     depends_on: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     migration_type: str = "schema"
+    # The header's `lock_timeout` / `statement_timeout` as written ("2s", "0"), else None:
+    # the settings' `ddl.*` apply.
+    lock_timeout: str | None = None
+    statement_timeout: str | None = None
     doc: str = ""
     defines: frozenset[str] = frozenset()
     line_of: tuple[tuple[str, int], ...] = ()
@@ -86,6 +90,10 @@ class ServiceConfig:
     use_env_py: bool = False
     database_name: str | None = None
     skip_reason: str | None = None
+    # Redis: the prefix of ncm-migrate's own keys (ledger, markers, lease), and the prefixes
+    # of the service's keys that backups hold (empty: every key but ncm-migrate's).
+    key_prefix: str = "ncm:"
+    key_prefixes: tuple[str, ...] = ()
 
     @property
     def migrations_dir(self) -> Path:
@@ -187,6 +195,16 @@ class LedgerRow:
     run_id: str | None = None
     attempt: int | None = None
     waited_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class InvalidIndex:
+    """An index a revision names that a failed `CREATE INDEX CONCURRENTLY` left INVALID."""
+
+    service: str
+    revision: str
+    name: str
+    table: str
 
 
 @dataclass(frozen=True)

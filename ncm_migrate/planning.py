@@ -24,8 +24,9 @@ from .graph import (
     removal_set,
     upgrade_targets,
 )
+from .ledger import applied_by_run, last_run
 from .linting import DESTRUCTIVE, lint_revision
-from .model import Phase, Plan, Revision, RevisionKey, ServiceConfig, ServiceState
+from .model import LedgerRow, Phase, Plan, Revision, RevisionKey, ServiceConfig, ServiceState
 from .phases import phase_findings, select_phase
 from .project import Project
 from .rules import check_known, check_state, heads_findings, raise_first
@@ -192,16 +193,61 @@ def plan_rollback(
     return plan_removal(project, states, remove, cascade)
 
 
+def plan_run_rollback(
+    project: Project, names: Sequence[str], run_id: str | None, cascade: bool
+) -> tuple[str, Plan]:
+    """The run to undo (`run_id`, or the newest that applied something in this environment)
+    and the steps that revert what it applied and no later row reverted, across the
+    selected services, newest first and under the cross-service rule (`plan_removal`).
+
+    Refused (exit 2) when no selected service's ledger knows the run."""
+    selected = [s.name for s in project.select(names)]
+    ledgers = read_ledgers(project, selected)
+    rows = [r for service_rows in ledgers.values() for r in service_rows]
+    env = project.settings.env
+    if run_id is None:
+        run_id = last_run(rows, env)
+        if run_id is None:
+            raise BadInput(f"No run has applied a revision in environment '{env}' "
+                           f"(ledgers of {', '.join(selected)}), so there is no last run to roll back.")
+    elif not any(r.run_id == run_id for r in rows):
+        raise BadInput(f"No run '{run_id}' is in the ledgers of {', '.join(selected)} in environment "
+                       f"'{env}'; `manage.py history` shows each row's run.")
+    undo = {name: applied_by_run(service_rows, run_id) for name, service_rows in ledgers.items()}
+    touched = [name for name, revisions in undo.items() if revisions]
+    if not touched:
+        return run_id, Plan(())
+    states = states_for(project, touched)
+    for name in touched:
+        check_known(project.service(name), states[name], project.revisions[name], project.root)
+    remove = {RevisionKey(name, rev) for name in touched for rev in undo[name]
+              if rev in states[name].applied}
+    applied_at = sorted(((r.started_at, str(r.id)), RevisionKey(r.service, r.revision)) for r in rows
+                        if r.run_id == run_id and r.direction == "up" and r.status == "applied")
+    newest_first = [key for _when, key in reversed(applied_at)]
+    return run_id, plan_removal(project, states, remove, cascade, newest_first)
+
+
+def read_ledgers(project: Project, names: Sequence[str]) -> dict[str, list[LedgerRow]]:
+    """Each named service's ledger rows, oldest first."""
+    out: dict[str, list[LedgerRow]] = {}
+    for name in names:
+        with opened_backend(project.service(name), project.settings.connect) as backend:
+            out[name] = sorted(backend.history(None), key=lambda r: (r.started_at, str(r.id)))
+    return out
+
+
 def plan_removal(
     project: Project,
     states: Mapping[str, ServiceState],
     remove: set[RevisionKey],
     cascade: bool,
+    newest_first: Sequence[RevisionKey] = (),
 ) -> Plan:
     """Steps that revert `remove` under the cross-service rule: refused (exit 1) while
     applied revisions of other services need it (by `requires`, or because their service
     `depends_on` this one), unless `cascade` reverts those first. (`graph.plan_downgrade`
-    only orders the steps.)"""
+    only orders the steps, `newest_first` where the graph allows.)"""
     if project.unreadable:
         name, exc = min(project.unreadable.items())
         raise RevisionFileError(
@@ -211,15 +257,18 @@ def plan_removal(
     applied = {name: st.applied for name, st in states.items()}
     blockers = dependents_outside(project.graph, applied, remove)
     if blockers and not cascade:
+        # A run's revisions may have later ones of the same service (a later run's) on top.
+        same = {b.service for b in blockers} & {k.service for k in remove}
         raise RollbackRefused(
-            "Refusing to roll back: applied revisions of other services still need it: "
+            f"Refusing to roll back: applied revisions {'it leaves' if same else 'of other services'} "
+            "still need it: "
             + ", ".join(str(b) for b in sorted(blockers))
             + _depends_note(project, blockers, remove)
             + "; roll those back first, or use --cascade."
         )
     for name in {k.service for k in blockers}:
         check_known(project.service(name), states[name], project.revisions[name], project.root)
-    return plan_downgrade(project.graph, remove | blockers, first=blockers)
+    return plan_downgrade(project.graph, remove | blockers, first=blockers, newest_first=newest_first)
 
 
 def _depends_note(project: Project, blockers: set[RevisionKey], remove: set[RevisionKey]) -> str:

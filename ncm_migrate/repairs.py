@@ -1,14 +1,18 @@
-"""Repairing a service's ledger after a manual fix, by appending rows (never editing them).
+"""Repairing a service's ledger after a manual fix, by appending rows (never editing them),
+and dropping the indexes a failed concurrent build left INVALID.
 
 A dirty mark is cleared with a `reverted` down row for the failed revision (or a `faked`
 up row when the version table says it did get applied); an applied revision whose file
-was edited on purpose gets a `faked` up row carrying the file's new checksum.
+was edited on purpose gets a `faked` up row carrying the file's new checksum. An INVALID
+index that a revision names is dropped concurrently (no ledger row: its revision was never
+recorded as applied), so that the revision builds it again when it runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from .backends import Backend
 from .model import Direction, Revision, RunContext
@@ -16,12 +20,14 @@ from .model import Direction, Revision, RunContext
 
 @dataclass(frozen=True)
 class RepairAction:
-    """One ledger row `repair` appended, and why."""
+    """One ledger row `repair` appended (or, `kind` "index", an INVALID index it dropped),
+    and why."""
 
     revision: str
     direction: Direction
     status: str
     reason: str
+    kind: Literal["ledger", "index"] = "ledger"
 
 
 def repair_service(
@@ -60,4 +66,11 @@ def repair_service(
                     f"accepted the edit of {rev.path.name}: its checksum is now {rev.checksum[:12]} "
                     f"(was {checksum[:12]}); the edit is not run against the database",
                 ))
+        for index in backend.drop_indexes(backend.invalid_indexes(revisions)):
+            actions.append(RepairAction(
+                index.revision, "up", "dropped-index",
+                f"dropped the INVALID index {index.name} on {index.table} (DROP INDEX "
+                "CONCURRENTLY), left by a failed CREATE INDEX CONCURRENTLY; the next migrate "
+                "builds it again", kind="index",
+            ))
     return actions

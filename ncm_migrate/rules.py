@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import ChecksumMismatch, DirtyService, GraphError, MultipleHeads, NcmError, SettingsError
 from .findings import Finding, relative_file
 from .graph import Graph
-from .model import LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
+from .model import InvalidIndex, LedgerRow, Revision, RevisionKey, ServiceConfig, ServiceState
 from .urls import DatabaseIdentity, database_identity
 
 LEDGER_TABLE = "ncm_migrations"
@@ -40,6 +40,26 @@ def raise_first(findings: Iterable[Finding]) -> None:
     for finding in findings:
         if finding.severity == "error":
             raise _ERRORS.get(finding.rule, NcmError)(finding.message.rstrip(".") + ".")
+
+
+def invalid_index_findings(
+    config: ServiceConfig, indexes: Sequence[InvalidIndex], revisions: Mapping[str, Revision],
+    root: Path | None = None,
+) -> list[Finding]:
+    """Indexes a failed `CREATE INDEX CONCURRENTLY` left INVALID: unused by queries, yet
+    kept up to date on every write, and in the way of building them again."""
+    findings = []
+    for index in indexes:
+        rev = revisions.get(index.revision)
+        findings.append(Finding(
+            config.name, index.revision, "invalid-index", "error",
+            f"Index {index.name} on {index.table}, created by revision {config.name}:"
+            f"{index.revision}, is INVALID: a CREATE INDEX CONCURRENTLY failed part way; run "
+            f"`manage.py repair {config.name}` to drop it (concurrently), then migrate builds "
+            "it again",
+            relative_file(rev.path if rev else config.migrations_dir, root),
+        ))
+    return findings
 
 
 def state_findings(

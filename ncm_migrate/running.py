@@ -12,6 +12,7 @@ from pathlib import Path
 from .audit import AuditLog
 from .backends import opened_backend
 from .backups import Manifest
+from .callbacks import RunCallbacks
 from .errors import Interrupted
 from .events import Event, Reporter, RunReport
 from .executor import SegmentJob, apply_plan, segments
@@ -31,8 +32,12 @@ class MigrateResult:
 
     plan: Plan
     report: RunReport = field(default_factory=RunReport)
+    run_id: str | None = None  # this run's, in the ledger and the audit log
+    undid_run: str | None = None  # `rollback --run`/`--last-run`: the run it reverted
     undo: RunReport | None = None
     kept: list[str] = field(default_factory=list)  # not rolled back: a dirty service needs them
+    # after_* hooks that failed and a webhook that could not be told: reported, not errors
+    callback_failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +53,7 @@ class MigrateResult:
         if error is None:
             return self
         error.results = self.results
+        error.run_id = self.run_id
         if self.undo is not None:
             undone = [f"{r.service}:{r.revision}" for r in self.undo.results if r.outcome == "reverted"]
             note = f" Rolled back this run's revisions: {', '.join(undone) or 'none'}."
@@ -118,13 +124,40 @@ def run_plan(
     rollback_on_failure: bool | None = None,
     command: str = "migrate",
 ) -> MigrateResult:
+    """Run `steps` between the settings' hooks (`callbacks.RunCallbacks`): nothing runs
+    when a `before_migrate` hook fails; the after hooks and the webhook see the outcome."""
     settings = project.settings
     audit = AuditLog.open(settings.audit_log_path, settings.root, command, settings.env)
+    callbacks = RunCallbacks(settings, steps, command, audit.ctx)
+    refused = callbacks.before()
+    if refused is not None:
+        return MigrateResult(steps, RunReport(error=refused), run_id=audit.ctx.run_id)
+    try:
+        result = _run_plan(project, steps, fake, jobs, callbacks.after_step(report or _ignore),
+                           rollback_on_failure, audit)
+    except BaseException as exc:
+        callbacks.after([], exc)
+        raise
+    callbacks.after(result.results, result.report.error)
+    result.callback_failures = callbacks.failures
+    return result
+
+
+def _run_plan(
+    project: Project,
+    steps: Plan,
+    fake: bool,
+    jobs: int | None,
+    report: Reporter,
+    rollback_on_failure: bool | None,
+    audit: AuditLog,
+) -> MigrateResult:
+    settings = project.settings
     if settings.backup.before_migrate and not fake:
         for name in steps.services():
             folder, _manifest = take_backup(project, project.service(name), None, audit)
             log.warning("backed up service '%s' to %s before migrating", name, folder)
-    report = audit.reporter(report or _ignore)
+    report = audit.reporter(report)
     ctx = audit.ctx
 
     def jobs_for(plan: Plan) -> list[SegmentJob]:
@@ -139,6 +172,7 @@ def run_plan(
                 fake=fake,
                 allow_checksum_drift=settings.allow_checksum_drift,
                 lock_lease_s=settings.lock.lease_s,
+                ddl=settings.ddl,
             )
             for seg in segments(plan)
         ]
@@ -148,7 +182,7 @@ def run_plan(
         rollback_on_failure = settings.rollback_on_failure
     with audit.held_open(), stopping_on_signals() as stop:
         run = apply_plan(steps, project.graph, jobs_for(steps), parallel, report, stop)
-        result = MigrateResult(steps, run)
+        result = MigrateResult(steps, run, run_id=ctx.run_id)
         if isinstance(run.error, Interrupted):
             if rollback_on_failure:
                 log.warning("interrupted: nothing is rolled back (that is more work after being "

@@ -89,16 +89,16 @@ def start_service(
     `settings.toml` giving it a database in `env`.
 
     Without `database_url`, and when the settings give the service none, an SQL service's
-    database is an SQLite file under `var/<env>/` (no server needed); a MongoDB service gets
-    no URL (there is no server to assume) and is left out until one is set.
+    database is an SQLite file under `var/<env>/` (no server needed); a MongoDB or Redis
+    service gets no URL (there is no server to assume) and is left out until one is set.
     Raises `BadInput` (exit 2) for a bad name, backend or URL, a URL holding a password, or
     a service folder that already exists.
     """
     if not SERVICE_NAME.match(name):
         raise BadInput(f"Service name '{name}' is invalid: use lower-case letters, digits and _ "
                        "([a-z][a-z0-9_]*), starting with a letter, at most 47 characters.")
-    if backend not in (None, "sql", "mongo"):
-        raise BadInput(f"Unknown backend '{backend}'; use sql or mongo.")
+    if backend not in (None, "sql", "mongo", "redis"):
+        raise BadInput(f"Unknown backend '{backend}'; use sql, mongo or redis.")
     if database_url is not None:
         problem = check_url(database_url)
         if problem:
@@ -113,7 +113,7 @@ def start_service(
         if backend is not None and backend != inferred:
             raise BadInput(f"--backend {backend} does not match --database-url, a {inferred} URL.")
         backend = inferred
-    kind: BackendName = "mongo" if backend == "mongo" else "sql"
+    kind: BackendName = "mongo" if backend == "mongo" else "redis" if backend == "redis" else "sql"
     settings = load_settings(root, env, settings_dir)
     folder = settings.services_dir / name
     if folder.exists():

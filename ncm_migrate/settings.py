@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 from dynaconf import Dynaconf
 
-from .config import BackupSettings, ConnectSettings, LockSettings, Settings
+from .config import (
+    BackupSettings,
+    ConnectSettings,
+    DdlSettings,
+    HookSettings,
+    LockSettings,
+    NotifySettings,
+    Settings,
+)
 from .discovery import find_service_dirs
 from .environments import (
     DEFAULT_ENV,
@@ -37,6 +47,7 @@ from .settings_files import (
     read_toml,
 )
 from .settings_values import (
+    HOOK_EVENTS,
     SettingSources,
     bad_setting,
     check_setting_keys,
@@ -44,12 +55,15 @@ from .settings_values import (
     service_config,
     setting_at,
     setting_bool,
+    setting_duration_ms,
     setting_float,
+    setting_hooks,
     setting_int,
     setting_opt_str,
     setting_str,
     setting_windows,
 )
+from .urls import remember_secret_text
 
 log = logging.getLogger(__name__)
 _warned: set[tuple[Path, str]] = set()
@@ -217,6 +231,12 @@ def load_settings(
             timeout_s=setting_float(merged, "lock.timeout_s", sources, minimum=0.0),
             lease_s=setting_float(merged, "lock.lease_s", sources),
         ),
+        ddl=DdlSettings(
+            lock_timeout_ms=setting_duration_ms(merged, "ddl.lock_timeout", sources),
+            statement_timeout_ms=setting_duration_ms(merged, "ddl.statement_timeout", sources),
+            retries=setting_int(merged, "ddl.retries", sources, minimum=0),
+            retry_budget_s=setting_float(merged, "ddl.retry_budget_s", sources, minimum=0.0),
+        ),
         backup=BackupSettings(
             before_migrate=setting_bool(merged, "backup.before_migrate", sources),
             dir=backup_dir if backup_dir.is_absolute() else root / backup_dir,
@@ -229,11 +249,45 @@ def load_settings(
         allow_checksum_drift=setting_bool(merged, "allow_checksum_drift", sources),
         lint_severity=cast(Literal["warning", "error"], severity),
         lint_squawk=setting_bool(merged, "lint.squawk", sources),
+        squawk_pg_version=_pg_version(merged, sources),
         audit_log_path=(root / audit) if audit else None,
         known_envs=tuple(known),
         services_dir=root / services_dir,
+        hooks=HookSettings(
+            **{event: setting_hooks(merged, f"hooks.{event}", sources) for event in HOOK_EVENTS},
+            timeout_s=setting_float(merged, "hooks.timeout_s", sources),
+        ),
+        notify=_notify(merged, sources),
         windows=setting_windows(merged, sources),
     )
+
+
+def _notify(merged: dict[str, Any], sources: SettingSources) -> NotifySettings:
+    """The webhook's settings; its URL (a secret: keep it in settings/.secrets.toml or
+    NCM_NOTIFY__WEBHOOK_URL) must be http(s) and is never shown whole."""
+    url = setting_opt_str(merged, "notify.webhook_url", sources)
+    if url is not None and not url.startswith(("https://", "http://")):
+        raise SettingsError(
+            f"Setting 'notify.webhook_url' ({sources.of(('notify', 'webhook_url'))}) must be an "
+            "http:// or https:// URL."
+        )
+    if url:
+        parts = urlsplit(url)
+        remember_secret_text(parts.path.strip("/") + (f"?{parts.query}" if parts.query else ""))
+    return NotifySettings(
+        webhook_url=url or None,
+        timeout_s=setting_float(merged, "notify.timeout_s", sources),
+        retries=setting_int(merged, "notify.retries", sources, minimum=0),
+    )
+
+
+def _pg_version(merged: dict[str, Any], sources: SettingSources) -> str | None:
+    """`lint.pg_version`: the PostgreSQL version squawk checks revisions for ("16", "15.4")."""
+    version = setting_opt_str(merged, "lint.pg_version", sources)
+    if version is not None and not re.fullmatch(r"\d+(\.\d+){0,2}", version):
+        raise bad_setting(("lint", "pg_version"), version, 'a PostgreSQL version such as "16" or "15.4"',
+                          sources)
+    return version
 
 
 def _dynaconf(files: list[str], env: str) -> Any:

@@ -17,27 +17,33 @@ from typing import Any, Literal, cast
 
 from dynaconf.utils.inspect import get_history
 
+from .config import DURATION_HINT, Hook, duration_ms
 from .errors import SettingsError
-from .model import ServiceConfig
+from .model import BackendName, ServiceConfig
 from .rules import version_table_findings
 from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve_sqlite_path
 from .windows import EXAMPLE, Window, parse_windows
 
+HOOK_EVENTS = ("before_migrate", "after_step", "after_migrate", "after_failure", "after_write")
+BACKENDS = ("sql", "mongo", "redis")
 TOP_KEYS = {
     "services_dir", "services_glob", "database_url", "services", "connect", "lock",
     "protected", "backup", "lint", "audit", "jobs", "read_jobs", "rollback_on_failure",
-    "allow_checksum_drift", "windows",
+    "allow_checksum_drift", "hooks", "notify", "ddl", "windows",
 }
 SERVICE_KEYS = {
     "database_url", "backend", "version_table", "depends_on", "naming_convention", "models",
-    "revision_ids", "use_env_py", "enabled", "database",
+    "revision_ids", "use_env_py", "enabled", "database", "key_prefix", "key_prefixes",
 }
 TABLE_KEYS = {
     "connect": {"retries", "max_wait_s", "timeout_s", "read_timeout_s", "keepalive_s"},
     "lock": {"timeout_s", "lease_s"},
     "backup": {"before_migrate", "dir", "encryption_key"},
-    "lint": {"severity", "squawk"},
+    "ddl": {"lock_timeout", "statement_timeout", "retries", "retry_budget_s"},
+    "lint": {"severity", "squawk", "pg_version"},
     "audit": {"log_path"},
+    "hooks": {*HOOK_EVENTS, "timeout_s"},
+    "notify": {"webhook_url", "timeout_s", "retries"},
 }
 
 
@@ -54,10 +60,10 @@ def service_config(
     enabled = setting_bool(raw, "enabled", sources, prefix=prefix, default=True)
     backend = raw.get("backend")
     shared_url_of_other_kind = isinstance(url, str) and backend_of(url) != backend
-    if own_url is None and backend in ("sql", "mongo") and shared_url_of_other_kind:
+    if own_url is None and backend in BACKENDS and shared_url_of_other_kind:
         url = None  # the shared database_url is for services of its own kind
-    if backend is not None and backend not in ("sql", "mongo"):
-        raise bad_setting((*prefix, "backend"), backend, "'sql' or 'mongo'", sources)
+    if backend is not None and backend not in BACKENDS:
+        raise bad_setting((*prefix, "backend"), backend, "'sql', 'mongo' or 'redis'", sources)
     if url is not None:
         if not isinstance(url, str) or not url.strip():
             raise bad_setting(url_key, "(hidden)", "a database URL string", sources)
@@ -77,8 +83,8 @@ def service_config(
         url = resolve_sqlite_path(url, root)
         remember_secret(url)
     backend = backend or "sql"
-    if backend not in ("sql", "mongo"):
-        raise bad_setting((*prefix, "backend"), backend, "'sql' or 'mongo'", sources)
+    if backend not in BACKENDS:
+        raise bad_setting((*prefix, "backend"), backend, "'sql', 'mongo' or 'redis'", sources)
     version_default = "alembic_version" if own_url is not None else f"alembic_version_{name}"
     version_table = raw.get("version_table", version_default)
     if not isinstance(version_table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", version_table):
@@ -106,7 +112,7 @@ def service_config(
     return ServiceConfig(
         name=name,
         root=folder,
-        backend=cast(Literal["sql", "mongo"], backend),
+        backend=cast(BackendName, backend),
         database_url=url,
         version_table=version_table,
         depends_on=tuple(depends_on),
@@ -117,7 +123,24 @@ def service_config(
         use_env_py=setting_bool(raw, "use_env_py", sources, prefix=prefix, default=False),
         database_name=setting_opt_str(raw, "database", sources, prefix=prefix),
         skip_reason=skip,
+        **_key_prefixes(raw, prefix, sources),
     )
+
+
+def _key_prefixes(raw: Mapping[str, Any], prefix: tuple[str, ...],
+                  sources: SettingSources) -> dict[str, Any]:
+    """A Redis service's `key_prefix` (ncm-migrate's own keys, default `ncm:`) and
+    `key_prefixes` (the service's keys that backups hold; default: all but ncm-migrate's)."""
+    own = raw.get("key_prefix", "ncm:")
+    if not isinstance(own, str) or not own or any(c in own for c in "*?[]\\"):
+        raise bad_setting((*prefix, "key_prefix"), own,
+                          "a non-empty key prefix without the glob characters * ? [ ] \\", sources)
+    keys = raw.get("key_prefixes", [])
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise bad_setting((*prefix, "key_prefixes"), keys, "a list of non-empty key prefixes", sources)
+    return {"key_prefix": own, "key_prefixes": tuple(keys)}
 
 
 def check_version_tables(services: tuple[ServiceConfig, ...], root: Path, sources: SettingSources) -> None:
@@ -259,6 +282,15 @@ def setting_str(data: Mapping[str, Any], dotted: str, sources: SettingSources) -
     return value
 
 
+def setting_duration_ms(data: Mapping[str, Any], dotted: str, sources: SettingSources) -> int | None:
+    """A timeout (`config.duration_ms`) in milliseconds; None for `""`, the server's own."""
+    key, value = _setting_value(data, dotted, ())
+    ms = duration_ms(value)
+    if ms is None:
+        raise bad_setting(key, value, DURATION_HINT, sources)
+    return None if ms < 0 else ms
+
+
 def setting_opt_str(
     data: Mapping[str, Any], dotted: str, sources: SettingSources, prefix: tuple[str, ...] = ()
 ) -> str | None:
@@ -268,3 +300,30 @@ def setting_opt_str(
     if not isinstance(value, str):
         raise bad_setting(key, value, "a string", sources)
     return value
+
+
+_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def setting_hooks(data: Mapping[str, Any], dotted: str, sources: SettingSources) -> tuple[Hook, ...]:
+    """A list of hooks: each a command as a list of strings (run without a shell), or a
+    `"module:function"` string (a single one may stand alone, not in a list)."""
+    key, value = _setting_value(data, dotted, ())
+    expected = ('a list of hooks, each a command as a list of strings (["ruff", "format"]) '
+                'or a "module:function" string')
+    if value is None:
+        return ()
+    if isinstance(value, str) or (isinstance(value, list) and value and all(
+            isinstance(v, str) for v in value) and not all(_CALLABLE.fullmatch(v) for v in value)):
+        value = [value]  # one hook on its own: a callable, or one command's argv
+    if not isinstance(value, list):
+        raise bad_setting(key, value, expected, sources)
+    hooks = []
+    for item in value:
+        if isinstance(item, str) and _CALLABLE.fullmatch(item):
+            hooks.append(Hook(call=item))
+        elif isinstance(item, list) and item and all(isinstance(a, str) and a for a in item):
+            hooks.append(Hook(argv=tuple(item)))
+        else:
+            raise bad_setting(key, item, expected, sources)
+    return tuple(hooks)

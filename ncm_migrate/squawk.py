@@ -39,11 +39,35 @@ def without_version_table(sql: str, version_table: str) -> str:
     return ";\n".join(kept)
 
 
-def run_squawk(program: str, sql: str, file: str, root: Path) -> Iterable[tuple[str, str]]:
-    """(rule, message) for each of squawk's findings on `sql` (squawk's config applies)."""
+_TRANSACTION_EDGE = re.compile(r"^[ \t]*(BEGIN|COMMIT)[ \t]*;?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def one_transaction(sql: str) -> tuple[str, bool]:
+    """A step's SQL as squawk is to read it: when the step is one transaction (one `BEGIN`
+    first, one `COMMIT` last, none between), without them and True, for squawk's
+    `--assume-in-transaction` (it reads an explicit one as a nested transaction); else the
+    SQL as it is (a step that commits part way, for `CREATE INDEX CONCURRENTLY`) and False."""
+    edges = list(_TRANSACTION_EDGE.finditer(sql))
+    if (len(edges) == 2 and edges[0].group(1).upper() == "BEGIN"
+            and edges[1].group(1).upper() == "COMMIT"
+            and not sql[:edges[0].start()].strip(" \t\n;") and not sql[edges[1].end():].strip()):
+        # Blank where they were, so that squawk's line numbers stay the SQL's.
+        return sql[:edges[0].start()] + sql[edges[0].end():edges[1].start()], True
+    return sql, False
+
+
+def run_squawk(program: str, sql: str, file: str, root: Path,
+               pg_version: str | None = None) -> Iterable[tuple[str, str]]:
+    """(rule, message) for each of squawk's findings on `sql` (squawk's config applies), for
+    the PostgreSQL version `pg_version` (squawk's own default if None)."""
+    sql, in_transaction = one_transaction(sql)
+    args = [program, "--reporter", "json", "--stdin-filepath", file]
+    if in_transaction:
+        args.append("--assume-in-transaction")
+    if pg_version:
+        args.append(f"--pg-version={pg_version}")
     proc = subprocess.run(
-        [program, "--reporter", "json", "--stdin-filepath", file],
-        input=sql, capture_output=True, text=True, cwd=root, check=False, timeout=120,
+        args, input=sql, capture_output=True, text=True, cwd=root, check=False, timeout=120,
     )
     try:
         items = json.loads(proc.stdout or "[]")

@@ -53,12 +53,12 @@ class RevisionText:
 
 
 def template_name(migration_type: str, backend: str) -> str:
-    """`schema.py.j2`, or `schema.mongo.py.j2` for a MongoDB service."""
+    """`schema.py.j2`, or `schema.mongo.py.j2` for a MongoDB service (`.redis.py.j2` for Redis)."""
     if migration_type not in MIGRATION_TYPES:
         raise BadInput(
             f"Unknown migration type '{migration_type}'; choose one of {', '.join(MIGRATION_TYPES)}."
         )
-    return f"{migration_type}.mongo.py.j2" if backend == "mongo" else f"{migration_type}.py.j2"
+    return f"{migration_type}.{backend}.py.j2" if backend != "sql" else f"{migration_type}.py.j2"
 
 
 def search_path(config: ServiceConfig, settings_dir: Path) -> list[Path]:
@@ -98,7 +98,7 @@ def render_revision(config: ServiceConfig, settings_dir: Path, text: RevisionTex
             create_date=text.create_date,
             upgrades=text.upgrades.rstrip(),
             downgrades=text.downgrades.rstrip(),
-            imports=_IMPORTS_MARK if text.backend != "mongo" else "\n".join(text.imports),
+            imports=_IMPORTS_MARK if text.backend == "sql" else "\n".join(text.imports),
         )
     except jinja2.TemplateError as exc:
         where = f"{path}:{exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else str(path)

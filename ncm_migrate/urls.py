@@ -13,6 +13,7 @@ from typing import NamedTuple
 from urllib.parse import unquote
 
 MONGO_SCHEMES = ("mongodb", "mongodb+srv")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 ASYNC_DRIVERS = {"asyncpg", "psycopg_async", "aiomysql", "asyncmy", "aiosqlite"}
 _known_secrets: set[str] = set()
 _USERINFO = re.compile(r"://[^/?#\s]*@")
@@ -23,8 +24,12 @@ def scheme_of(url: str) -> str:
 
 
 def backend_of(url: str) -> str:
-    """`mongo` for a `mongodb://` or `mongodb+srv://` URL, else `sql`."""
-    return "mongo" if scheme_of(url) in MONGO_SCHEMES else "sql"
+    """`mongo` for a `mongodb://` or `mongodb+srv://` URL, `redis` for a `redis://`,
+    `rediss://` or `unix://` one, else `sql`."""
+    scheme = scheme_of(url)
+    if scheme in MONGO_SCHEMES:
+        return "mongo"
+    return "redis" if scheme in REDIS_SCHEMES else "sql"
 
 
 def check_url(url: str) -> str | None:
@@ -36,7 +41,9 @@ def check_url(url: str) -> str | None:
             "(for example '@' as %40)"
         )
     if "://" not in url:
-        return "it has no scheme (expected e.g. postgresql+psycopg://, sqlite:///, mongodb://)"
+        return "it has no scheme (expected e.g. postgresql+psycopg://, sqlite:///, mongodb://, redis://)"
+    if backend_of(url) == "redis":
+        return redis_url_problem(url)
     if backend_of(url) == "mongo":
         rest = url.split("://", 1)[1]
         host = rest.split("@")[-1].split("/", 1)[0]
@@ -69,9 +76,44 @@ _LOOPBACK = {"", "localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomai
 
 def dialect_of(url: str) -> str:
     """The database a URL speaks, without its driver: `postgresql`, `mysql` (for `mariadb`
-    too), `sqlite`, `mongodb` (for `mongodb+srv` too)."""
+    too), `sqlite`, `mongodb` (for `mongodb+srv` too), `redis` (for `rediss` and `unix`)."""
+    if backend_of(url) == "redis":
+        return "redis"
     dialect = scheme_of(url).split("+", 1)[0]
     return "mysql" if dialect == "mariadb" else dialect
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL (`redis://[user:pw@]host[:port][/db]`, `rediss://...`,
+    `unix://[user:pw@]/path/to/socket[?db=N]`), or None; the database is a number."""
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    authority, slash, path = rest.rpartition("@")[2].partition("/")
+    if scheme.lower() == "unix":
+        if not slash or not path:
+            return "it names no socket path (expected unix:///path/to/redis.sock?db=0)"
+        db = params.get("db", "0")
+    else:
+        host, _, port = authority.rpartition("]")[2].partition(":")
+        if not host and not authority.startswith("["):
+            return "it names no host"
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            return f"its port '{port}' is not a number from 1 to 65535"
+        db = params.get("db", path.strip("/") or "0")
+    if not db.isdigit():
+        return f"its database '{db}' is not a number (Redis numbers its databases 0, 1, ...)"
+    return None
+
+
+def redis_db(url: str) -> int:
+    """The database number a Redis URL names (its path, or `?db=N`), 0 when none."""
+    rest, _, query = url.partition("://")[2].partition("?")
+    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    if scheme_of(url) == "unix":
+        return int(params.get("db", "0"))
+    path = rest.rpartition("@")[2].partition("/")[2].strip("/")
+    return int(params.get("db", path or "0"))
 
 
 def database_identity(url: str) -> DatabaseIdentity:
@@ -160,6 +202,13 @@ def password_of(url: str | None) -> str | None:
 def remember_secret(url: str | None) -> None:
     """Note a URL's password so that `redact_known` hides it in any output."""
     secret = password_of(url)
+    if secret:
+        _known_secrets.add(secret)
+
+
+def remember_secret_text(secret: str) -> None:
+    """Note a secret that is not a URL's password (a webhook URL's path and query) so that
+    `redact_known` hides it in any output."""
     if secret:
         _known_secrets.add(secret)
 

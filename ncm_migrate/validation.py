@@ -28,7 +28,7 @@ from .phases import phase_findings
 from .planning import read_state
 from .project import Project, select_services
 from .pyfiles import load_revision_module, one_line
-from .rules import heads_findings, raise_first, state_findings
+from .rules import heads_findings, invalid_index_findings, raise_first, state_findings
 
 log = logging.getLogger(__name__)
 # `revision = "..."` in a file that cannot be parsed: which applied revision it holds.
@@ -170,8 +170,10 @@ def database_findings(
     with opened_backend(config, settings.connect) as backend:
         state = backend.read_state(revisions)
         rows = backend.history()
+        invalid = backend.invalid_indexes(revisions)
     # validate reports drift even where migrate is told to allow it
     findings = state_findings(config, state, revisions, settings.root, rows=rows)
+    findings += invalid_index_findings(config, invalid, revisions, settings.root)
     if pending:
         todo = [r for r in run_order(graph, config.name) if r not in state.applied]
         findings += pending_findings(settings, config, todo, revisions)
@@ -253,7 +255,8 @@ def validate_settings(
     if lint_rules:
         for svc in selected:
             findings += lint_service(svc, inventory.revisions[svc.name], settings.lint_severity,
-                                     settings.root, squawk=settings.lint_squawk)
+                                     settings.root, squawk=settings.lint_squawk,
+                                     ddl=settings.ddl, pg_version=settings.squawk_pg_version)
     if database:
         states: dict[str, ServiceState] = {}
         for svc in selected:
@@ -282,12 +285,13 @@ def _in_unreadable_file(finding: Finding, unreadable: Mapping[str, set[str]]) ->
     return finding.rule == "missing-file" and (finding.revision in held or "" in held)
 
 
-def models_findings(project: Project) -> list[Finding]:
+def models_findings(project: Project, names: Sequence[str] = ()) -> list[Finding]:
     """Services whose models.py has changes no revision holds yet (`makemigrations --check`),
-    among the active ones (named, so that the services left out are not logged again)."""
+    among the active ones (named, so that the services left out are not logged again), or
+    among `names` when given."""
     from .making_migrations import changed_services
 
-    active = [s.name for s in project.settings.services if s.active]
+    active = [s.name for s in project.settings.services if s.active and (not names or s.name in names)]
     findings: list[Finding] = []
     for name, changes in sorted((changed_services(project, active) if active else {}).items()):
         svc = project.service(name)

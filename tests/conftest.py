@@ -1,7 +1,8 @@
 """Shared fixtures: fresh databases on the local servers, and throw-away monorepos.
 
 PostgreSQL and MariaDB tests skip when a server is down, except with
-NCM_TEST_REQUIRE_SERVERS=1 (as in CI), where they fail instead.
+NCM_TEST_REQUIRE_SERVERS=1 (as in CI), where they fail instead. Redis tests run on the
+server when it answers, else on fakeredis (but fail with NCM_TEST_REQUIRE_SERVERS=1).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +22,7 @@ PG_ADMIN = os.environ.get("NCM_TEST_PG_URL", "postgresql+psycopg://postgres@127.
 MYSQL_ADMIN = os.environ.get("NCM_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REQUIRE = os.environ.get("NCM_TEST_REQUIRE_SERVERS") == "1"
 MONGO_SERVER = os.environ.get("NCM_TEST_MONGO_URL")  # unset: mongomock's in-memory server
+REDIS_URL = os.environ.get("NCM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _unavailable(what: str, exc: Exception) -> None:
@@ -93,6 +97,91 @@ def mongo_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield url
     client.drop_database(name)
     client.close()
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A Redis database to test on, and the key prefix this test owns there: its own keys
+    under `prefix`, ncm-migrate's (the setting `key_prefix`) under `ncm_prefix`."""
+
+    url: str
+    prefix: str
+    fake: bool
+
+    @property
+    def ncm_prefix(self) -> str:
+        return self.prefix + "ncm:"
+
+    def service_settings(self) -> str:
+        """The lines of a `[<env>.services.<svc>]` table that put the service here."""
+        return (f'database_url = "{self.url}"\nkey_prefix = "{self.ncm_prefix}"\n'
+                f'key_prefixes = ["{self.prefix}"]\n')
+
+    def client(self) -> Any:
+        """A client on this database, made the way ncm-migrate makes its own."""
+        from ncm_migrate.backends.redis import backend
+        from ncm_migrate.config import ConnectSettings
+
+        return backend.client_factory(self.url, ConnectSettings())
+
+
+_redis_answers: list[bool] = []
+
+
+def _redis_server_answers() -> bool:
+    """Whether NCM_TEST_REDIS_URL's server (default 127.0.0.1:6379) answers, asked once."""
+    if not _redis_answers:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        try:
+            client.ping()
+            _redis_answers.append(True)
+        except redis.RedisError as exc:
+            if REQUIRE:
+                pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc} (NCM_TEST_REQUIRE_SERVERS=1)")
+            _redis_answers.append(False)
+        finally:
+            client.close()
+    return _redis_answers[0]
+
+
+@pytest.fixture
+def redis_target(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisTarget]:
+    """A key prefix of this test's own on the real Redis server (NCM_TEST_REDIS_URL, default
+    127.0.0.1:6379; its keys deleted afterwards), or, where no server answers (and
+    NCM_TEST_REQUIRE_SERVERS is not 1), on a fakeredis server that every client made in this
+    process reaches (`ncm_migrate.backends.redis.backend.client_factory` makes them)."""
+    prefix = f"ncm_t_{uuid.uuid4().hex[:12]}:"
+    if not _redis_server_answers():
+        yield _fake_redis(monkeypatch, prefix)
+        return
+    target = RedisTarget(REDIS_URL, prefix, fake=False)
+    yield target
+    client = target.client()
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fake_redis_target(monkeypatch: pytest.MonkeyPatch) -> RedisTarget:
+    """As `redis_target`, always on fakeredis."""
+    return _fake_redis(monkeypatch, f"ncm_t_{uuid.uuid4().hex[:12]}:")
+
+
+def _fake_redis(monkeypatch: pytest.MonkeyPatch, prefix: str) -> RedisTarget:
+    import fakeredis
+
+    from ncm_migrate.backends.redis import backend
+
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(backend, "client_factory",
+                        lambda url, _connect: fakeredis.FakeRedis.from_url(url, server=server))
+    return RedisTarget("redis://localhost:6379/0", prefix, fake=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])

@@ -79,6 +79,36 @@ def mongo_revision_file(
     )
 
 
+def redis_revision_file(
+    revision: str,
+    down: str | Sequence[str] | None = None,
+    upgrade: str = "pass",
+    downgrade: str = "pass",
+    requires: Sequence[str] = (),
+    extra: str = "",
+    verify: str | None = None,
+) -> str:
+    """The text of a Redis service's revision file: the same header, functions of `r`."""
+    down_repr = repr(tuple(down) if isinstance(down, list | tuple) else down)
+
+    def body(code: str) -> str:
+        return textwrap.indent(textwrap.dedent(code).strip(), "    ")
+
+    check = f"\n\ndef verify(r: redis.Redis) -> None:\n{body(verify)}\n" if verify else ""
+    return (
+        f'"""{revision}"""\n\n'
+        f"revision = {revision!r}\n"
+        f"down_revision = {down_repr}\n"
+        "branch_labels = None\ndepends_on = None\n"
+        f"requires = {list(requires)!r}\n"
+        "migration_type = 'data'\n\n"
+        "import redis\n\n"
+        f"{textwrap.dedent(extra)}\n\n"
+        f"def upgrade(r: redis.Redis) -> None:\n{body(upgrade)}\n\n\n"
+        f"def downgrade(r: redis.Redis) -> None:\n{body(downgrade)}\n{check}"
+    )
+
+
 def create_table(table: str) -> tuple[str, str]:
     """upgrade/downgrade bodies that create and drop a small table."""
     return (
@@ -137,6 +167,13 @@ class Monorepo:
         return self.write(
             str((folder / f"{revision}.py").relative_to(self.root)),
             mongo_revision_file(revision, **kw),  # type: ignore[arg-type]
+        )
+
+    def redis_revision(self, service: str, revision: str, **kw: object) -> Path:
+        folder = self.service(service)
+        return self.write(
+            str((folder / f"{revision}.py").relative_to(self.root)),
+            redis_revision_file(revision, **kw),  # type: ignore[arg-type]
         )
 
     def table(self, service: str, revision: str, table: str, **kw: object) -> Path:

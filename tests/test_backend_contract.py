@@ -1,9 +1,11 @@
-"""One contract, every backend: SQLite, PostgreSQL, MariaDB and MongoDB behave alike.
+"""One contract, every backend: SQLite, PostgreSQL, MariaDB, MongoDB and Redis behave alike.
 
 Apply, roll back, targets, --fake, the ledger, exactly-once under 8 concurrent runners,
 a failing revision, and a lock that a killed holder gives up. MongoDB runs on mongomock
 (concurrent runners are threads with clients of their own) unless NCM_TEST_MONGO_URL names
-a real server (runners are processes then, as on SQL).
+a real server (runners are processes then, as on SQL). Redis runs on the real server
+(`redis`, each test under a key prefix of its own) and on fakeredis (`fakeredis`, runners
+are threads there).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MONGO_SERVER
+from conftest import MONGO_SERVER, RedisTarget
 from monorepo import Monorepo, tables
 
 from ncm_migrate import commands
@@ -42,6 +44,7 @@ class Kind:
 
     name: str
     url: str
+    redis: RedisTarget | None = None  # the database and key prefix of a Redis kind
 
     @property
     def mongo(self) -> bool:
@@ -49,7 +52,17 @@ class Kind:
 
     @property
     def runners_are_processes(self) -> bool:
+        if self.redis is not None:
+            return not self.redis.fake
         return not self.mongo or bool(MONGO_SERVER)
+
+    def configure(self, repo: Monorepo, extra: str = "") -> None:
+        """settings.toml putting service `orders` on this backend."""
+        if self.redis is None:
+            repo.urls({SVC: self.url}, extra=extra)
+            return
+        repo.settings(f"[development]\n{extra}\n[development.services.{SVC}]\n"
+                      f"{self.redis.service_settings()}")
 
     @property
     def transactional(self) -> bool:
@@ -62,7 +75,11 @@ class Kind:
         when its body runs, and raises after that if `fail`."""
         note = f"open({str(log)!r}, 'a').write({rev!r} + '\\n')" if log else ""
         boom = "raise RuntimeError('boom')" if fail else ""
-        if self.mongo:
+        if self.redis is not None:
+            key = self.redis.prefix + thing
+            repo.redis_revision(SVC, rev, down=down, upgrade=f"{note}\nr.set({key!r}, 1)\n{boom}",
+                                downgrade=f"r.delete({key!r})")
+        elif self.mongo:
             up = f"{note}\ndb.create_collection({thing!r})\n{boom}"
             repo.mongo_revision(SVC, rev, down=down, upgrade=up, downgrade=f"db.drop_collection({thing!r})")
         else:
@@ -71,7 +88,15 @@ class Kind:
                           downgrade=f"op.drop_table({thing!r})")
 
     def things(self) -> set[str]:
-        """Tables or collections, without ncm-migrate's and Alembic's own."""
+        """Tables, collections or keys, without ncm-migrate's and Alembic's own."""
+        if self.redis is not None:
+            client = self.redis.client()
+            try:
+                keys = [k.decode() for k in client.scan_iter(match=self.redis.prefix + "*")]
+            finally:
+                client.close()
+            return {k.removeprefix(self.redis.prefix) for k in keys
+                    if not k.startswith(self.redis.ncm_prefix)}
         if self.mongo:
             client = mongo_backend.client_factory(self.url, 5.0)
             try:
@@ -83,8 +108,11 @@ class Kind:
         return {n for n in names if not n.startswith(("ncm_", "alembic_"))}
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mysql", "mongo"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql", "mongo", "redis", "fakeredis"])
 def kind(request: pytest.FixtureRequest) -> Kind:
+    if request.param in ("redis", "fakeredis"):
+        target = request.getfixturevalue("redis_target" if request.param == "redis" else "fake_redis_target")
+        return Kind(request.param, target.url, target)
     fixture = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mysql": "mysql_url",
                "mongo": "mongo_url"}[request.param]
     return Kind(request.param, request.getfixturevalue(fixture))
@@ -95,7 +123,7 @@ def three(repo: Monorepo, kind: Kind, log: Path | None = None, fail: str | None 
     for n, down in ((1, None), (2, "0001"), (3, "0002")):
         rev = f"000{n}"
         kind.revision(repo, rev, down, f"t{n}", log=log, fail=rev == fail)
-    repo.urls({SVC: kind.url}, extra="[development.lock]\nlease_s = 2.0\n")
+    kind.configure(repo, extra="[development.lock]\nlease_s = 2.0\n")
 
 
 def applied(repo: Monorepo) -> list[str]:
@@ -167,6 +195,7 @@ def test_ledger_rows(repo: Monorepo, kind: Kind) -> None:
         assert row["environment"] == "development" and row["tool_version"]
         assert row["checksum"] == project.revisions[SVC][str(row["revision"])].checksum
         assert row["finished_at"] and float(str(row["duration_ms"])) >= 0
+    assert len({r["run_id"] for r in rows[:3]}) == 1 and rows[0]["run_id"] != rows[3]["run_id"]
     ids = [r["id"] for r in rows]
     assert len(set(ids)) == len(ids)
     limited = json.loads(repo.cli("history", "--json", "--limit", "2").stdout)
@@ -271,6 +300,14 @@ def test_lock_is_released_when_its_holder_is_killed(repo: Monorepo, kind: Kind) 
                                   stdout=subprocess.PIPE, text=True)
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         kill = lambda: (holder.send_signal(signal.SIGKILL), holder.wait())  # noqa: E731
+    elif kind.redis is not None:
+        # A holder that dies leaves its lease key behind, unrenewed: take it, never renew it.
+        from ncm_migrate.backends.redis.lease import RedisLease
+        from ncm_migrate.backends.redis.ledger import Keys
+
+        redis_lease = RedisLease(kind.redis.client(), Keys.of(config).lock, lease_s)
+        assert redis_lease.try_acquire()
+        kill = lambda: None  # noqa: E731
     else:
         # A holder in another process that dies leaves its lease document behind, unrenewed:
         # take the lease and never renew or release it.

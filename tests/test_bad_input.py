@@ -96,7 +96,7 @@ CLI_CASES = [
     Case("migrate-both-rollback-flags", ("migrate", "--rollback-on-failure", "--no-rollback-on-failure"),
          words="not both"),
     Case("migrate-three-arguments", ("migrate", "users", "head", "extra"), words="extra"),
-    Case("rollback-no-service", ("rollback",), words="Missing argument"),
+    Case("rollback-no-service", ("rollback",), words="Name the service to roll back, or give --run ID"),
     Case("rollback-unknown-service", ("rollback", "nosuch"), words="Unknown service 'nosuch'"),
     Case("rollback-steps-zero", ("rollback", "users", "--steps", "0"), words="steps"),
     Case("rollback-steps-negative", ("rollback", "users", "--steps", "-2"), words="steps"),

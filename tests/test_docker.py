@@ -31,7 +31,7 @@ DOCKER = REPO / "docker"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 PG_INITDB = DOCKER / "initdb" / "postgres" / "10-create-databases.sh"
 EXAMPLE_SERVICES = ("users", "billing", "catalog")
-DATABASES = ("postgres", "mariadb", "mongodb")
+DATABASES = ("postgres", "mariadb", "mongodb", "redis")
 
 
 def _tool(name: str) -> str:
@@ -119,6 +119,7 @@ def test_databases_have_real_healthchecks_named_volumes_and_localhost_ports() ->
         "postgres": "pg_isready -h 127.0.0.1",
         "mariadb": "healthcheck.sh --connect --innodb_initialized",
         "mongodb": "mongosh --quiet --eval quit(db.adminCommand('ping').ok",
+        "redis": "redis-cli -h 127.0.0.1 ping",
     }
     for name, probe in probes.items():
         svc = services[name]
@@ -261,7 +262,7 @@ def _stack_env(app: Path, *, users: str, billing: str, catalog: str, pg_port: in
         MARIADB_ROOT_PASSWORD=my.password or "", MARIADB_HOST=my.host or "127.0.0.1",
         MARIADB_PORT=str(my.port or 3306), CATALOG_DB=catalog,
         # A MongoDB service of the stack, if the monorepo has one, is left out here.
-        MONGO_HOST="127.0.0.1", MONGO_PORT="9",
+        MONGO_HOST="127.0.0.1", MONGO_PORT="9", REDIS_HOST="127.0.0.1", REDIS_PORT="9",
     )
     for folder in sorted((app / "services").iterdir()):
         if (folder / "migrations").is_dir() and folder.name not in EXAMPLE_SERVICES:

@@ -102,7 +102,8 @@ def test_safe_operations_and_downgrade_are_not_findings(tmp_path: Path) -> None:
         op.add_column('users', sa.Column('nick', sa.String(10), nullable=True))
         op.add_column('users', sa.Column('flag', sa.Boolean, nullable=False, server_default=sa.false()))
         op.create_index('ix_t_name', 't', ['name'], postgresql_concurrently=True)
-        op.execute("UPDATE users SET nick = 'x' WHERE dropped = false")
+        # A backfill next to DDL is a safe-DDL finding on PostgreSQL (test_safe_ddl.py).
+        op.execute("UPDATE users SET nick = 'x' WHERE dropped = false")  # ncm: allow ddl-with-backfill
     """
     text = revision_file("0002_change", down="0001_initial", upgrade=upgrade,
                          downgrade="op.drop_table('t')\nop.drop_column('users', 'nick')")

@@ -168,18 +168,18 @@ SETTINGS_TOML = "settings/settings.toml"
     [
         pytest.param(
             SETTINGS_TOML, '[development.services.users]\nbackend = "oracle"\n', {},
-            "services.users.backend", "settings.toml [development]", "'sql' or 'mongo'",
+            "services.users.backend", "settings.toml [development]", "'sql', 'mongo' or 'redis'",
             id="unknown-backend",
         ),
         pytest.param(
             "services/users/settings.toml", '[default]\nbackend = "oracle"\n', {},
-            "services.users.backend", "services/users/settings.toml", "'sql' or 'mongo'",
+            "services.users.backend", "services/users/settings.toml", "'sql', 'mongo' or 'redis'",
             id="unknown-backend-service-file",
         ),
         pytest.param(
             SETTINGS_TOML, "", {"NCM_SERVICES__USERS__BACKEND": "oracle"},
             "services.users.backend", "environment variable NCM_SERVICES__USERS__BACKEND",
-            "'sql' or 'mongo'", id="unknown-backend-env",
+            "'sql', 'mongo' or 'redis'", id="unknown-backend-env",
         ),
         pytest.param(
             SETTINGS_TOML, '[development]\ndatabase_url = "postgresql://me@db:port/x"\n', {},
@@ -426,7 +426,7 @@ def test_a_correct_settings_file_gives_no_warning(repo: Monorepo, tmp_path: Path
 
 @pytest.mark.parametrize("env", ["development", "test", "staging", "production", "docker"])
 def test_the_projects_own_settings_give_no_warning(repo: Monorepo, env: str) -> None:
-    for name in ("users", "billing", "catalog", "notifications"):
+    for name in ("users", "billing", "catalog", "notifications", "sessions"):
         repo.service(name)
     repo.settings((REPO / "settings" / "settings.toml").read_text())
     result = repo.cli("--env", env, "services")

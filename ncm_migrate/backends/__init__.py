@@ -1,7 +1,7 @@
 """One protocol that every database backend implements, the factory that picks one, and
 opening one with the connect retry policy (`retry.py`) and closing it again (`opened_backend`).
 
-The protocol speaks only in ncm-migrate's own value objects, so SQL and MongoDB services
+The protocol speaks only in ncm-migrate's own value objects, so SQL, MongoDB and Redis services
 go through the same executor.
 """
 
@@ -13,8 +13,17 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ..config import ConnectSettings
-from ..model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ..config import ConnectSettings, DdlSettings
+from ..model import (
+    InvalidIndex,
+    LedgerRow,
+    Revision,
+    RunContext,
+    ServiceConfig,
+    ServiceState,
+    Step,
+    StepResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +94,36 @@ class Backend(Protocol):
                ctx: RunContext) -> None:
         """Append one finished ledger row (used by `repair`)."""
 
+    def invalid_indexes(self, revisions: Mapping[str, Revision]) -> list[InvalidIndex]:
+        """Indexes that `revisions` name and that a failed concurrent build left INVALID
+        (PostgreSQL; none elsewhere)."""
+
+    def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
+        """Drop INVALID `indexes` (concurrently, on PostgreSQL): those dropped."""
+
     def interrupt(self) -> None:
         """After a signal cut a step short on this side: stop what the server still runs
         for this backend's connection (MySQL goes on with a statement whose client left,
         DDL included); the connection is not used again. A no-op where nothing runs on."""
 
 
-def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0) -> Backend:
+def step_outcome(step: Step, fake: bool) -> Literal["applied", "reverted", "faked"]:
+    """What a step that succeeds is recorded as: `faked` with --fake, else by its direction."""
+    if fake:
+        return "faked"
+    return "applied" if step.direction == "up" else "reverted"
+
+
+def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_s: float = 30.0,
+                 ddl: DdlSettings | None = None) -> Backend:
     """The backend for a service's URL scheme; `connect` the `connect.*` settings (or only
-    a connect timeout); `lease_s` is MongoDB's lock lease (`lock.lease_s`)."""
+    a connect timeout); `lease_s` is MongoDB's and Redis's lock lease (`lock.lease_s`);
+    `ddl` how SQL steps wait on locks (`ddl.*`)."""
+    if config.backend == "redis":
+        from .redis.backend import RedisBackend
+
+        settings = connect if isinstance(connect, ConnectSettings) else ConnectSettings(timeout_s=connect)
+        return RedisBackend(config, settings, lease_s)
     if config.backend == "mongo":
         from .mongo.backend import MongoBackend
 
@@ -101,7 +131,7 @@ def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_
         return MongoBackend(config, timeout, lease_s)
     from .sql.backend import SqlBackend
 
-    return SqlBackend(config, connect)
+    return SqlBackend(config, connect, ddl)
 
 
 def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:

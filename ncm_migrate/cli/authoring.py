@@ -79,7 +79,7 @@ def startservice_cmd(
         str, typer.Argument(help="The new service's name: lower case, digits and _ (\\[a-z]\\[a-z0-9_]*).")
     ],
     backend: Annotated[
-        str | None, typer.Option("--backend", help="sql or mongo (default: from the URL, else sql).")
+        str | None, typer.Option("--backend", help="sql, mongo or redis (default: from the URL, else sql).")
     ] = None,
     database_url: Annotated[
         str | None, typer.Option("--database-url", help="Its URL in this environment (no password).")

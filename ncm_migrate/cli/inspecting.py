@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +14,16 @@ from rich.table import Table
 from .. import commands
 from ..urls import redact_known
 from .context import globals_of
-from .output import err, exit_on_error, out, print_findings, print_json, write_plain
+from .output import (
+    OutputFormat,
+    chosen_format,
+    err,
+    exit_on_error,
+    out,
+    print_findings,
+    print_json,
+    write_plain,
+)
 
 
 def services_cmd(
@@ -32,7 +42,7 @@ def services_cmd(
         table = Table("service", "backend", "url", "version table", "depends on", box=None)
         for s in found:
             url = s.url if s.skip_reason is None else f"(skipped: {s.skip_reason})"
-            version_table = "-" if s.backend == "mongo" else s.version_table  # MongoDB: the ledger
+            version_table = "-" if s.backend != "sql" else s.version_table  # MongoDB, Redis: the ledger
             table.add_row(s.name, s.backend, url, version_table, ", ".join(s.depends_on))
         out.print(table)
 
@@ -88,22 +98,24 @@ def history_cmd(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Latest N rows.")] = None,
+    run: Annotated[str | None, typer.Option("--run", metavar="ID", help="Only this run's rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show the ledger: who applied what, when, how long, and the outcome.
+    """Show the ledger: who applied what, when, how long, the outcome, and in which run.
 
     Example: python manage.py history users --limit 20
     """
     with exit_on_error():
-        rows = commands.history([service] if service else [], limit=limit, **globals_of(ctx).where)
+        rows = commands.history([service] if service else [], limit=limit, run=run,
+                                **globals_of(ctx).where)
         if as_json:
             print_json(rows)
             return
         table = Table("started", "service", "revision", "dir", "status", "ms", "actor",
-                      "host", "env", box=None)
+                      "host", "env", "run", box=None)
         for r in rows:
             table.add_row(r.started_at[:19], r.service, r.revision, r.direction, r.status,
-                          f"{r.duration_ms or 0:.0f}", r.actor, r.host, r.environment)
+                          f"{r.duration_ms or 0:.0f}", r.actor, r.host, r.environment, r.run_id or "")
         out.print(table)
 
 
@@ -130,7 +142,8 @@ def doctor_cmd(
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Per service: reachable, latency, server version, privileges, heads, pending, lock.
+    """Per service: reachable, latency, server version, privileges, heads, pending, lock,
+    and indexes a failed CREATE INDEX CONCURRENTLY left INVALID.
 
     Exits 1 when a database is unreachable or a revision file cannot be read.
 
@@ -156,6 +169,10 @@ def doctor_cmd(
             for d in found:
                 if d.error:
                     err.print(redact_known(d.error), markup=False)
+                if d.invalid_indexes:
+                    err.print(f"{d.service}: INVALID indexes left by a failed CREATE INDEX "
+                              f"CONCURRENTLY: {', '.join(d.invalid_indexes)}; run `manage.py "
+                              f"repair {d.service}` to drop them.", markup=False)
         if any(d.error for d in found):
             raise typer.Exit(1)
 
@@ -163,50 +180,83 @@ def doctor_cmd(
 def validate_cmd(
     ctx: typer.Context,
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+    fmt: Annotated[
+        OutputFormat | None,
+        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
+    ] = None,
 ) -> None:
     """Check the graph, revision files, version tables, applied checksums and lint.
 
     Exits 1 on errors (0 with warnings only, unless --strict), 2 for a cycle or a missing
-    revision.
+    revision. SVC may be a file: the service holding it is checked (pre-commit).
 
-    Example: python manage.py validate users --json
+    Example: python manage.py validate users --format sarif -o validate.sarif
     """
     g = globals_of(ctx)
     with exit_on_error():
+        chosen = chosen_format(fmt, as_json)
         report = commands.validate(services or (), strict=strict, **g.where)
-    print_findings(report, as_json, g.verbosity < 0)
+    print_findings(report, chosen, g.verbosity < 0, output, "validate")
 
 
 def lint_cmd(
     ctx: typer.Context,
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+    fmt: Annotated[
+        OutputFormat | None,
+        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
+    ] = None,
 ) -> None:
     """Find dangerous operations in revisions' upgrade(), with file, line and reason.
 
     Silence one with a comment `# ncm: allow <rule>` on its line or the line above.
+    SVC may be a file: the service holding it is linted (pre-commit).
 
-    Example: python manage.py lint billing --env production
+    Example: python manage.py lint billing --format github
     """
     g = globals_of(ctx)
     with exit_on_error():
+        chosen = chosen_format(fmt, as_json)
         report = commands.lint(services or (), strict=strict, **g.where)
-    print_findings(report, as_json, g.verbosity < 0)
+    print_findings(report, chosen, g.verbosity < 0, output, "lint")
 
 
 def check_cmd(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
+    fmt: Annotated[
+        OutputFormat | None,
+        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
+    ] = None,
+    changed_since: Annotated[
+        str | None,
+        typer.Option("--changed-since", metavar="REF",
+                     help="Only services changed since this git commit, and their dependents."),
+    ] = None,
 ) -> None:
     """For CI: validate everything, and fail when a revision is pending or a service dirty.
 
-    Example: python manage.py check --env test --json
+    With --changed-since REF, only the services changed since REF (git) and those that
+    depend on them.
+
+    Example: python manage.py check --env test --changed-since origin/main --format github
     """
     g = globals_of(ctx)
     with exit_on_error():
-        report = commands.check(strict=strict, **g.where)
-    print_findings(report, as_json, g.verbosity < 0)
+        chosen = chosen_format(fmt, as_json)
+        report = commands.check(strict=strict, changed_since=changed_since, **g.where)
+    print_findings(report, chosen, g.verbosity < 0, output, "check")

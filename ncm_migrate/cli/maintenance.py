@@ -18,21 +18,24 @@ def repair_cmd(
     service: Annotated[str, typer.Argument(help="The service to repair.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm in a protected environment.")] = False,
 ) -> None:
-    """After a manual fix: clear a failed (dirty) mark and re-record edited revisions' checksums.
+    """After a manual fix: clear a failed (dirty) mark, re-record edited revisions' checksums,
+    and drop indexes a failed CREATE INDEX CONCURRENTLY left INVALID.
 
     Example: python manage.py repair billing
     """
     with exit_on_error():
         actions = commands.repair(service, questioner=terminal_questioner(yes), **globals_of(ctx).where)
         if not actions:
-            out.print(f"Nothing to repair in service '{service}': no dirty mark, and every applied "
-                      "revision's file is as it was applied.", markup=False)
+            out.print(f"Nothing to repair in service '{service}': no dirty mark, every applied "
+                      "revision's file is as it was applied, and no INVALID index.", markup=False)
             return
-        out.print(f"Repaired service '{service}' (only its ledger changed; no migration code ran "
-                  "and no table was touched):", markup=False)
+        touched = ("no migration code ran" if any(a.kind == "index" for a in actions)
+                   else "only its ledger changed; no migration code ran and no table was touched")
+        out.print(f"Repaired service '{service}' ({touched}):", markup=False)
         for a in actions:
-            out.print(f"  {service}:{a.revision}: {a.reason} (ledger row appended: {a.direction} "
-                      f"{a.status}).", markup=False)
+            done = ("" if a.kind == "index"
+                    else f" (ledger row appended: {a.direction} {a.status})")
+            out.print(f"  {service}:{a.revision}: {a.reason}{done}.", markup=False)
 
 
 def backup_cmd(

@@ -13,7 +13,7 @@ from .. import commands
 from ..errors import BadInput, Interrupted, NcmError, ProblemsFound, RevisionsDeferred, signal_name
 from ..events import RunReport
 from ..interrupts import StopRequest, ignore_signals, stopping_on_signals
-from ..model import Phase
+from ..model import Phase, StepResult
 from ..running import MigrateResult
 from ..urls import redact_known
 from .context import Globals, globals_of, terminal_questioner
@@ -58,20 +58,32 @@ def _run_and_print(
         deferred = exc.deferred if isinstance(exc, RevisionsDeferred) else []
         if as_json:
             print_json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results,
-                        "deferred": deferred})
+                        "run_id": exc.run_id, "deferred": deferred})
         elif not quiet and exc.results:
             print_summary(RunReport(exc.results))
             if isinstance(exc, Interrupted) or any(r.dirty for r in exc.results):
                 where_each_stands(exc)
+            _print_run_id(exc.run_id, exc.results)
         raise
     if as_json:
-        print_json({"ok": True, "error": None, "steps": result.results,
-                    "deferred": result.plan.deferred})
+        print_json({"ok": True, "error": None, "steps": result.results, "run_id": result.run_id,
+                    "reverted_run": result.undid_run, "deferred": result.plan.deferred})
     elif not quiet:
         if not result.plan.steps and not result.plan.deferred:
-            out.print("Nothing to do: every service is at its target.")
+            out.print("Nothing to do: " + (f"what run {result.undid_run} applied is rolled back already."
+                                           if result.undid_run else "every service is at its target."))
         print_summary(result.report)
         print_deferred(result.plan)
+        _print_run_id(result.run_id, result.results)
+
+
+def _print_run_id(run_id: str | None, results: list[StepResult]) -> None:
+    """The run's id after its summary, and how to undo what it applied."""
+    if run_id is None or not results:
+        return
+    undo = (f" (undo what it applied: `manage.py rollback --run {run_id}`)"
+            if any(r.outcome == "applied" for r in results) else "")
+    out.print(f"Run {run_id}{undo}.", markup=False)
 
 
 def migrate_cmd(
@@ -111,6 +123,12 @@ def migrate_cmd(
         bool, typer.Option("--allow-deferred", help="Exit 0 when revisions wait for a window.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    changed_since: Annotated[
+        str | None,
+        typer.Option("--changed-since", metavar="REF",
+                     help="With --plan: only services changed since this git commit, and "
+                          "their dependents."),
+    ] = None,
 ) -> None:
     """Apply every pending revision of every service, in dependency order.
 
@@ -125,8 +143,12 @@ def migrate_cmd(
         if rollback_on_failure and no_rollback_on_failure:
             raise BadInput("Give --rollback-on-failure or --no-rollback-on-failure, not both.")
         undo = True if rollback_on_failure else False if no_rollback_on_failure else None
+        if changed_since is not None and not plan:
+            raise BadInput("--changed-since works with --plan (it shows what a change would "
+                           "migrate); migrate itself runs what is pending.")
         if plan:
-            steps = commands.plan(services, target, cascade=cascade, phase=phase, now=now, **g.where)
+            steps = commands.plan(services, target, cascade=cascade, changed_since=changed_since,
+                                  phase=phase, now=now, **g.where)
             if as_json:
                 print_json({"steps": [asdict(s) for s in steps.steps],
                             "deferred": [asdict(d) for d in steps.deferred]})
@@ -173,24 +195,33 @@ def _verify_only(services: list[str], as_json: bool, g: Globals) -> None:
 
 def rollback_cmd(
     ctx: typer.Context,
-    service: Annotated[str, typer.Argument(help="The service to move backwards.")],
+    service: Annotated[
+        str | None, typer.Argument(help="The service to move backwards (with --run: only its part).")
+    ] = None,
     target: Annotated[str | None, typer.Argument(help="Revision to keep, or zero.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", "-n", min=1, help="Revisions to revert.")] = None,
+    run: Annotated[
+        str | None, typer.Option("--run", metavar="ID", help="Revert what run ID applied.")
+    ] = None,
+    last_run: Annotated[
+        bool, typer.Option("--last-run", help="Revert what the newest run applied.")
+    ] = False,
     cascade: Annotated[bool, typer.Option("--cascade", help="Roll back dependents first.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive work.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Revert a service's latest revision, or back to TARGET.
+    """Revert a service's latest revision, or back to TARGET; or what one run applied.
 
-    Refused while other services' applied revisions still require what it would remove,
-    unless --cascade rolls those back first.
+    --run ID (from migrate's summary, --json or history) or --last-run reverts what that
+    run applied, across services, newest first. Refused while other services' applied
+    revisions still require what it would remove, unless --cascade rolls those back first.
 
     Example: python manage.py rollback billing --steps 2
     """
     g = globals_of(ctx)
     with exit_on_error(), ProgressReporter(quiet=as_json or g.verbosity < 0) as reporter:
         _run(lambda: commands.rollback(
-            service, target, steps=steps, cascade=cascade, report=reporter,
+            service, target, steps=steps, run=run, last_run=last_run, cascade=cascade, report=reporter,
             confirm=show_cascade if cascade and not as_json else None,
             questioner=terminal_questioner(yes), **g.where,
         ), as_json, g.verbosity < 0)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import Interrupted, NcmError, signal_name
+from ..errors import BadInput, Interrupted, NcmError, signal_name
 from ..events import Event, RunReport
 from ..findings import Report
 from ..model import Plan, StepResult
+from ..reporting import Format, render
 from ..urls import redact_known
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -212,10 +214,38 @@ def where_each_stands(error: NcmError) -> None:
         out.print("Run the same command again to continue.", markup=False)
 
 
-def print_findings(report: Report, as_json: bool, quiet: bool) -> None:
-    """Print a report's findings (JSON: `{ok, findings}`) and exit with its code."""
-    if as_json:
-        print_json({"ok": report.ok, "findings": list(report.findings)})
+class OutputFormat(StrEnum):
+    """`--format` of validate, lint and check (`reporting.FORMATS`)."""
+
+    text = "text"
+    json = "json"
+    github = "github"
+    sarif = "sarif"
+    junit = "junit"
+
+
+def chosen_format(fmt: OutputFormat | None, as_json: bool) -> Format:
+    """`--format`, with `--json` as `--format json`; both, disagreeing, is bad input."""
+    if as_json and fmt not in (None, OutputFormat.json):
+        raise BadInput(f"Give --json or --format {fmt.value if fmt else ''}, not both.")
+    return "json" if as_json else (fmt or OutputFormat.text).value
+
+
+def print_findings(report: Report, fmt: Format, quiet: bool, output: Path | None = None,
+                   command: str = "check") -> None:
+    """Print a report's findings in `fmt` (or write them to `output`) and exit with its code."""
+    if output is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(render(report, fmt, command), encoding="utf-8")
+        except OSError as exc:
+            err.print(f"Error: cannot write {output}: {exc.strerror or exc}.", markup=False)
+            raise typer.Exit(2) from None
+        if not quiet and fmt != "text":
+            err.print(f"{report.summary()}; {fmt} report written to {output}", markup=False)
+    elif fmt != "text":
+        sys.stdout.write(render(report, fmt, command))
+        sys.stdout.flush()
     else:
         for f in report.findings:
             colour = "red" if f.severity == "error" else "yellow"

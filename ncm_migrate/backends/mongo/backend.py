@@ -34,10 +34,19 @@ from ...errors import (
     SettingsError,
 )
 from ...locking import wait_for
-from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ...model import (
+    InvalidIndex,
+    LedgerRow,
+    Revision,
+    RunContext,
+    ServiceConfig,
+    ServiceState,
+    Step,
+    StepResult,
+)
 from ...pyfiles import load_revision_module, verify_failure
 from ...urls import mask_url, password_of, redact
-from .. import ConnectFailed, ServerInfo, StepCallback
+from .. import ConnectFailed, ServerInfo, StepCallback, step_outcome
 from .lease import COLLECTION as LOCK_COLLECTION
 from .lease import Lease
 from .ledger import (
@@ -52,7 +61,7 @@ from .ledger import (
     reconcile_markers,
     state_from_docs,
 )
-from .run import MarkerClaimed, StepRun, short_error, step_failed, step_outcome
+from .run import MarkerClaimed, StepRun, short_error, step_failed
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +335,12 @@ class MongoBackend:
         return verify_failure(lambda: check(self.db), revision, short_error)
 
     # -- server -------------------------------------------------------------------
+
+    def invalid_indexes(self, revisions: Mapping[str, Revision]) -> list[InvalidIndex]:
+        return []  # MongoDB builds an index or fails it whole
+
+    def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
+        return []
 
     def server_info(self) -> ServerInfo:
         with _connection_errors(self.config, "reading the server's version and privileges"):

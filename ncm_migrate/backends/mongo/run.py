@@ -219,12 +219,6 @@ def lost_in_step(run: StepRun, exc: ConnectionFailure,
     return lost
 
 
-def step_outcome(step: Step, fake: bool) -> Literal["applied", "reverted", "faked"]:
-    if fake:
-        return "faked"
-    return "applied" if step.direction == "up" else "reverted"
-
-
 def short_error(exc: BaseException) -> str:
     """The first line of an error, without the full server reply or the topology
     description and timeouts that pymongo appends."""

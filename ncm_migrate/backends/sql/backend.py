@@ -24,11 +24,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ... import ledger as ledger_rules
+from ...config import DdlSettings
 from ...errors import DatabaseUnreachable, NcmError
-from ...model import LedgerRow, Revision, RunContext, ServiceConfig, ServiceState, Step, StepResult
+from ...model import (
+    InvalidIndex,
+    LedgerRow,
+    Revision,
+    RunContext,
+    ServiceConfig,
+    ServiceState,
+    Step,
+    StepResult,
+)
 from ...urls import is_async, sqlite_file
 from .. import ConnectFailed, ServerInfo, StepCallback
-from . import bookkeeping, run
+from . import bookkeeping, invalid_indexes, offline, run
 from .engine import (
     Timeouts,
     connect_settings,
@@ -60,6 +70,8 @@ _DOING = {
     "apply": "preparing its ledger",
     "verify": "verifying a revision",
     "record": "recording in its ledger",
+    "invalid_indexes": "looking for INVALID indexes",
+    "drop_indexes": "dropping INVALID indexes",
 }
 
 
@@ -81,10 +93,13 @@ def _driver_call(
 class SqlBackend:
     """One SQL service's database."""
 
-    def __init__(self, config: ServiceConfig, timeouts: Timeouts) -> None:
+    def __init__(self, config: ServiceConfig, timeouts: Timeouts,
+                 ddl: DdlSettings | None = None) -> None:
         assert config.database_url is not None
         self.config = config
         self._net = connect_settings(timeouts)
+        # How a step's statements wait on locks, and retry (`ddl.*`).
+        self.ddl = ddl or DdlSettings()
         self._engine: Engine | None = None
         self._conn: Connection | None = None
         self._async = is_async(config.database_url)
@@ -113,6 +128,12 @@ class SqlBackend:
     @property
     def transactional(self) -> bool:
         return self.dialect not in ("mysql", "mariadb")
+
+    def side_engine(self) -> Engine:
+        """A new engine on this service's database, for a connection beside the backend's
+        own (`blockers.BlockerWatch`); its caller disposes of it."""
+        assert self.config.database_url is not None
+        return create_engine(self.config.database_url, self._net)
 
     def _engine_(self) -> Engine:
         if self._engine is None:
@@ -416,6 +437,18 @@ class SqlBackend:
                         "disk: %s", self.config.name, short_reason(exc))
 
     @_driver_call
+    def invalid_indexes(self, revisions: Mapping[str, Revision]) -> list[InvalidIndex]:
+        if self.dialect != "postgresql":
+            return []
+        return invalid_indexes.find_invalid(self.conn, revisions.values())
+
+    @_driver_call
+    def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
+        if self.dialect != "postgresql":
+            return []
+        return invalid_indexes.drop_concurrently(self.conn, indexes)
+
+    @_driver_call
     def verify(self, revision: Revision) -> str | None:
         return run.verify_revision(self, revision)
 
@@ -440,4 +473,4 @@ class SqlBackend:
         self, steps: Sequence[Step], revisions: Mapping[str, Revision], start_heads: Sequence[str]
     ) -> str:
         """The SQL `steps` would run, rendered without a database (Alembic's offline mode)."""
-        return run.render_offline_sql(self, steps, revisions, start_heads)
+        return offline.render_offline_sql(self, steps, revisions, start_heads, self.ddl)

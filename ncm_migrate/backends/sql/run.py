@@ -1,9 +1,10 @@
 """Applying SQL revisions through Alembic: Alembic's environment on the backend's connection
-(or the service's own env.py), one `apply` run step by step (`_SqlRun`), a revision's
-verify(), and the SQL a run would send, rendered offline.
+(or the service's own env.py), one `apply` run step by step (`_SqlRun`), each step's
+attempts (`step_attempts.py`: timeouts, a retry after a lock wait ran out), and a
+revision's verify().
 
-The one module that uses `alembic_bridge` (Alembic's internals); Alembic itself is imported
-where it is used, not at start-up.
+With `offline.py`, the one module that uses `alembic_bridge` (Alembic's internals); Alembic
+itself is imported where it is used, not at start-up.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from io import StringIO
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from . import alembic_bridge
 from .bookkeeping import LEDGER, finish_row, insert_row, step_status
 from .engine import short_reason
 from .metadata import target_metadata
+from .step_attempts import StepAttempts
 
 if TYPE_CHECKING:
     # Imported where they are used: Alembic costs read-only commands (showmigrations, a
@@ -148,70 +149,6 @@ def verify_revision(backend: SqlBackend, revision: Revision) -> str | None:
             backend.conn.rollback()
 
 
-def render_offline_sql(
-    backend: SqlBackend, steps: Sequence[Step], revisions: Mapping[str, Revision], start_heads: Sequence[str]
-) -> str:
-    """The SQL `steps` would run, rendered without a database (Alembic's offline mode)."""
-    from alembic.config import Config
-    from alembic.runtime.environment import EnvironmentContext
-    from alembic.script import ScriptDirectory
-
-    rmap = alembic_bridge.revision_map(revisions)
-    buffer = StringIO()
-
-    current: list[str] = []
-
-    def steps_fn(_heads: Any, _mctx: MigrationContext) -> Iterator[alembic_bridge.AlembicStep]:
-        for step in steps:
-            rev = revisions[step.revision]
-            current[:] = [step.revision]
-            module = load_revision_module(rev)
-            up = step.direction == "up"
-            fn = getattr(module, "upgrade" if up else "downgrade")
-            yield alembic_bridge.revision_step(rmap, step.revision, up, fn, rev.doc)
-
-    cfg = backend.config
-    config = Config()
-    script = ScriptDirectory(str(cfg.migrations_dir))
-    alembic_bridge.use_revision_map(script, rmap)
-    env = EnvironmentContext(
-        config, script, fn=steps_fn, as_sql=True,
-        starting_rev=",".join(start_heads) or None, output_buffer=buffer,
-    )
-    with env:
-        assert cfg.database_url is not None
-        env.configure(
-            url=cfg.database_url,
-            literal_binds=True,
-            version_table=cfg.version_table,
-            transaction_per_migration=True,
-            target_metadata=target_metadata(cfg),
-            render_as_batch=cfg.database_url.startswith("sqlite"),
-        )
-        try:
-            env.run_migrations()
-        except RevisionFileError:
-            raise  # the file cannot be imported: it says so, naming the file
-        except (SystemExit, KeyboardInterrupt) as exc:
-            if current:
-                stopped = stopped_error(
-                    exc, cfg.name, current[0], "while it was rendered as SQL", [],
-                    dirty=False, recorded_as_failed=False,
-                )
-                assert stopped is not None
-                raise stopped from None
-            raise
-        except Exception as exc:
-            # The cause's first sentence only: Alembic's explanations run to a paragraph.
-            cause = short_reason(exc).split(". ", 1)[0].rstrip(".")
-            raise NcmError(
-                f"Revision {cfg.name}:{current[0] if current else '?'} cannot be rendered as "
-                f"SQL without a database, as it reads data or reflects tables "
-                f"({type(exc).__name__}: {cause}); `migrate -v` shows its SQL as it runs."
-            ) from None
-    return buffer.getvalue()
-
-
 class _SqlRun:
     """One `apply`: each step imported, reported, run (by Alembic's loop or ours) and
     recorded, one phase per method; a failed step rolled back and recorded `failed`.
@@ -259,6 +196,8 @@ class _SqlRun:
         # What its code raised: the error to report, also when rolling back its
         # transaction raised another on the way out (the server went away, say).
         self.raised: BaseException | None = None
+        # Its attempts: timeouts, who blocks it, retries after a lock wait ran out.
+        self.tries = StepAttempts(backend, retry=self.own_loop or not self.transactional)
 
     def run(self) -> list[StepResult]:
         if self.relaxed:
@@ -277,6 +216,7 @@ class _SqlRun:
                 raise
             raise error from exc
         finally:
+            self.tries.close()
             if self.relaxed and not self.conn.invalidated:
                 self.backend.flush_commits()
         return self.results
@@ -302,11 +242,15 @@ class _SqlRun:
                 f"{'upgrade' if up else 'downgrade'}() function."
             )
         self.module, self.phase = module, f"in {'upgrade' if up else 'downgrade'}()"
+        self.tries.begin(rev)
+        if self.own_loop and not self.fake:
+            self.tries.clear_invalid(self.conn, rev)  # what a failed run of it left
         self.on_step(step, "start", None)
         if not self.transactional:
-            self.row_id = self.ledger_insert(step, "running", self.started)
+            self.row_id = self.ledger_insert(step, "running", self.started, **self.attempt())
             self.steps_conn.commit()
-        return alembic_bridge.revision_step(self.rmap, step.revision, up, self.watched(fn),
+        run = fn if self.own_loop else self.in_attempts(fn)
+        return alembic_bridge.revision_step(self.rmap, step.revision, up, self.watched(run),
                                             rev.doc)
 
     def watched(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -330,7 +274,7 @@ class _SqlRun:
         self.phase = "while it was recorded"
         self.duration_ms = (time.perf_counter() - self.t0) * 1000
         return dict(status=step_status(step, self.fake), finished_at=ledger_rules.utcnow(),
-                    duration_ms=self.duration_ms)
+                    duration_ms=self.duration_ms, **self.attempt())
 
     def record(self, step: Step, values: dict[str, Any]) -> None:
         if self.row_id is None:
@@ -351,6 +295,8 @@ class _SqlRun:
         """The steps for Alembic's own loop, which writes the version table; the ledger
         row follows in `on_version_applied`, in the same transaction."""
         self.steps_conn = mctx.connection if mctx.connection is not None else self.conn
+        if not self.transactional:
+            self.tries.count_statements(self.steps_conn)
         alembic_bridge.add_version_callback(mctx, self.on_version_applied)
         for step in self.steps:
             yield self.start(step)
@@ -359,6 +305,10 @@ class _SqlRun:
     def on_version_applied(self, **_kw: Any) -> None:
         assert self.step is not None
         self.record(self.step, self.outcome(self.step))
+        if self.tries.attempts.number > 1:
+            # A retried step: its first attempt's transaction, which Alembic's loop commits,
+            # ended when that attempt was recorded; this one is committed here.
+            self.steps_conn.commit()
 
     def run_steps(self, mctx: MigrationContext) -> None:
         """The steps in our own loop, each in a transaction of Alembic's context (opened
@@ -369,18 +319,60 @@ class _SqlRun:
         ledger = LEDGER if self.with_ledger_row else None
         statement = alembic_bridge.move_statement(self.backend.config.version_table, ledger)
         heads = set(mctx.get_current_heads())
+        self.tries.watch_blockers(self.conn)
+        self.tries.count_statements(self.conn)
         for step in self.steps:
             alembic_step = self.start(step)
-            with mctx.begin_transaction():
-                log.info("Running %s", alembic_step)
-                alembic_step.migration_fn()
-                values = self.outcome(step)
-                if alembic_bridge.is_plain_move(alembic_step, heads):
-                    heads = self.move_version(statement, alembic_step, heads, step, values)
-                else:
-                    heads = alembic_bridge.move_heads(mctx, heads, alembic_step)
-                    self.record(step, values)
+            retrying = self.tries.attempts.retrying(self.tries.retryable_in_transaction,
+                                                    self.rolled_back_attempt)
+            for attempt in retrying:
+                with attempt, self.tries.waiting(), mctx.begin_transaction():
+                    self.raised = None
+                    self.tries.prepare(self.conn)
+                    log.info("Running %s", alembic_step)
+                    alembic_step.migration_fn()
+                    values = self.outcome(step)
+                    if alembic_bridge.is_plain_move(alembic_step, heads):
+                        moved = self.move_version(statement, alembic_step, heads, step, values)
+                    else:
+                        moved = alembic_bridge.move_heads(mctx, heads, alembic_step)
+                        self.record(step, values)
+            heads = moved
             self.finished(step)
+
+    def in_attempts(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` (a step's code) for Alembic's own loop: its timeouts first; on MySQL/MariaDB
+        run again when its first statement waited too long for a lock (nothing of it ran)."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            tries = self.tries
+            for attempt in tries.attempts.retrying(tries.retryable_first_statement,
+                                                   self.rolled_back_attempt):
+                with attempt:
+                    if tries.attempts.number > 1:  # a retry: its own `running` row first
+                        assert self.step is not None
+                        self.row_id = self.ledger_insert(self.step, "running", self.started,
+                                                         **self.attempt())
+                        self.steps_conn.commit()
+                    tries.prepare(self.steps_conn)
+                    return fn(*args, **kwargs)
+            raise AssertionError("tenacity ends with a result or an error")
+
+        return call
+
+    def rolled_back_attempt(self, _exc: BaseException) -> None:
+        """An attempt to retry, rolled back (nothing of it ran on MySQL/MariaDB): its
+        ledger row, `blocked`, committed."""
+        self.abandon(record=True, status="blocked")
+
+    def attempt(self, ended: bool = False) -> dict[str, Any]:
+        """The ledger columns of the attempt under way: its number, and how long the step
+        has waited, before it began (or, `ended` waiting on a lock, until now)."""
+        if self.tries.current is None:
+            return {}
+        tries = self.tries.attempts
+        waited = tries.elapsed_ms() if ended else tries.waited_ms
+        return dict(attempt=tries.number, waited_ms=round(waited, 3))
 
     def move_version(self, statement: sa.Update, alembic_step: alembic_bridge.AlembicStep,
                      heads: set[str], step: Step, values: dict[str, Any]) -> set[str]:
@@ -436,10 +428,15 @@ class _SqlRun:
             return None
         lost = (self.backend.lost_connection(exc, f"applying {step.service}:{step.revision}")
                 if isinstance(exc, Exception) else None)
+        # Waited too long for a lock and left nothing behind: `blocked`, not dirty.
+        blocked = self.tries.current is not None and self.tries.left_nothing(exc, self.transactional)
         # A lost connection: nothing can be rolled back or recorded from here.
-        unrecorded = "" if lost is not None else self.abandon(record=True)
+        unrecorded = "" if lost is not None else self.abandon(
+            record=True, status="blocked" if blocked else "failed")
         duration = (time.perf_counter() - self.t0) * 1000
         message = f"{type(exc).__name__}: {short_reason(exc)}" if str(exc) else type(exc).__name__
+        message = self.tries.explained(message, step, exc, blocked,
+                                       None if lost else self.conn, self.revisions[step.revision])
         self.results.append(
             StepResult(step.service, step.revision, step.direction, "failed", duration, message)
         )
@@ -454,6 +451,10 @@ class _SqlRun:
                                  dirty=not self.transactional, unrecorded=unrecorded)
         if not isinstance(exc, Exception):
             return None  # GeneratorExit and the like: not a migration's failure
+        if blocked:
+            return MigrationFailed(message + (f" (not recorded in {ledger_rules.TABLE}: "
+                                              f"{unrecorded})" if unrecorded else ""),
+                                   step.service, step.revision, self.results)
         return MigrationFailed(
             f"Revision {step.service}:{step.revision} failed "
             f"({'upgrade' if step.direction == 'up' else 'downgrade'}): {message}"
@@ -462,8 +463,8 @@ class _SqlRun:
             step.service, step.revision, self.results,
         )
 
-    def abandon(self, record: bool) -> str:
-        """Roll back what is left and, with `record`, record the step under way as `failed`.
+    def abandon(self, record: bool, status: str = "failed") -> str:
+        """Roll back what is left and, with `record`, record the step under way as `status`.
         Guarded: when that fails too (the connection is gone, say), the step's own error is
         the one to report, so this returns why instead of raising ("" if not)."""
         step = self.step
@@ -474,8 +475,9 @@ class _SqlRun:
             if step is None or not record:
                 return ""
             values: dict[str, Any] = dict(
-                status="failed", finished_at=ledger_rules.utcnow(),
+                status=status, finished_at=ledger_rules.utcnow(),
                 duration_ms=(time.perf_counter() - self.t0) * 1000,
+                **self.attempt(ended=status == "blocked"),
             )
             if self.row_id is not None:
                 finish_row(conn, self.row_id, values)

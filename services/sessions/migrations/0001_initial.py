@@ -1,0 +1,27 @@
+"""Sessions expire: a session hash without a TTL gets the default 14 days."""
+
+revision = "0001_initial"
+down_revision = None
+branch_labels = None
+depends_on = None
+requires = ["users:0001_initial"]  # a session belongs to a user
+migration_type = "data"
+
+import redis
+
+TTL_S = 14 * 24 * 3600
+
+
+def upgrade(r: redis.Redis) -> None:
+    for key in r.scan_iter(match="sess:*", count=1000):  # SCAN, never KEYS
+        if r.ttl(key) == -1:
+            r.expire(key, TTL_S)
+    r.hset("sessions:config", mapping={"default_ttl_s": TTL_S})
+
+
+def downgrade(r: redis.Redis) -> None:
+    r.delete("sessions:config")
+
+
+def verify(r: redis.Redis) -> None:
+    assert r.hget("sessions:config", "default_ttl_s") == str(TTL_S).encode()
