@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Unpack
 
-from . import health
+from . import health, windows
 from .backends import opened_backend
 from .changes import Selection, changed_files, looks_like_path, select_changed, services_of_paths
 from .config import Settings
@@ -22,11 +22,13 @@ from .executor import segments
 from .findings import Report
 from .graph import Graph, plan_upgrade, upgrade_targets
 from .loader import Location, Where, load_project_at
-from .model import LedgerRow, Plan, ServiceConfig, ServiceState
-from .planning import left_out, plan_migrate, read_states
+from .model import LedgerRow, Phase, Plan, ServiceConfig, ServiceState
+from .phases import defer
+from .planning import left_out, plan_migrate, read_states, window_holds
 from .project import Project
 from .settings import load_settings, settings_dir_of
 from .urls import mask_url
+from .windows import Clock
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class RevisionStatus:
     doc: str = ""
     # applied in the database, but no file on disk holds it (a branch switch): path is ""
     missing: bool = False
+    phase: str = "pre"  # "post": runs after the deploy (`migrate --phase post`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class ServiceStatus:
     # revisions the database has applied that no file holds; `migrate` and `rollback`
     # refuse the service until the branch that has them is checked out
     unknown: tuple[str, ...] = ()
+    # of `pending`, the post-deploy revisions (`migrate --phase post` applies them)
+    pending_post: int = 0
 
 
 def services(
@@ -129,6 +134,7 @@ def _status(
             applied=rev in applied,
             path=project.relative_path(revisions[rev].path),
             doc=revisions[rev].doc,
+            phase=revisions[rev].phase,
         )
         for rev in order
     ) + tuple(RevisionStatus(rev, applied=True, path="", missing=True) for rev in state.unknown)
@@ -142,6 +148,7 @@ def _status(
         revisions=statuses,
         conflicting_heads=project.graph.conflicting_heads(svc.name),
         unknown=state.unknown,
+        pending_post=sum(1 for r in statuses if not r.applied and r.phase == "post"),
     )
 
 
@@ -151,11 +158,15 @@ def plan(
     *,
     cascade: bool = False,
     changed_since: str | None = None,
+    phase: Phase | None = None,
+    now: bool = False,
+    clock: Clock | None = None,
     **where: Unpack[Where],
 ) -> Plan:
     """The exact steps `migrate` would run, in order, without changing anything; with
     `changed_since` (a git commit) only for the services changed since it and those that
-    depend on them (`changes.select_changed`)."""
+    depend on them (`changes.select_changed`); in its `deferred`, those it would leave for a
+    maintenance window (none with `now`)."""
     at = Location.of(where, "plan")
     project = load_project_at(at)
     if changed_since is not None:
@@ -164,7 +175,11 @@ def plan(
         if not active:
             return Plan(())
         services = [*services, *(n for n in active if n not in services)] if services else active
-    return plan_migrate(project, services, target, cascade)[0]
+    steps = plan_migrate(project, services, target, cascade, phase)[0]
+    if now:
+        return steps
+    moment = (clock or windows.system_clock)()
+    return defer(steps, project.graph, window_holds(project, steps, moment))
 
 
 @dataclass(frozen=True)
@@ -232,6 +247,8 @@ class SqlScript:
 def migrate_sql(
     services: Sequence[str] = (),
     target: str | None = None,
+    *,
+    phase: Phase | None = None,
     **where: Unpack[Where],
 ) -> SqlScript:
     """The SQL `migrate` would run against the databases' current state, without running it.
@@ -243,7 +260,7 @@ def migrate_sql(
     project = load_project_at(at)
     for named in project.select(services) if services else ():
         _require_sql(named, "migrate --sql")  # before any database is reached
-    steps, states = plan_migrate(project, services, target, cascade=False)
+    steps, states = plan_migrate(project, services, target, cascade=False, phase=phase)
     from .backends.sql.backend import SqlBackend
 
     applied = {name: set(st.applied) for name, st in states.items()}

@@ -54,8 +54,8 @@ def showmigrations_cmd(
 ) -> None:
     """Show every revision, [X] applied or [ ] pending, in the order they run.
 
-    With pending counts, dirty marks and forked heads; --json adds each service's heads and
-    current revisions.
+    With pending counts (post-deploy revisions apart), dirty marks and forked heads;
+    --json adds each service's heads and current revisions.
 
     Example: python manage.py showmigrations users billing
     """
@@ -74,7 +74,8 @@ def showmigrations_cmd(
             for r in s.revisions:
                 mark = "?" if r.missing else "X" if r.applied else " "
                 doc = "  (applied, no file)" if r.missing else f"  {r.doc}" if r.doc else ""
-                lines.append(f" [{mark}] {r.revision}{doc}")
+                post = "  (post-deploy)" if r.phase == "post" else ""
+                lines.append(f" [{mark}] {r.revision}{doc}{post}")
             if s.unknown:
                 lines.append(f" applied but not on disk: {', '.join(s.unknown)} (check out the "
                              "branch that has them)")
@@ -84,7 +85,12 @@ def showmigrations_cmd(
                 lines.append(f" several heads: {', '.join(s.conflicting_heads)} "
                              f"(run makemigrations {s.name} --merge)")
             elif s.pending:
-                lines.append(f" {s.pending} pending")
+                if s.pending > s.pending_post:
+                    lines.append(f" {s.pending - s.pending_post} pending")
+                if s.pending_post:
+                    waiting = [r.revision for r in s.revisions if r.phase == "post" and not r.applied]
+                    lines.append(f" {s.pending_post} pending post-deploy (after the deploy: "
+                                 f"migrate --phase post): {', '.join(waiting)}")
         write_plain(lines)
 
 
