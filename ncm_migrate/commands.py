@@ -14,11 +14,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, Unpack
 
+from . import windows
 from .audit import AuditLog
 from .authoring import init, makemigrations, startservice
 from .backends import opened_backend
 from .backups import Manifest
-from .errors import BadInput
+from .errors import BadInput, RevisionsDeferred
 from .events import Reporter
 from .inspection import (
     RevisionStatus,
@@ -28,6 +29,7 @@ from .inspection import (
     VerifyResult,
     check,
     doctor,
+    drift,
     history,
     lint,
     migrate_sql,
@@ -40,11 +42,20 @@ from .inspection import (
     wait,
 )
 from .loader import Location, PathArg, Where, as_path, load_project_at
-from .model import Plan
-from .planning import plan_migrate, plan_rollback, plan_run_rollback
+from .model import Phase, Plan
+from .phases import defer
+from .planning import (
+    deferred_note,
+    now_reasons,
+    plan_migrate,
+    plan_rollback,
+    plan_run_rollback,
+    window_holds,
+)
 from .questioner import NonInteractiveQuestioner, Questioner
 from .repairs import RepairAction
 from .running import MigrateResult, confirm_protected, run_plan, take_backup
+from .windows import Clock
 
 __all__ = [
     "RevisionStatus",
@@ -60,6 +71,7 @@ __all__ = [
     "backup",
     "check",
     "doctor",
+    "drift",
     "history",
     "init",
     "lint",
@@ -91,6 +103,10 @@ def migrate(
     confirm: Callable[[Plan], None] | None = None,
     questioner: Questioner | None = None,
     rollback_on_failure: bool | None = None,
+    phase: Phase | None = None,
+    now: bool = False,
+    allow_deferred: bool = False,
+    clock: Clock | None = None,
     **where: Unpack[Where],
 ) -> MigrateResult:
     """Bring services to head (or one service to `target`, forwards or backwards).
@@ -99,18 +115,32 @@ def migrate(
     every step's outcome in its `results`; with `rollback_on_failure` (default: the
     setting), first rolls back every revision this run applied, in reverse order.
 
+    `phase` "pre" applies only pre-deploy revisions (and what they need), "post" the rest.
+    Outside the environment's maintenance `windows` (the time from `clock`, default the
+    system's: a function returning an aware `datetime`), destructive
+    revisions and what comes after them are deferred: the rest runs, then
+    `RevisionsDeferred` (exit 1) names them, unless `allow_deferred`; `now` runs them anyway.
+
     In a protected environment `questioner` (default: refuse) confirms downgrades,
-    destructive revisions and `fake`; `confirm` then sees the plan before anything runs
-    and may raise to refuse it.
+    destructive revisions, `fake` and `now` outside a window; `confirm` then sees the plan
+    before anything runs and may raise to refuse it.
     """
     at = Location.of(where, "migrate")
     _refuse_inside_event_loop("migrate")
     project = load_project_at(at)
-    steps, _states = plan_migrate(project, services, target, cascade)
-    confirm_protected(project, steps, fake, questioner)
+    steps, _states = plan_migrate(project, services, target, cascade, phase)
+    moment = (clock or windows.system_clock)()
+    held = window_holds(project, steps, moment)
+    steps = steps if now else defer(steps, project.graph, held)
+    confirm_protected(project, steps, fake, questioner, now_reasons(held) if now else None)
     if confirm is not None:
         confirm(steps)
-    return run_plan(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
+    result = run_plan(project, steps, fake, jobs, report, rollback_on_failure).raise_for_error()
+    if steps.deferred and not allow_deferred:
+        error = RevisionsDeferred(deferred_note(project, steps, moment), steps.deferred)
+        error.results, error.run_id = result.results, result.run_id
+        raise error
+    return result
 
 
 def rollback(

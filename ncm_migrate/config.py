@@ -14,6 +14,7 @@ from typing import Literal
 
 from .errors import UnknownService
 from .model import ServiceConfig
+from .windows import Window
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class Settings:
     services_dir: Path = Path("services")
     hooks: HookSettings = field(default_factory=lambda: HookSettings())
     notify: NotifySettings = field(default_factory=lambda: NotifySettings())
+    # maintenance windows: where any are set, destructive revisions (and those declaring
+    # `window = True`) run only inside one
+    windows: tuple[Window, ...] = ()
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:

@@ -22,7 +22,8 @@ from typing import Any, TypeGuard
 
 from .config import DURATION_HINT, duration_ms
 from .errors import Interrupted, RevisionFileError
-from .model import MIGRATION_TYPES, Revision, split_reference
+from .header_checks import deploy_header
+from .model import MIGRATION_TYPES, PHASES, Revision, split_reference
 from .pyfiles import import_file, one_line
 
 # At most 47 characters: `alembic_version_<svc>` (the version table of services sharing a
@@ -43,6 +44,8 @@ _HEADER_KEYS = (
     "migration_type",
     "lock_timeout",
     "statement_timeout",
+    "phase",
+    "window",
 )
 _SKIPPED_FILES = {"env.py", "__init__.py", "conftest.py"}
 log = logging.getLogger(__name__)
@@ -215,6 +218,7 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
             f"{path}:{lines.get('migration_type', 1)}: migration_type must be one of "
             f"{', '.join(MIGRATION_TYPES)}, not {migration_type!r}."
         )
+    phase, window = deploy_header(values, lines, path)
     header = {key: _strings(values.get(key), key, path) for key in _NAME_KEYS}
     timeouts = {key: _timeout(values.get(key), f"{path}:{lines.get(key, 1)}", key)
                 for key in ("lock_timeout", "statement_timeout")}
@@ -242,6 +246,8 @@ def parse_revision(service: str, path: Path, text: str) -> Revision:
         doc=_first_line(ast.get_docstring(tree)),
         defines=frozenset(defines),
         line_of=tuple(sorted(lines.items())),
+        phase=phase,
+        window=window,
     )
 
 
@@ -413,7 +419,8 @@ def _cache_format() -> str:
     global _FORMAT
     if _FORMAT is None:
         digest = hashlib.sha256(sys.version.encode())
-        for module in (Path(__file__), Path(__file__).with_name("model.py")):
+        for module in (Path(__file__), Path(__file__).with_name("model.py"),
+                       Path(__file__).with_name("header_checks.py")):
             digest.update(module.read_bytes())
         _FORMAT = digest.hexdigest()
     return _FORMAT
@@ -437,14 +444,14 @@ def _load_folders(path: Path) -> dict[str, str]:
 
 # A row: sha256, revision, down_revisions, checksum, branch_labels, depends_on, requires,
 # migration_type, doc, defines, line_of (flat: name, line, name, line, ...), lock_timeout,
-# statement_timeout.
+# statement_timeout, phase, window.
 def _well_formed(row: object) -> TypeGuard[list[Any]]:
     """The row has the shape this module writes (rows are only ever written by `put`, and
     served only for the bytes and the code version they were written for: this guards
     against a damaged file, cheaply, as it runs for every revision of every listing)."""
     return (
         type(row) is list
-        and len(row) == 13
+        and len(row) == 15
         and type(row[0]) is str
         and type(row[1]) is str
         and type(row[2]) is list
@@ -458,6 +465,8 @@ def _well_formed(row: object) -> TypeGuard[list[Any]]:
         and type(row[10]) is list
         and (row[11] is None or type(row[11]) is str)
         and (row[12] is None or type(row[12]) is str)
+        and row[13] in PHASES
+        and row[14] in (None, True, False)
     )
 
 
@@ -466,7 +475,7 @@ def _row_of(rev: Revision, digest: str) -> list[Any]:
         digest, rev.revision, list(rev.down_revisions), rev.checksum, list(rev.branch_labels),
         list(rev.depends_on), list(rev.requires), rev.migration_type, rev.doc,
         sorted(rev.defines), [x for pair in rev.line_of for x in pair], rev.lock_timeout,
-        rev.statement_timeout,
+        rev.statement_timeout, rev.phase, rev.window,
     ]
 
 
@@ -486,4 +495,6 @@ def _revision_from(row: list[Any], service: str, path: Path) -> Revision:
         line_of=tuple(zip(row[10][::2], row[10][1::2], strict=True)),
         lock_timeout=row[11],
         statement_timeout=row[12],
+        phase=row[13],
+        window=row[14],
     )

@@ -7,10 +7,11 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .model import StepResult
+    from .model import DeferredStep, StepResult
 
 
 class NcmError(Exception):
@@ -185,6 +186,15 @@ class HookFailed(NcmError):
 
 class ProblemsFound(NcmError):
     """validate, lint or check found problems."""
+
+
+class RevisionsDeferred(NcmError):
+    """migrate ran what it could; revisions wait for a maintenance window (`deferred`
+    names them). `--allow-deferred` makes this a success."""
+
+    def __init__(self, message: str, deferred: Sequence[DeferredStep] = ()) -> None:
+        self.deferred = list(deferred)
+        super().__init__(message)
 
 
 class ModelsChanged(NcmError):

@@ -30,6 +30,11 @@ class Finding:
     message: str
     file: str
     line: int | None = None
+    # drift and round trip: the schema object that differs, and how it should and does read
+    # (None: it should not exist / it is missing)
+    object: str | None = None
+    expected: str | None = None
+    actual: str | None = None
 
     def where(self) -> str:
         return f"{self.file}:{self.line}" if self.line else self.file

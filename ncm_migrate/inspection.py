@@ -1,5 +1,6 @@
 """The verbs that read and change nothing: the services, their status and plans, the SQL a
-plan runs, the ledger, `verify`, `wait`, `doctor`, and the checks (`validate`, `lint`, `check`).
+plan runs, the ledger, `verify`, `wait`, `doctor`, and the checks (`validate`, `lint`, `check`,
+`drift`).
 
 Re-exported by `commands`, where a Python caller finds every verb.
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Unpack
 
-from . import health
+from . import health, windows
 from .backends import opened_backend
 from .changes import Selection, changed_files, looks_like_path, select_changed, services_of_paths
 from .config import Settings
@@ -21,11 +22,13 @@ from .executor import segments
 from .findings import Report
 from .graph import Graph, plan_upgrade, upgrade_targets
 from .loader import Location, Where, load_project_at
-from .model import LedgerRow, Plan, ServiceConfig, ServiceState
-from .planning import left_out, plan_migrate, read_states
+from .model import LedgerRow, Phase, Plan, ServiceConfig, ServiceState
+from .phases import defer
+from .planning import left_out, plan_migrate, read_states, window_holds
 from .project import Project
 from .settings import load_settings, settings_dir_of
 from .urls import mask_url
+from .windows import Clock
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class RevisionStatus:
     doc: str = ""
     # applied in the database, but no file on disk holds it (a branch switch): path is ""
     missing: bool = False
+    phase: str = "pre"  # "post": runs after the deploy (`migrate --phase post`)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class ServiceStatus:
     # revisions the database has applied that no file holds; `migrate` and `rollback`
     # refuse the service until the branch that has them is checked out
     unknown: tuple[str, ...] = ()
+    # of `pending`, the post-deploy revisions (`migrate --phase post` applies them)
+    pending_post: int = 0
 
 
 def services(
@@ -128,6 +134,7 @@ def _status(
             applied=rev in applied,
             path=project.relative_path(revisions[rev].path),
             doc=revisions[rev].doc,
+            phase=revisions[rev].phase,
         )
         for rev in order
     ) + tuple(RevisionStatus(rev, applied=True, path="", missing=True) for rev in state.unknown)
@@ -141,6 +148,7 @@ def _status(
         revisions=statuses,
         conflicting_heads=project.graph.conflicting_heads(svc.name),
         unknown=state.unknown,
+        pending_post=sum(1 for r in statuses if not r.applied and r.phase == "post"),
     )
 
 
@@ -150,11 +158,15 @@ def plan(
     *,
     cascade: bool = False,
     changed_since: str | None = None,
+    phase: Phase | None = None,
+    now: bool = False,
+    clock: Clock | None = None,
     **where: Unpack[Where],
 ) -> Plan:
     """The exact steps `migrate` would run, in order, without changing anything; with
     `changed_since` (a git commit) only for the services changed since it and those that
-    depend on them (`changes.select_changed`)."""
+    depend on them (`changes.select_changed`); in its `deferred`, those it would leave for a
+    maintenance window (none with `now`)."""
     at = Location.of(where, "plan")
     project = load_project_at(at)
     if changed_since is not None:
@@ -163,7 +175,11 @@ def plan(
         if not active:
             return Plan(())
         services = [*services, *(n for n in active if n not in services)] if services else active
-    return plan_migrate(project, services, target, cascade)[0]
+    steps = plan_migrate(project, services, target, cascade, phase)[0]
+    if now:
+        return steps
+    moment = (clock or windows.system_clock)()
+    return defer(steps, project.graph, window_holds(project, steps, moment))
 
 
 @dataclass(frozen=True)
@@ -231,6 +247,8 @@ class SqlScript:
 def migrate_sql(
     services: Sequence[str] = (),
     target: str | None = None,
+    *,
+    phase: Phase | None = None,
     **where: Unpack[Where],
 ) -> SqlScript:
     """The SQL `migrate` would run against the databases' current state, without running it.
@@ -242,7 +260,7 @@ def migrate_sql(
     project = load_project_at(at)
     for named in project.select(services) if services else ():
         _require_sql(named, "migrate --sql")  # before any database is reached
-    steps, states = plan_migrate(project, services, target, cascade=False)
+    steps, states = plan_migrate(project, services, target, cascade=False, phase=phase)
     from .backends.sql.backend import SqlBackend
 
     applied = {name: set(st.applied) for name, st in states.items()}
@@ -387,18 +405,29 @@ def lint(
 
 
 def check(
+    services: Sequence[str] = (),
     *,
     strict: bool = False,
     changed_since: str | None = None,
+    drift: bool = False,
+    roundtrip: bool = False,
     **where: Unpack[Where],
 ) -> Report:
     """For CI: validate every service, plus pending revisions, dirty marks and models.py
     changes that no revision holds yet (`makemigrations --check`). With `changed_since`
-    (a git commit): only the services changed since it and those that depend on them."""
+    (a git commit): only the services changed since it and those that depend on them.
+    With `drift`, the live schema compared with the applied revisions' (`drift`); with
+    `roundtrip`, each revision's downgrade checked on a scratch database; `services`
+    narrows those two (default: the services checked)."""
     at = Location.of(where, "check")
     from .validation import graph_findings, models_findings, read_inventory, validate_settings
 
+    if services and not (drift or roundtrip):
+        raise BadInput(f"`check {' '.join(services)}`: services narrow --drift and --roundtrip "
+                       "only (the other checks cover every service); add one of them.")
     settings = load_settings(at.root, at.env, at.settings_dir)
+    for name in services:
+        settings.service(name)  # an unknown one is bad input before anything is checked
     names: list[str] = []
     if changed_since is not None:
         inventory = read_inventory(settings)
@@ -412,7 +441,30 @@ def check(
     report = Report.of(findings, strict, checked=chosen)
     if report.exit_code == 2:
         return report  # the graph cannot be built: nothing to compare models with
-    return Report.of(findings + models_findings(load_project_at(at), names), strict, checked=chosen)
+    project = load_project_at(at)
+    findings += models_findings(project, names)
+    if drift or roundtrip:
+        from .schema_checks import check_roundtrip, find_drift
+
+        schema_services = list(services) or names
+        findings += find_drift(project, schema_services) if drift else []
+        findings += check_roundtrip(project, schema_services) if roundtrip else []
+    return Report.of(findings, strict, checked=chosen)
+
+
+def drift(
+    services: Sequence[str] = (),
+    **where: Unpack[Where],
+) -> Report:
+    """Each difference between the live schema of the selected services (default: all) and
+    the schema their applied revisions give, built on a scratch database; the live
+    database is only read. Exit code 1 (`Report.exit_code`) when there is drift."""
+    at = Location.of(where, "drift")
+    from .schema_checks import find_drift
+
+    project = load_project_at(at)
+    return Report.of(find_drift(project, services),
+                     checked=services or [s.name for s in project.settings.services if s.active])
 
 
 # -- wiring ------------------------------------------------------------------------

@@ -41,6 +41,11 @@ RULES: dict[str, str] = {
     "raw-sql-drop": "runs raw SQL that drops or truncates",
     **SAFE_DDL_RULES,  # PostgreSQL only, each with its fix: safe_ddl.py
     **REDIS_RULES,  # Redis revisions: redis_lint.py
+    "contract-in-pre": (
+        "a contract step in a pre-deploy revision: the code still running during the deploy "
+        "uses what it removes or changes; move it to a post-deploy revision (`phase = \"post\"`, "
+        "`makemigrations --phase post`), applied after the deploy by `migrate --phase post`"
+    ),
 }
 # Operations that lose data: in a protected environment they need confirmation.
 DESTRUCTIVE = frozenset(
@@ -90,8 +95,11 @@ def lint_revision(
     severity: Severity,
     root: Path,
     include_allowed: bool = False,
+    phased: bool = False,
 ) -> list[Finding]:
-    """The findings of one revision's `upgrade()`; silenced ones only with `include_allowed`."""
+    """The findings of one revision's `upgrade()`; silenced ones only with `include_allowed`.
+    `phased`: its service deploys in phases (has a post-deploy revision), so a contract step
+    in a pre-deploy revision is a finding (`contract-in-pre`)."""
     text = rev.path.read_text(encoding="utf-8")
     try:
         tree = ast.parse(text, filename=str(rev.path))
@@ -109,6 +117,8 @@ def lint_revision(
         hits += [Hit(u.rule, u.line, u.end_line, u.detail) for u in unsafe_ddl(upgrade)]
     if config.backend == "redis" or uses_redis(tree):
         hits = [*hits, *(_hit(rule, call, detail) for rule, call, detail in redis_calls(tree))]
+    if phased and rev.phase == "pre":
+        hits += _contract_hits(upgrade, config.backend)
     out = []
     for hit in hits:
         if not include_allowed and _silenced(hit.rule, hit.line, hit.end_line, allowed):
@@ -139,8 +149,9 @@ def lint_service(
     """Every revision of a service; with `squawk`, squawk's findings on PostgreSQL too (on
     the SQL each revision runs, its `ddl` timeouts included, for `pg_version`)."""
     findings: list[Finding] = []
+    phased = any(rev.phase == "post" for rev in revisions.values())
     for rev in revisions.values():
-        findings.extend(lint_revision(config, rev, severity, root))
+        findings.extend(lint_revision(config, rev, severity, root, phased=phased))
     if squawk and config.backend == "sql" and is_postgres(config):
         findings.extend(squawk_service(config, revisions, severity, root, ddl, pg_version))
     return findings
@@ -287,6 +298,50 @@ def _mongo_hits(fn: ast.AST) -> Iterator[Hit]:
                 yield _hit("drop-collection", call, f"command({verb!r})")
             elif verb in ("dropIndexes", "deleteIndexes"):
                 yield _hit("drop-index", call, f"command({verb!r})")
+
+
+# -- contract-in-pre: expand/contract deploys ------------------------------------------
+# Contract steps (drop, rename, SET NOT NULL, type change) belong after the deploy.
+_CONTRACT_CALLS = frozenset(
+    {"drop_table", "drop_column", "drop_index", "drop_constraint", "rename_table"}
+)
+_CONTRACT_ALTERS = {"new_column_name": "rename", "type_": "type change"}
+_CONTRACT_SQL = re.compile(
+    r"\b(DROP|RENAME|SET\s+NOT\s+NULL|ALTER\s+COLUMN\s+\S+\s+(?:SET\s+DATA\s+)?TYPE)\b",
+    re.IGNORECASE,
+)
+_MONGO_CONTRACT = frozenset({*_MONGO_DROPS, "rename"})
+
+
+def _contract_hits(fn: ast.AST, backend: str) -> Iterator[Hit]:
+    """`contract-in-pre`: the contract steps of `fn`, less those on a table it creates
+    itself first (nothing deployed uses that table yet)."""
+    if backend == "mongo":
+        for call, name in _calls(fn):
+            if name in _MONGO_CONTRACT and isinstance(call.func, ast.Attribute):
+                yield _hit("contract-in-pre", call, f"{name}({_first_string(call) or ''!s})")
+        return
+    batches = _batch_tables(fn)
+    created = {t for call, name in _calls(fn) if name == "create_table"
+               for t in [_table_of(call, name, batches)] if t is not None}
+    for call, name in _calls(fn):
+        if _table_of(call, name, batches) in created:
+            continue
+        what = _first_string(call)
+        kws = {k.arg: k.value for k in call.keywords if k.arg}
+        if name in _CONTRACT_CALLS:
+            yield _hit("contract-in-pre", call, f"{name}({what!r})" if what else f"{name}()")
+        elif name == "alter_column":
+            column = _string_arg(call, 1) or _keyword_string(call, "column_name") or "?"
+            changes = [v for k, v in _CONTRACT_ALTERS.items() if k in kws]
+            changes += ["SET NOT NULL"] if _is_false(kws.get("nullable")) else []
+            if changes:
+                yield _hit("contract-in-pre", call, f"alter_column({column!r}) ({', '.join(changes)})")
+        elif name in ("execute", "exec_driver_sql"):
+            match = _CONTRACT_SQL.search(_sql_text(call) or "")
+            if match:
+                verb = " ".join(match.group(1).upper().split()[:3])
+                yield _hit("contract-in-pre", call, f"{name}() with {verb}")
 
 
 def _string_arg(call: ast.Call, index: int) -> str | None:

@@ -23,8 +23,8 @@ from .backends.sql.autogen import Changes, detect_changes
 from .backends.sql.metadata import has_models
 from .discovery import MAX_REVISION_LENGTH, read_revision, versions_dir
 from .errors import BadInput, ModelsChanged, RevisionFileError
-from .findings import first_few
-from .model import MIGRATION_TYPES, ServiceConfig, split_reference
+from .findings import Finding, first_few
+from .model import MIGRATION_TYPES, PHASES, ServiceConfig, split_reference
 from .project import Project
 from .rules import heads_findings, raise_first
 from .templates import RevisionText, render_revision
@@ -44,6 +44,7 @@ class Request:
     migration_type: str | None = None
     empty: bool = False
     requires: tuple[str, ...] = ()
+    phase: str = "pre"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Outcome:
     dry_run: bool = False
     # hooks.after_write that failed on a written file: reported, the file is kept
     hook_failures: tuple[str, ...] = ()
+    # `--check-roundtrip`: the new revisions whose downgrade does not restore the schema
+    roundtrip: tuple[Finding, ...] = ()
 
 
 def make_migrations(
@@ -91,6 +94,8 @@ def make_migrations(
             f"Unknown migration type '{migration_type}'; choose one of {kinds} "
             "(merge revisions come from --merge)."
         )
+    if request.phase not in PHASES:
+        raise BadInput(f"Unknown phase '{request.phase}'; choose pre (the default) or post.")
     selected = project.select(names)
     requires = [resolve_requires(project, spec, [s.name for s in selected]) for spec in request.requires]
     explicit = request.empty or request.migration_type is not None
@@ -125,6 +130,7 @@ def make_migrations(
                 create_date=_now(),
                 down_revision=down,
                 requires=tuple(requires),
+                phase=request.phase,
                 upgrades=changes.upgrades if changes else "",
                 downgrades=changes.downgrades if changes else "",
                 imports=changes.imports if changes else (),
@@ -278,7 +284,7 @@ def _render(
     path = versions_dir(svc.migrations_dir) / f"{stem}.py"
     if path.exists():
         raise BadInput(f"{path} already exists; remove it or choose another message (-m).")
-    _check_header(svc, path.name, body, text.revision)
+    _check_header(svc, path.name, body, text)
     if not dry_run:
         try:
             path.write_text(body, encoding="utf-8")
@@ -293,7 +299,7 @@ def _render(
     return NewRevision(svc.name, text.revision, path, body, text.migration_type, changes)
 
 
-def _check_header(svc: ServiceConfig, name: str, body: str, revision: str) -> None:
+def _check_header(svc: ServiceConfig, name: str, body: str, text: RevisionText) -> None:
     """A template's output must be a revision file whose header says what was asked."""
     with tempfile.TemporaryDirectory(prefix="ncm_render_") as folder:
         probe = Path(folder) / name
@@ -304,10 +310,15 @@ def _check_header(svc: ServiceConfig, name: str, body: str, revision: str) -> No
             raise RevisionFileError(
                 f"The template for service '{svc.name}' renders an invalid revision file: {exc}"
             ) from None
-    if header.revision != revision:
+    if header.revision != text.revision:
         raise RevisionFileError(
             f"The template for service '{svc.name}' writes revision = {header.revision!r} "
-            f"instead of {revision!r}; use `{{{{ revision | pyrepr }}}}` in it."
+            f"instead of {text.revision!r}; use `{{{{ revision | pyrepr }}}}` in it."
+        )
+    if header.phase != text.phase:
+        raise RevisionFileError(
+            f"The template for service '{svc.name}' writes no `phase = {text.phase!r}` header; "
+            "add `phase = {{ phase | pyrepr }}` to it (where phase is not \"pre\")."
         )
 
 

@@ -13,6 +13,10 @@ Direction = Literal["up", "down"]
 Outcome = Literal["applied", "reverted", "faked", "failed", "skipped", "not-run"]
 BackendName = Literal["sql", "mongo", "redis"]
 MIGRATION_TYPES = ("schema", "data", "index", "seed", "merge")
+# Expand/contract deploys: `pre` revisions run before the new code is deployed (the
+# default), `post` revisions after it (`migrate --phase post`).
+Phase = Literal["pre", "post"]
+PHASES: tuple[Phase, ...] = ("pre", "post")
 
 
 class RevisionKey(NamedTuple):
@@ -55,6 +59,10 @@ class Revision:
     doc: str = ""
     defines: frozenset[str] = frozenset()
     line_of: tuple[tuple[str, int], ...] = ()
+    phase: Phase = "pre"
+    # `window = true`: runs only inside a maintenance window; False: never waits for one;
+    # None (no header): waits when lint finds it destructive
+    window: bool | None = None
 
     @property
     def key(self) -> RevisionKey:
@@ -111,10 +119,25 @@ class Step:
 
 
 @dataclass(frozen=True)
+class DeferredStep:
+    """A step held back until a maintenance window opens, and why."""
+
+    service: str
+    revision: str
+    reason: str
+
+    @property
+    def key(self) -> RevisionKey:
+        return RevisionKey(self.service, self.revision)
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Steps in the exact order a serial run executes them."""
+    """Steps in the exact order a serial run executes them; `deferred`: those held back
+    for a maintenance window (not run)."""
 
     steps: tuple[Step, ...]
+    deferred: tuple[DeferredStep, ...] = ()
 
     def services(self) -> list[str]:
         seen: dict[str, None] = {}

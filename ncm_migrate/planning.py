@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from .backends import opened_backend
 from .config import ConnectSettings
@@ -24,9 +25,12 @@ from .graph import (
     upgrade_targets,
 )
 from .ledger import applied_by_run, last_run
-from .model import LedgerRow, Plan, Revision, RevisionKey, ServiceConfig, ServiceState
+from .linting import DESTRUCTIVE, lint_revision
+from .model import LedgerRow, Phase, Plan, Revision, RevisionKey, ServiceConfig, ServiceState
+from .phases import phase_findings, select_phase
 from .project import Project
 from .rules import check_known, check_state, heads_findings, raise_first
+from .windows import is_open, next_opening
 
 
 def read_states(project: Project, names: Sequence[str]) -> dict[str, ServiceState]:
@@ -70,12 +74,17 @@ def states_for(project: Project, names: Sequence[str]) -> dict[str, ServiceState
 
 
 def plan_migrate(
-    project: Project, names: Sequence[str], target: str | None, cascade: bool
+    project: Project,
+    names: Sequence[str],
+    target: str | None,
+    cascade: bool,
+    phase: Phase | None = None,
 ) -> tuple[Plan, dict[str, ServiceState]]:
-    """The plan of `migrate [SVC [TARGET]]` and the states it was drawn from.
+    """The plan of `migrate [SVC [TARGET]] [--phase P]` and the states it was drawn from.
 
     Refuses forked heads (exit 1), a plan that needs a service this environment cannot
-    reach (exit 2), and, when a selected service has nothing to do, a dirty or drifted one.
+    reach (exit 2), a pre-deploy revision that needs a post-deploy one (exit 2), and, when
+    a selected service has nothing to do, a dirty or drifted one.
     """
     if target is not None and len(names) != 1:
         raise BadInput("A TARGET needs exactly one service: `migrate SVC TARGET`.")
@@ -96,6 +105,9 @@ def plan_migrate(
     else:
         targets = upgrade_targets(project.graph, [s.name for s in selected])
     steps = plan_upgrade(project.graph, applied, targets)
+    if phase == "pre":
+        raise_first(phase_findings(project.graph, [s.key for s in steps.steps], project.root))
+    steps = select_phase(steps, project.graph, phase)
     missing = left_out(project, steps)
     if missing:
         raise ServiceNotConfigured(next(iter(missing.values())))
@@ -110,6 +122,48 @@ def plan_migrate(
             check_state(svc, states[svc.name], project.revisions[svc.name],
                         project.settings.allow_checksum_drift, project.root)
     return steps, states
+
+
+def window_holds(project: Project, plan: Plan, moment: datetime) -> dict[RevisionKey, str]:
+    """The upgrades of `plan` that must wait for a maintenance window at `moment`, with why:
+    none where the environment sets no `windows` or one is open; else those declaring
+    `window = True` and those lint finds destructive (silenced or not) unless they declare
+    `window = False`."""
+    windows = project.settings.windows
+    if not windows or is_open(windows, moment):
+        return {}
+    held: dict[RevisionKey, str] = {}
+    for step in plan.steps:
+        rev = project.revisions[step.service][step.revision]
+        if step.direction != "up" or rev.window is False:
+            continue
+        if rev.window:
+            held[step.key] = "declares window = True"
+            continue
+        found = lint_revision(project.service(step.service), rev, "error", project.root,
+                              include_allowed=True)
+        rules = sorted({f.rule for f in found if f.rule in DESTRUCTIVE})
+        if rules:
+            held[step.key] = f"destructive: {', '.join(rules)}"
+    return held
+
+
+def now_reasons(held: Mapping[RevisionKey, str]) -> dict[str, list[str]]:
+    """Per service, what `--now` runs outside a window: confirmed where protected."""
+    reasons: dict[str, list[str]] = {}
+    for key, why in held.items():
+        reasons.setdefault(key.service, []).append(
+            f"applies {key.revision} outside a maintenance window (--now; {why})")
+    return reasons
+
+
+def deferred_note(project: Project, plan: Plan, moment: datetime) -> str:
+    """One sentence naming `plan`'s deferred steps, the next window and what to run."""
+    opens = next_opening(project.settings.windows, moment)
+    when = f" (the next opens {opens:%a %Y-%m-%d %H:%M %Z})" if opens else ""
+    shown = ", ".join(f"{d.service}:{d.revision} ({d.reason})" for d in plan.deferred)
+    return (f"Deferred to a maintenance window{when}: {shown}; run `manage.py migrate` inside "
+            "a window, or pass --now to run them anyway (--allow-deferred makes this exit 0).")
 
 
 def plan_rollback(

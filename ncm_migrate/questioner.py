@@ -107,7 +107,12 @@ def confirm_plan(
     configs: Mapping[str, ServiceConfig],
     root: Path,
     fake: bool,
+    also: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """Ask about every service the plan changes destructively, before anything runs."""
-    for service, why in plan_reasons(plan, revisions, configs, root, fake).items():
+    """Ask about every service the plan changes destructively (and each service `also`
+    gives more reasons for), once each, before anything runs."""
+    reasons = plan_reasons(plan, revisions, configs, root, fake)
+    for service, more in (also or {}).items():
+        reasons.setdefault(service, []).extend(more)
+    for service, why in reasons.items():
         questioner.confirm(environment, service, why)

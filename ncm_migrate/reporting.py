@@ -38,12 +38,18 @@ CHECK_RULES: Mapping[str, str] = {
     "pending": "Revisions not applied yet; run manage.py migrate.",
     "models-changed": "models.py has changes that no revision holds yet; run makemigrations.",
 }
+# `drift` and `check --drift/--roundtrip`: a JUnit case only where they ran (`COMMAND_RULES`).
+SCHEMA_RULES: Mapping[str, str] = {
+    "drift": "The live database differs from the schema its applied revisions give.",
+    "roundtrip": "A revision whose downgrade does not restore the schema before it, or raises.",
+}
 _LINT_RULES = ("malformed-revision", *LINT_RULES)
 # The checks each command runs: one JUnit test case per service and check.
 COMMAND_RULES: Mapping[str, tuple[str, ...]] = {
     "lint": _LINT_RULES,
     "validate": (*(r for r in CHECK_RULES if r not in ("pending", "models-changed")), *LINT_RULES),
     "check": (*CHECK_RULES, *LINT_RULES),
+    "drift": ("drift",),
 }
 
 
@@ -51,6 +57,8 @@ def rule_help(rule: str) -> str:
     """One sentence on what a rule finds."""
     if rule in CHECK_RULES:
         return CHECK_RULES[rule]
+    if rule in SCHEMA_RULES:
+        return SCHEMA_RULES[rule]
     if rule in LINT_RULES:
         return f"The revision's upgrade() {LINT_RULES[rule]}; add `# ncm: allow {rule}` if meant."
     if rule.startswith("squawk:"):
@@ -85,8 +93,18 @@ def render_text(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     """`{ok, findings}`, as `--json` has always written it."""
-    data = {"ok": report.ok, "findings": [asdict(f) for f in report.findings]}
+    data = {"ok": report.ok, "findings": [finding_json(f) for f in report.findings]}
     return redact_known(json.dumps(data, indent=2)) + "\n"
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    """A finding as JSON: `object`, `expected` and `actual` only on schema differences
+    (`drift`, `roundtrip`), so that other findings read as they always have."""
+    data = asdict(finding)
+    if finding.object is None:
+        for key in ("object", "expected", "actual"):
+            del data[key]
+    return data
 
 
 # -- GitHub workflow commands ---------------------------------------------------------

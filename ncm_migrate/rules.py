@@ -30,6 +30,7 @@ _ERRORS: Mapping[str, type[NcmError]] = {
     "cycle": GraphError,
     "duplicate-label": GraphError,
     "multiple-heads": MultipleHeads,
+    "phase-order": GraphError,
 }
 
 

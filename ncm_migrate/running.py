@@ -5,6 +5,7 @@ migrating, the audit log, the executor, and rolling back on failure.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,13 +83,18 @@ class MigrateResult:
 
 
 def confirm_protected(
-    project: Project, steps: Plan, fake: bool, questioner: Questioner | None
+    project: Project,
+    steps: Plan,
+    fake: bool,
+    questioner: Questioner | None,
+    also: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """In a protected environment, have destructive work confirmed before anything runs."""
+    """In a protected environment, have destructive work (and what `also` names, per
+    service) confirmed before anything runs."""
     if project.settings.protected and steps:
         configs = {s.name: s for s in project.settings.services}
         confirm_plan(questioner or NonInteractiveQuestioner(), project.settings.env, steps,
-                     project.revisions, configs, project.root, fake)
+                     project.revisions, configs, project.root, fake, also)
 
 
 def take_backup(

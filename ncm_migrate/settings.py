@@ -59,6 +59,7 @@ from .settings_values import (
     setting_int,
     setting_opt_str,
     setting_str,
+    setting_windows,
 )
 from .urls import remember_secret_text
 
@@ -255,6 +256,7 @@ def load_settings(
             timeout_s=setting_float(merged, "hooks.timeout_s", sources),
         ),
         notify=_notify(merged, sources),
+        windows=setting_windows(merged, sources),
     )
 
 

@@ -20,13 +20,14 @@ from .errors import SettingsError
 from .model import BackendName, ServiceConfig
 from .rules import version_table_findings
 from .urls import backend_of, check_url, mask_userinfo, remember_secret, resolve_sqlite_path
+from .windows import EXAMPLE, Window, parse_windows
 
 HOOK_EVENTS = ("before_migrate", "after_step", "after_migrate", "after_failure", "after_write")
 BACKENDS = ("sql", "mongo", "redis")
 TOP_KEYS = {
     "services_dir", "services_glob", "database_url", "services", "connect", "lock",
     "protected", "backup", "lint", "audit", "jobs", "read_jobs", "rollback_on_failure",
-    "allow_checksum_drift", "hooks", "notify", "ddl",
+    "allow_checksum_drift", "hooks", "notify", "ddl", "windows",
 }
 SERVICE_KEYS = {
     "database_url", "backend", "version_table", "depends_on", "naming_convention", "models",
@@ -215,6 +216,19 @@ def setting_at(data: Mapping[str, Any], key: tuple[str, ...]) -> Any:
             return None
         node = node[part]
     return node
+
+
+def setting_windows(merged: Mapping[str, Any], sources: SettingSources) -> tuple[Window, ...]:
+    """`windows`: a list of maintenance windows such as "Sat 02:00-04:00 UTC"."""
+    value = merged.get("windows")
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise bad_setting(("windows",), value, f'a list of windows such as [{EXAMPLE}]', sources)
+    try:
+        return parse_windows(value)
+    except ValueError as exc:
+        raise SettingsError(f"Setting 'windows' ({sources.of(('windows',))}): {exc}.") from None
 
 
 def bad_setting(key: tuple[str, ...], value: object, expected: str, sources: SettingSources) -> SettingsError:

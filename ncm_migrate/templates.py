@@ -28,7 +28,8 @@ class RevisionText:
     """What a template is given to render one revision file.
 
     Templates see these names: `message`, `revision`, `down_revision`, `branch_labels`,
-    `depends_on`, `requires`, `migration_type`, `service`, `backend`, `dialect` (e.g.
+    `depends_on`, `requires`, `migration_type`, `phase` ("pre" or "post"), `service`,
+    `backend`, `dialect` (e.g.
     `postgresql`, or `mongo`), `create_date`, `upgrades` and `downgrades` (code indented
     by four spaces, empty when there is none) and `imports` (the import lines the code
     needs). The filter `pyrepr` writes a value as a Python literal.
@@ -48,6 +49,7 @@ class RevisionText:
     imports: tuple[str, ...] = ()
     branch_labels: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
+    phase: str = "pre"
 
 
 def template_name(migration_type: str, backend: str) -> str:
@@ -89,6 +91,7 @@ def render_revision(config: ServiceConfig, settings_dir: Path, text: RevisionTex
             depends_on=_one_or_tuple(text.depends_on),
             requires=list(text.requires),
             migration_type=text.migration_type,
+            phase=text.phase,
             service=text.service,
             backend=text.backend,
             dialect=text.dialect,

@@ -24,6 +24,7 @@ from .graph import Graph, build_graph, run_order
 from .linting import lint_service
 from .loader import load_project
 from .model import Revision, RevisionKey, ServiceConfig, ServiceState
+from .phases import phase_findings
 from .planning import read_state
 from .project import Project, select_services
 from .pyfiles import load_revision_module, one_line
@@ -120,6 +121,7 @@ def graph_findings(
         unreadable=unreadable,
     )
     findings += heads_findings(graph, [svc.name for svc in settings.services], root)
+    findings += phase_findings(graph, root=root)
     for rev in graph.nodes.values():
         for fn in ("upgrade", "downgrade"):
             if fn not in rev.defines:
@@ -174,14 +176,33 @@ def database_findings(
     findings += invalid_index_findings(config, invalid, revisions, settings.root)
     if pending:
         todo = [r for r in run_order(graph, config.name) if r not in state.applied]
-        if todo:
-            count = f"{len(todo)} revision{'s' * (len(todo) != 1)}"
-            findings.append(Finding(
-                config.name, todo[0], "pending", "error",
-                f"{count} not applied yet: {first_few(todo)}; run `manage.py migrate`",
-                relative_file(config.migrations_dir, settings.root),
-            ))
+        findings += pending_findings(settings, config, todo, revisions)
     return state, findings
+
+
+def pending_findings(
+    settings: Settings, config: ServiceConfig, todo: Sequence[str], revisions: Mapping[str, Revision]
+) -> list[Finding]:
+    """Revisions not applied yet: pre-deploy ones an error (`pending`), post-deploy ones
+    apart, a warning (`pending-post`: between a deploy and its contract phase they wait)."""
+    where = relative_file(config.migrations_dir, settings.root)
+    pre = [r for r in todo if revisions[r].phase != "post"]
+    post = [r for r in todo if revisions[r].phase == "post"]
+    findings: list[Finding] = []
+    if pre:
+        count = f"{len(pre)} revision{'s' * (len(pre) != 1)}"
+        findings.append(Finding(
+            config.name, pre[0], "pending", "error",
+            f"{count} not applied yet: {first_few(pre)}; run `manage.py migrate`", where,
+        ))
+    if post:
+        count = f"{len(post)} post-deploy revision{'s' * (len(post) != 1)}"
+        findings.append(Finding(
+            config.name, post[0], "pending-post", "warning",
+            f"{count} not applied yet: {first_few(post)}; after the deploy, run "
+            "`manage.py migrate --phase post`", where,
+        ))
+    return findings
 
 
 def requirement_findings(

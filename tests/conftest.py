@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,26 @@ def repo(tmp_path: Path) -> Monorepo:
     root = tmp_path / "repo"
     root.mkdir()
     return Monorepo(root)
+
+
+@pytest.fixture
+def scratches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URL of every scratch database built during the test (checked to exist while
+    it is used)."""
+    from scratch_dbs import exists
+
+    from ncm_migrate.backends.sql import autogen
+
+    made: list[str] = []
+    real = autogen.scratch_database
+
+    @contextmanager
+    def spy(config: Any, project: Any) -> Iterator[str | None]:
+        with real(config, project) as url:
+            if url is not None:
+                made.append(url)
+            yield url
+            assert url is None or exists(url), f"{url} was not there while it was used"
+
+    monkeypatch.setattr(autogen, "scratch_database", spy)
+    return made

@@ -96,6 +96,22 @@ def test_a_hook_past_its_timeout_is_stopped(repo: Monorepo, tmp_path: Path) -> N
     assert result.code == 1 and "did not finish within 0.5s (hooks.timeout_s)" in result.stderr
 
 
+def test_a_callable_hook_past_its_timeout_fails_the_before_hook(
+        repo: Monorepo, tmp_path: Path) -> None:
+    repo.write("team_hooks_hang.py", "import threading\nlet_go = threading.Event()\n"
+                                     "def hang(summary):\n    let_go.wait()\n")
+    url = _project(repo, tmp_path, 'timeout_s = 0.5\nbefore_migrate = ["team_hooks_hang:hang"]\n')
+    try:
+        result = repo.cli("migrate")
+        assert result.code == 1 and "Traceback" not in result.output
+        assert "did not return within 0.5s (hooks.timeout_s)" in result.stderr
+        assert not ledger(url)  # a before-hook that never answers stops the run before it starts
+    finally:
+        hung = sys.modules.get("team_hooks_hang")
+        if hung is not None:
+            hung.let_go.set()  # the thread left running ends
+
+
 def test_after_hook_failures_never_change_the_runs_outcome(repo: Monorepo, tmp_path: Path) -> None:
     url = _project(repo, tmp_path, f"after_migrate = [{_hook('after', 'fail')}]\n"
                                    "after_step = [\"no_such_module_here:fn\"]\n")

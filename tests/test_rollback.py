@@ -171,7 +171,7 @@ def test_applied_revision_whose_file_is_gone(repo: Monorepo, db_url: str) -> Non
     body = json.loads(repo.cli("showmigrations", "users", "--json").stdout)["services"][0]
     assert body["unknown"] == ["0003_c"] and body["current"] == ["0003_c"]
     assert body["revisions"][-1] == {"revision": "0003_c", "applied": True, "path": "",
-                                     "doc": "", "missing": True}
+                                     "doc": "", "missing": True, "phase": "pre"}
     assert body["pending"] == 0
 
     for args in (("rollback", "users"), ("rollback", "users", "0001_a"), ("migrate", "users", "0001_a"),

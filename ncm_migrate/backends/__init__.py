@@ -8,10 +8,10 @@ go through the same executor.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..config import ConnectSettings, DdlSettings
 from ..model import (
@@ -24,6 +24,10 @@ from ..model import (
     Step,
     StepResult,
 )
+from ..schemas import Schema
+
+if TYPE_CHECKING:
+    from ..project import Project
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,10 @@ class Backend(Protocol):
     def drop_indexes(self, indexes: Sequence[InvalidIndex]) -> list[InvalidIndex]:
         """Drop INVALID `indexes` (concurrently, on PostgreSQL): those dropped."""
 
+    def read_schema(self, ignored: Iterable[str]) -> Schema:
+        """The database's schema (tables or collections, and what they hold), without the
+        objects named in `ignored`; reads only."""
+
     def interrupt(self) -> None:
         """After a signal cut a step short on this side: stop what the server still runs
         for this backend's connection (MySQL goes on with a statement whose client left,
@@ -132,6 +140,22 @@ def make_backend(config: ServiceConfig, connect: ConnectSettings | float, lease_
     from .sql.backend import SqlBackend
 
     return SqlBackend(config, connect, ddl)
+
+
+@contextmanager
+def scratch_copy(config: ServiceConfig, project: Project) -> Iterator[ServiceConfig | None]:
+    """`config` pointed at a new, empty database on the service's server, dropped on the way
+    out (even when the work in it fails); None when the server refuses to create one."""
+    if config.backend == "mongo":
+        from .mongo.scratch import scratch_mongo_database
+
+        with scratch_mongo_database(config, project.settings.connect.timeout_s) as scratch:
+            yield scratch
+        return
+    from .sql.autogen import scratch_database
+
+    with scratch_database(config, project) as url:
+        yield None if url is None else replace(config, database_url=url)
 
 
 def open_backend(config: ServiceConfig, connect: ConnectSettings) -> Backend:

@@ -24,6 +24,7 @@ from .context import global_options
 from .inspecting import (
     check_cmd,
     doctor_cmd,
+    drift_cmd,
     history_cmd,
     lint_cmd,
     services_cmd,
@@ -56,6 +57,7 @@ _COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("validate", validate_cmd),
     ("lint", lint_cmd),
     ("check", check_cmd),
+    ("drift", drift_cmd),
     ("repair", repair_cmd),
     ("backup", backup_cmd),
     ("restore", restore_cmd),

@@ -1,5 +1,5 @@
 """The commands that look and change nothing: `services`, `showmigrations`, `history`, `wait`,
-`doctor`, `validate`, `lint` and `check`.
+`doctor`, `validate`, `lint`, `check` and `drift`.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def showmigrations_cmd(
 ) -> None:
     """Show every revision, [X] applied or [ ] pending, in the order they run.
 
-    With pending counts, dirty marks and forked heads; --json adds each service's heads and
-    current revisions.
+    With pending counts (post-deploy revisions apart), dirty marks and forked heads;
+    --json adds each service's heads and current revisions.
 
     Example: python manage.py showmigrations users billing
     """
@@ -74,7 +74,8 @@ def showmigrations_cmd(
             for r in s.revisions:
                 mark = "?" if r.missing else "X" if r.applied else " "
                 doc = "  (applied, no file)" if r.missing else f"  {r.doc}" if r.doc else ""
-                lines.append(f" [{mark}] {r.revision}{doc}")
+                post = "  (post-deploy)" if r.phase == "post" else ""
+                lines.append(f" [{mark}] {r.revision}{doc}{post}")
             if s.unknown:
                 lines.append(f" applied but not on disk: {', '.join(s.unknown)} (check out the "
                              "branch that has them)")
@@ -84,7 +85,12 @@ def showmigrations_cmd(
                 lines.append(f" several heads: {', '.join(s.conflicting_heads)} "
                              f"(run makemigrations {s.name} --merge)")
             elif s.pending:
-                lines.append(f" {s.pending} pending")
+                if s.pending > s.pending_post:
+                    lines.append(f" {s.pending - s.pending_post} pending")
+                if s.pending_post:
+                    waiting = [r.revision for r in s.revisions if r.phase == "post" and not r.applied]
+                    lines.append(f" {s.pending_post} pending post-deploy (after the deploy: "
+                                 f"migrate --phase post): {', '.join(waiting)}")
         write_plain(lines)
 
 
@@ -227,6 +233,9 @@ def lint_cmd(
 
 def check_cmd(
     ctx: typer.Context,
+    services: Annotated[
+        list[str] | None, typer.Argument(help="Services for --drift and --roundtrip (default: all).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
     fmt: Annotated[
@@ -241,16 +250,50 @@ def check_cmd(
         typer.Option("--changed-since", metavar="REF",
                      help="Only services changed since this git commit, and their dependents."),
     ] = None,
+    drift: Annotated[
+        bool, typer.Option("--drift", help="Also compare live schemas with the applied revisions.")
+    ] = False,
+    roundtrip: Annotated[bool, typer.Option(
+        "--roundtrip", help="Also run every revision up, down and up on a scratch database.")] = False,
 ) -> None:
     """For CI: validate everything, and fail when a revision is pending or a service dirty.
 
     With --changed-since REF, only the services changed since REF (git) and those that
-    depend on them.
+    depend on them. --drift adds `drift`; --roundtrip checks that each revision's downgrade
+    restores the schema before it (on a scratch database, never yours).
 
     Example: python manage.py check --env test --changed-since origin/main --format github
     """
     g = globals_of(ctx)
     with exit_on_error():
         chosen = chosen_format(fmt, as_json)
-        report = commands.check(strict=strict, changed_since=changed_since, **g.where)
+        report = commands.check(services or (), strict=strict, changed_since=changed_since,
+                                drift=drift, roundtrip=roundtrip, **g.where)
     print_findings(report, chosen, g.verbosity < 0, output, "check")
+
+
+def drift_cmd(
+    ctx: typer.Context,
+    services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    fmt: Annotated[
+        OutputFormat | None,
+        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
+    ] = None,
+) -> None:
+    """Compare each live database with the schema its applied revisions give; exit 1 on drift.
+
+    The expected schema is built on a scratch database (always dropped); the live one is
+    only read. Tables, columns, types, nullability, defaults, indexes and constraints
+    (MongoDB: collections, indexes, validators).
+
+    Example: python manage.py drift users --env staging --json
+    """
+    g = globals_of(ctx)
+    with exit_on_error():
+        chosen = chosen_format(fmt, as_json)
+        report = commands.drift(services or (), **g.where)
+    print_findings(report, chosen, g.verbosity < 0, output, "drift")

@@ -9,16 +9,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import BadInput, Interrupted, NcmError, ProblemsFound, signal_name
+from ..errors import BadInput, Interrupted, NcmError, ProblemsFound, RevisionsDeferred, signal_name
 from ..events import RunReport
 from ..interrupts import StopRequest, ignore_signals, stopping_on_signals
-from ..model import StepResult
+from ..model import Phase, StepResult
 from ..urls import redact_known
 from .context import Globals, globals_of, terminal_questioner
 from .output import (
     ProgressReporter,
     exit_on_error,
     out,
+    print_deferred,
     print_json,
     print_plan,
     print_summary,
@@ -56,9 +57,10 @@ def _run_and_print(
         raise Interrupted(f"Interrupted ({signal_name(signum)}) before any revision ran.",
                           signum) from None
     except NcmError as exc:
+        deferred = exc.deferred if isinstance(exc, RevisionsDeferred) else []
         if as_json:
             print_json({"ok": False, "error": redact_known(str(exc)), "steps": exc.results,
-                        "run_id": exc.run_id})
+                        "run_id": exc.run_id, "deferred": deferred})
         elif not quiet and exc.results:
             print_summary(RunReport(exc.results))
             if isinstance(exc, Interrupted) or any(r.dirty for r in exc.results):
@@ -67,12 +69,13 @@ def _run_and_print(
         raise
     if as_json:
         print_json({"ok": True, "error": None, "steps": result.results, "run_id": result.run_id,
-                    "reverted_run": result.undid_run})
+                    "reverted_run": result.undid_run, "deferred": result.plan.deferred})
     elif not quiet:
-        if not result.plan.steps:
+        if not result.plan.steps and not result.plan.deferred:
             out.print("Nothing to do: " + (f"what run {result.undid_run} applied is rolled back already."
                                            if result.undid_run else "every service is at its target."))
         print_summary(result.report)
+        print_deferred(result.plan)
         _print_run_id(result.run_id, result.results)
 
 
@@ -111,6 +114,16 @@ def migrate_cmd(
     verify_only: Annotated[
         bool, typer.Option("--verify-only", help="Re-run applied revisions' verify(); change nothing.")
     ] = False,
+    phase: Annotated[
+        Phase | None,
+        typer.Option("--phase", help="pre: before the deploy (expand); post: after it (contract)."),
+    ] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="Run what waits for a maintenance window anyway.")
+    ] = False,
+    allow_deferred: Annotated[
+        bool, typer.Option("--allow-deferred", help="Exit 0 when revisions wait for a window.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     changed_since: Annotated[
         str | None,
@@ -122,6 +135,7 @@ def migrate_cmd(
     """Apply every pending revision of every service, in dependency order.
 
     With SVC TARGET, move one service to a revision, forwards or backwards (zero = base).
+    Outside the environment's maintenance windows, destructive revisions are deferred.
 
     Example: python manage.py migrate --env staging --jobs 4
     """
@@ -136,14 +150,15 @@ def migrate_cmd(
                            "migrate); migrate itself runs what is pending.")
         if plan:
             steps = commands.plan(services, target, cascade=cascade, changed_since=changed_since,
-                                  **g.where)
+                                  phase=phase, now=now, **g.where)
             if as_json:
-                print_json({"steps": [asdict(s) for s in steps.steps]})
+                print_json({"steps": [asdict(s) for s in steps.steps],
+                            "deferred": [asdict(d) for d in steps.deferred]})
             else:
                 print_plan(steps)
             return
         if sql:
-            script = commands.migrate_sql(services, target, **g.where)
+            script = commands.migrate_sql(services, target, phase=phase, **g.where)
             print(script.text)
             if script.unrendered:
                 raise NcmError(
@@ -158,7 +173,8 @@ def migrate_cmd(
             _run(lambda: commands.migrate(
                 services, target, fake=fake, jobs=jobs, cascade=cascade, report=reporter,
                 confirm=show_cascade if cascade and not as_json else None,
-                questioner=terminal_questioner(yes), rollback_on_failure=undo, **g.where,
+                questioner=terminal_questioner(yes), rollback_on_failure=undo, phase=phase,
+                now=now, allow_deferred=allow_deferred, **g.where,
             ), as_json, g.verbosity < 0)
 
 

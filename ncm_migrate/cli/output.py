@@ -133,11 +133,20 @@ class ProgressReporter:
 
 def print_plan(plan: Plan) -> None:
     if not plan.steps:
-        out.print("Nothing to do: every service is at its target.")
-        return
+        out.print("Nothing to do now." if plan.deferred
+                  else "Nothing to do: every service is at its target.")
     for n, s in enumerate(plan.steps, 1):
         arrow = "up  " if s.direction == "up" else "down"
         out.print(f"{n:>4}. [level {s.level}] {arrow} {s.service}:{s.revision}", markup=False)
+    print_deferred(plan)
+
+
+def print_deferred(plan: Plan) -> None:
+    """The steps held back for a maintenance window, and why."""
+    if plan.deferred:
+        out.print("Deferred to a maintenance window:")
+        for d in plan.deferred:
+            out.print(f"      {d.service}:{d.revision}  ({d.reason})", markup=False)
 
 
 def show_cascade(plan: Plan) -> None:

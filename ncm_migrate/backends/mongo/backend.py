@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from urllib.parse import unquote
 
@@ -45,6 +45,7 @@ from ...model import (
     StepResult,
 )
 from ...pyfiles import load_revision_module, verify_failure
+from ...schemas import Schema
 from ...urls import mask_url, password_of, redact
 from .. import ConnectFailed, ServerInfo, StepCallback, step_outcome
 from .lease import COLLECTION as LOCK_COLLECTION
@@ -62,6 +63,7 @@ from .ledger import (
     state_from_docs,
 )
 from .run import MarkerClaimed, StepRun, short_error, step_failed
+from .snapshot import read_mongo_schema
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +252,10 @@ class MongoBackend:
         with _connection_errors(self.config, "reading its migration state"):
             docs = ledger_docs(self.ledger, self.config.name)
         return state_from_docs(docs, revisions)
+
+    def read_schema(self, ignored: Iterable[str]) -> Schema:
+        with _connection_errors(self.config, "reading its schema"):
+            return read_mongo_schema(self.db, {*ignored, ledger_rules.TABLE, MARKERS, LOCK_COLLECTION})
 
     def history(self, limit: int | None = None) -> list[LedgerRow]:
         with _connection_errors(self.config, "reading its ledger"):

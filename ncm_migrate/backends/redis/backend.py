@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -33,6 +33,7 @@ from ...model import (
     StepResult,
 )
 from ...pyfiles import load_revision_module, verify_failure
+from ...schemas import Schema
 from ...urls import mask_url, password_of, redact
 from .. import ConnectFailed, ServerInfo, StepCallback, step_outcome
 from .lease import RedisLease
@@ -195,6 +196,11 @@ class RedisBackend:
         with connection_errors(self.config, "reading its migration state"):
             entries = ledger_entries(self.client, self.keys)
         return state_from_entries(entries, self.config.name, revisions)
+
+    def read_schema(self, ignored: Iterable[str]) -> Schema:
+        """Redis keeps no schema: nothing for `drift` or a round trip to compare."""
+        del ignored
+        return Schema()
 
     def history(self, limit: int | None = None) -> list[LedgerRow]:
         with connection_errors(self.config, "reading its ledger"):

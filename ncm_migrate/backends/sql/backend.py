@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
@@ -36,6 +36,7 @@ from ...model import (
     Step,
     StepResult,
 )
+from ...schemas import Schema
 from ...urls import is_async, sqlite_file
 from .. import ConnectFailed, ServerInfo, StepCallback
 from . import bookkeeping, invalid_indexes, offline, run
@@ -51,6 +52,7 @@ from .engine import (
     short_reason,
 )
 from .locks import named_lock
+from .snapshot import read_sql_schema
 
 if TYPE_CHECKING:
     # Imported where it is used: SQLAlchemy's asyncio extension pulls in the ORM.
@@ -398,6 +400,10 @@ class SqlBackend:
                 return
             log.warning("service '%s': could not stop the interrupted statement on the server: "
                         "%s", self.config.name, short_reason(exc))
+
+    @_driver_call
+    def read_schema(self, ignored: Iterable[str]) -> Schema:
+        return read_sql_schema(self.conn, {*ignored, ledger_rules.TABLE})
 
     # -- applying -----------------------------------------------------------------
 

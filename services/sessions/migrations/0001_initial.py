@@ -8,14 +8,20 @@ requires = ["users:0001_initial"]  # a session belongs to a user
 migration_type = "data"
 
 import redis
+from redis.client import Pipeline
+
+from ncm_migrate.redis_ops import batched_scan_update
 
 TTL_S = 14 * 24 * 3600
 
 
 def upgrade(r: redis.Redis) -> None:
-    for key in r.scan_iter(match="sess:*", count=1000):  # SCAN, never KEYS
+    def default_ttl(pipe: Pipeline, key: bytes) -> None:
         if r.ttl(key) == -1:
-            r.expire(key, TTL_S)
+            pipe.expire(key, TTL_S)
+
+    # SCAN in batches of one MULTI/EXEC each, never KEYS; resumes where it stopped.
+    batched_scan_update(r, "sess:*", default_ttl)
     r.hset("sessions:config", mapping={"default_ttl_s": TTL_S})
 
 

@@ -8,15 +8,19 @@ requires: list[str] = []
 migration_type = "data"
 
 import redis
+from redis.client import Pipeline
+
+from ncm_migrate.redis_ops import batched_scan_update
 
 
 def upgrade(r: redis.Redis) -> None:
-    for key in r.scan_iter(match="sess:*", count=1000):
+    def index(pipe: Pipeline, key: bytes) -> None:
         user = r.hget(key, "user_id")
         if user is not None:
-            r.sadd(b"sessions:by_user:" + user, key.removeprefix(b"sess:"))
+            pipe.sadd(b"sessions:by_user:" + user, key.removeprefix(b"sess:"))
+
+    batched_scan_update(r, "sess:*", index, key_type="hash")
 
 
 def downgrade(r: redis.Redis) -> None:
-    for key in r.scan_iter(match="sessions:by_user:*", count=1000):
-        r.unlink(key)
+    batched_scan_update(r, "sessions:by_user:*", lambda pipe, key: pipe.unlink(key))
