@@ -19,7 +19,7 @@ from typing import Any, cast
 from .discovery import find_service_dirs
 from .errors import BadInput, NcmError
 from .pyfiles import import_file
-from .settings import load_settings
+from .settings import service_folders
 
 log = logging.getLogger(__name__)
 _COMMAND_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -46,7 +46,7 @@ def find_service_commands(root: Path, env: str | None = None,
     that needs the settings runs.
     """
     try:
-        service_dirs = [s.root for s in load_settings(root, env, settings_dir).services]
+        service_dirs = service_folders(root, env, settings_dir)
     except NcmError:
         try:
             service_dirs = find_service_dirs(root, "services", "*")

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from dynaconf import Dynaconf
-
 from .config import (
     BackupSettings,
     ConnectSettings,
@@ -290,7 +288,62 @@ def _pg_version(merged: dict[str, Any], sources: SettingSources) -> str | None:
     return version
 
 
+def service_folders(
+    root: Path,
+    env: str | None = None,
+    settings_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """The services' folders for `env`, as `load_settings(...).services` finds them, for
+    `--help` (which lists the services' own commands): without Dynaconf when
+    `services_dir` and `services_glob` are plain text in the files, merged as Dynaconf
+    merges them (file by file: its [default], the environment's section, its [global]);
+    through `load_settings` when an `NCM_` or Dynaconf variable, a `dynaconf_*` key or an
+    `@` token may change them. Errors as `load_settings`'s."""
+    environ = os.environ if environ is None else environ
+    root = root.resolve()
+    sdir = settings_dir_of(root, settings_dir)
+    layout = _plain_layout(sdir, chosen_environment(env, environ), environ)
+    if layout is None:
+        return [s.root for s in load_settings(root, env, settings_dir, environ).services]
+    return find_service_dirs(root, *layout)
+
+
+def _plain_layout(sdir: Path, env: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """`services_dir` and `services_glob` read from the files alone, or None when Dynaconf's
+    loading could give something else."""
+    if "NCM_SERVICES_DIR" in environ or "NCM_SERVICES_GLOB" in environ or any(
+        "DYNACONF" in name.upper() for name in environ
+    ):
+        return None
+    values = {"services_dir": "", "services_glob": ""}
+    for path in (_DEFAULTS, *(sdir / name for name in PROJECT_FILES)):
+        if not path.is_file():
+            continue
+        try:
+            sections = {str(k).lower(): v for k, v in read_toml(path).items()}
+        except SettingsError:
+            return None
+        for section in ("default", env, "global"):
+            table = sections.get(section, {})
+            if not isinstance(table, Mapping):
+                return None
+            for key, value in table.items():
+                key = str(key).lower()
+                if key.startswith("dynaconf") or (
+                    key in values and (not isinstance(value, str) or value.startswith("@"))
+                ):
+                    return None
+                if key in values:
+                    values[key] = value
+        if any(k.startswith("dynaconf") for k in sections):
+            return None
+    return values["services_dir"], values["services_glob"]
+
+
 def _dynaconf(files: list[str], env: str) -> Any:
+    from dynaconf import Dynaconf  # here: finding service folders for --help needs none
+
     return Dynaconf(
         settings_files=files,
         environments=True,

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from dynaconf.utils.inspect import get_history
-
 from .config import DURATION_HINT, Hook, duration_ms
 from .errors import SettingsError
 from .model import BackendName, ServiceConfig
@@ -170,6 +168,8 @@ class SettingSources:
             and setting_at(self.service_layers.get(key[1], {}), key[2:]) is not None
         ):
             return str(self.service_files[key[1]])
+        from dynaconf.utils.inspect import get_history  # only when a value is wrong
+
         try:
             history = get_history(self.project, key=".".join(key))
         except (KeyError, AttributeError, TypeError):

@@ -63,12 +63,15 @@ def test_a_tiny_full_run_completes_and_writes_the_report(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = results.read_text()
     for heading in ("## Targets", "## Listing", "## No-op migrate", "## Applying",
-                    "## Parallel", "## Contention", "## Exact commands"):
+                    "## Parallel", "## Contention", "## One small service", "## Scale",
+                    "## Exact commands"):
         assert heading in report, heading
     assert "plain Alembic: load" in report and "alembic upgrade head" in report
     assert "vs Alembic" in report and "Python " in report and "nproc " in report
     assert "(sqlite, a fresh checkout)" in report and "(sqlite, warm caches)" in report
     assert "plain Alembic, cold" in report and "reference: only importing" in report
+    assert "ncm migrate (nothing to do) against alembic upgrade head (nothing to do)" in report
+    assert "scale: at most 4.5x the listing's time" in report
 
 
 # -- redis_batched_update.py ---------------------------------------------------------------

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .. import commands
 from ..findings import Report
 from ..model import Phase
 from .context import globals_of
 from .output import exit_on_error, out, print_findings, shown
+from .verbs import commands
 
 if TYPE_CHECKING:
     from ..making_migrations import Outcome

@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import commands
 from ..urls import redact_known
 from .context import globals_of
 from .output import (
@@ -24,6 +23,7 @@ from .output import (
     print_json,
     write_plain,
 )
+from .verbs import commands
 
 
 def services_cmd(

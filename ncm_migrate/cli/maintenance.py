@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import commands
 from ..errors import BadInput
 from .context import globals_of, terminal_questioner
 from .output import exit_on_error, out
+from .verbs import commands
 
 
 def repair_cmd(

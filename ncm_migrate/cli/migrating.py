@@ -5,16 +5,14 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .. import commands
 from ..errors import BadInput, Interrupted, NcmError, ProblemsFound, RevisionsDeferred, signal_name
 from ..events import RunReport
 from ..interrupts import StopRequest, ignore_signals, stopping_on_signals
 from ..model import Phase, StepResult
-from ..running import MigrateResult
 from ..urls import redact_known
 from .context import Globals, globals_of, terminal_questioner
 from .output import (
@@ -28,6 +26,10 @@ from .output import (
     show_cascade,
     where_each_stands,
 )
+from .verbs import commands
+
+if TYPE_CHECKING:
+    from ..running import MigrateResult
 
 
 def _run(call: Callable[[], MigrateResult], as_json: bool, quiet: bool) -> None:
