@@ -2,7 +2,8 @@
 `app_for` (the app plus a monorepo's service commands), and `main()`.
 
 Every command parses its options, calls a verb from `commands`, and prints the result;
-an `NcmError` becomes one sentence on stderr and its exit code.
+an `NcmError` becomes one sentence on stderr and its exit code. Each command imports
+`commands` when it runs, so `--help` and `--version` import no SQLAlchemy or Dynaconf.
 """
 
 from __future__ import annotations

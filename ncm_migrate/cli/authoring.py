@@ -11,7 +11,6 @@ from ..findings import Report
 from ..model import Phase
 from .context import globals_of
 from .output import exit_on_error, out, print_findings, shown
-from .verbs import commands
 
 if TYPE_CHECKING:
     from ..making_migrations import Outcome
@@ -49,6 +48,7 @@ def makemigrations_cmd(
 
     Example: python manage.py makemigrations users -m "add email"
     """
+    from .. import commands
     g = globals_of(ctx)
     with exit_on_error():
         result = commands.makemigrations(
@@ -102,6 +102,7 @@ def startservice_cmd(
 
     Example: python manage.py startservice billing --database-url postgresql+psycopg://app@db/billing
     """
+    from .. import commands
     with exit_on_error():
         new = commands.startservice(name, backend=backend, database_url=database_url, **globals_of(ctx).where)
         out.print(f"Created service '{name}':", markup=False)
@@ -137,6 +138,7 @@ def init_cmd(
 
     Example: ncm-migrate init my-monorepo
     """
+    from .. import commands
     with exit_on_error():
         created = commands.init(directory)
         for path in created:

@@ -23,7 +23,6 @@ from .output import (
     print_json,
     write_plain,
 )
-from .verbs import commands
 
 
 def services_cmd(
@@ -34,6 +33,7 @@ def services_cmd(
 
     Example: python manage.py services --env staging --json
     """
+    from .. import commands
     with exit_on_error():
         found = commands.services(**globals_of(ctx).where)
         if as_json:
@@ -59,6 +59,7 @@ def showmigrations_cmd(
 
     Example: python manage.py showmigrations users billing
     """
+    from .. import commands
     with exit_on_error():
         found = commands.showmigrations(services or (), **globals_of(ctx).where)
         if as_json:
@@ -105,6 +106,7 @@ def history_cmd(
 
     Example: python manage.py history users --limit 20
     """
+    from .. import commands
     with exit_on_error():
         rows = commands.history([service] if service else [], limit=limit, run=run,
                                 **globals_of(ctx).where)
@@ -130,6 +132,7 @@ def wait_cmd(
 
     Example: python manage.py wait --env docker --timeout 120
     """
+    from .. import commands
     with exit_on_error():
         took = commands.wait(services or (), timeout=timeout, **globals_of(ctx).where)
         if globals_of(ctx).verbosity >= 0:
@@ -149,6 +152,7 @@ def doctor_cmd(
 
     Example: python manage.py doctor --env staging --json
     """
+    from .. import commands
     with exit_on_error():
         found = commands.doctor(services or (), **globals_of(ctx).where)
         if as_json:
@@ -197,6 +201,7 @@ def validate_cmd(
 
     Example: python manage.py validate users --format sarif -o validate.sarif
     """
+    from .. import commands
     g = globals_of(ctx)
     with exit_on_error():
         chosen = chosen_format(fmt, as_json)
@@ -224,6 +229,7 @@ def lint_cmd(
 
     Example: python manage.py lint billing --format github
     """
+    from .. import commands
     g = globals_of(ctx)
     with exit_on_error():
         chosen = chosen_format(fmt, as_json)
@@ -264,6 +270,7 @@ def check_cmd(
 
     Example: python manage.py check --env test --changed-since origin/main --format github
     """
+    from .. import commands
     g = globals_of(ctx)
     with exit_on_error():
         chosen = chosen_format(fmt, as_json)
@@ -292,6 +299,7 @@ def drift_cmd(
 
     Example: python manage.py drift users --env staging --json
     """
+    from .. import commands
     g = globals_of(ctx)
     with exit_on_error():
         chosen = chosen_format(fmt, as_json)

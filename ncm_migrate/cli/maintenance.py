@@ -10,7 +10,6 @@ import typer
 from ..errors import BadInput
 from .context import globals_of, terminal_questioner
 from .output import exit_on_error, out
-from .verbs import commands
 
 
 def repair_cmd(
@@ -23,6 +22,7 @@ def repair_cmd(
 
     Example: python manage.py repair billing
     """
+    from .. import commands
     with exit_on_error():
         actions = commands.repair(service, questioner=terminal_questioner(yes), **globals_of(ctx).where)
         if not actions:
@@ -49,6 +49,7 @@ def backup_cmd(
 
     Example: python manage.py backup billing -o backups/billing-before-release
     """
+    from .. import commands
     with exit_on_error():
         folder, manifest = commands.backup(service, out_dir, **globals_of(ctx).where)
         lock = " (encrypted)" if manifest.encrypted else ""
@@ -66,6 +67,7 @@ def restore_cmd(
 
     Example: python manage.py restore billing var/backups/production/billing/20250101T120000Z --yes
     """
+    from .. import commands
     with exit_on_error():
         manifest = commands.restore(service, folder, questioner=terminal_questioner(yes),
                                     **globals_of(ctx).where)

@@ -26,7 +26,6 @@ from .output import (
     show_cascade,
     where_each_stands,
 )
-from .verbs import commands
 
 if TYPE_CHECKING:
     from ..running import MigrateResult
@@ -139,6 +138,7 @@ def migrate_cmd(
 
     Example: python manage.py migrate --env staging --jobs 4
     """
+    from .. import commands
     g = globals_of(ctx)
     services = [service] if service else []
     with exit_on_error():
@@ -179,6 +179,7 @@ def migrate_cmd(
 
 
 def _verify_only(services: list[str], as_json: bool, g: Globals) -> None:
+    from .. import commands
     found = commands.verify(services, **g.where)
     failed = [v for v in found if not v.ok]
     if as_json:
@@ -220,6 +221,7 @@ def rollback_cmd(
 
     Example: python manage.py rollback billing --steps 2
     """
+    from .. import commands
     g = globals_of(ctx)
     with exit_on_error(), ProgressReporter(quiet=as_json or g.verbosity < 0) as reporter:
         _run(lambda: commands.rollback(
@@ -239,5 +241,6 @@ def sqlmigrate_cmd(
 
     Example: python manage.py sqlmigrate users 0002
     """
+    from .. import commands
     with exit_on_error():
         print(commands.sqlmigrate(service, revision, backwards=backwards, **globals_of(ctx).where))
