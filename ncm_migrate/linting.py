@@ -21,6 +21,16 @@ from .errors import NcmError
 from .findings import Finding, Severity
 from .model import Revision, ServiceConfig, Step
 from .redis_lint import REDIS_DESTRUCTIVE, REDIS_RULES, redis_calls, uses_redis
+from .revision_ast import (
+    Table,
+    batch_tables,
+    calls,
+    first_string,
+    is_false,
+    is_true,
+    keyword_string,
+    string_arg,
+)
 from .safe_ddl import RULES as SAFE_DDL_RULES
 from .safe_ddl import proven_not_null, unsafe_ddl
 from .squawk import find_squawk, run_squawk, without_version_table
@@ -61,7 +71,6 @@ _EXISTING_TABLE_RULES = frozenset(
 # `op.<name>(...)`: the position of its table argument (also accepted as `table_name=`).
 _TABLE_ARG = {"create_table": 0, "add_column": 0, "alter_column": 0, "drop_column": 0,
               "create_index": 1, "drop_index": 1}
-Table = tuple[str | None, str]  # (schema, name)
 _ALLOW = re.compile(r"#\s*ncm:\s*allow\s+([\w:,\- ]+)")
 _DESTRUCTIVE_SQL = re.compile(r"\b(DROP|TRUNCATE)\b", re.IGNORECASE)
 _SQL_DROPS = {
@@ -198,15 +207,6 @@ def _function(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctio
     return None
 
 
-def _calls(fn: ast.AST) -> Iterator[tuple[ast.Call, str]]:
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Attribute):
-                yield node, func.attr
-            elif isinstance(func, ast.Name):
-                yield node, func.id
-
 
 def _hit(rule: str, node: ast.Call, detail: str) -> Hit:
     return Hit(rule, node.lineno, node.end_lineno or node.lineno, detail)
@@ -215,13 +215,13 @@ def _hit(rule: str, node: ast.Call, detail: str) -> Hit:
 def _sql_hits(fn: ast.AST, postgres: bool) -> Iterator[Hit]:
     """The hits of `fn`, less those on a table it creates itself before the call: nobody
     reads, writes or waits for that table yet (squawk leaves such tables alone too)."""
-    batches = _batch_tables(fn)
+    batches = batch_tables(fn)
     created: dict[Table, int] = {}
-    for call, name in _calls(fn):
+    for call, name in calls(fn):
         table = _table_of(call, name, batches)
         if name == "create_table" and table is not None:
             created[table] = min(call.lineno, created.get(table, call.lineno))
-    for call, name in _calls(fn):
+    for call, name in calls(fn):
         table = _table_of(call, name, batches)
         since = created.get(table) if table is not None else None
         new = since is not None and since <= call.lineno
@@ -229,20 +229,6 @@ def _sql_hits(fn: ast.AST, postgres: bool) -> Iterator[Hit]:
             if not (new and hit.rule in _EXISTING_TABLE_RULES):
                 yield hit
 
-
-def _batch_tables(fn: ast.AST) -> dict[str, Table]:
-    """`with op.batch_alter_table("t") as batch_op:`: the table of each such name."""
-    out: dict[str, Table] = {}
-    for node in ast.walk(fn):
-        if isinstance(node, ast.With | ast.AsyncWith):
-            for item in node.items:
-                ctx, alias = item.context_expr, item.optional_vars
-                if (isinstance(ctx, ast.Call) and isinstance(ctx.func, ast.Attribute)
-                        and ctx.func.attr == "batch_alter_table" and isinstance(alias, ast.Name)):
-                    table = _string_arg(ctx, 0) or _keyword_string(ctx, "table_name")
-                    if table:
-                        out[alias.id] = (_keyword_string(ctx, "schema"), table)
-    return out
 
 
 def _table_of(call: ast.Call, name: str, batches: Mapping[str, Table]) -> Table | None:
@@ -252,32 +238,32 @@ def _table_of(call: ast.Call, name: str, batches: Mapping[str, Table]) -> Table 
         return batches[func.value.id]
     if name not in _TABLE_ARG:
         return None
-    table = _string_arg(call, _TABLE_ARG[name]) or _keyword_string(call, "table_name")
-    return (_keyword_string(call, "schema"), table) if table else None
+    table = string_arg(call, _TABLE_ARG[name]) or keyword_string(call, "table_name")
+    return (keyword_string(call, "schema"), table) if table else None
 
 
 def _sql_call_hits(call: ast.Call, name: str, postgres: bool) -> Iterator[Hit]:
-    what = _first_string(call)
+    what = first_string(call)
     if name in _SQL_DROPS:
         yield _hit(_SQL_DROPS[name], call, f"{name}({what!r})" if what else f"{name}()")
     elif name == "alter_column":
-        column = _string_arg(call, 1) or _keyword_string(call, "column_name") or "?"
+        column = string_arg(call, 1) or keyword_string(call, "column_name") or "?"
         kws = {k.arg: k.value for k in call.keywords if k.arg}
         if "new_column_name" in kws:
             yield _hit("rename-column", call, f"alter_column({column!r}, new_column_name=...)")
         if "type_" in kws:
             yield _hit("type-change", call, f"alter_column({column!r}, type_=...)")
-        if _is_false(kws.get("nullable")):
+        if is_false(kws.get("nullable")):
             yield _hit("not-null-without-default", call, f"alter_column({column!r}, nullable=False)")
     elif name == "add_column":
         new = _column_call(call)
         if new is not None and _required_without_default(new):
-            label = _first_string(new) or "?"
+            label = first_string(new) or "?"
             yield _hit("not-null-without-default", call,
                        f"add_column({label!r}, nullable=False) with no server_default")
     elif name == "create_index" and postgres:
         kws = {k.arg: k.value for k in call.keywords if k.arg}
-        if not _is_true(kws.get("postgresql_concurrently")):
+        if not is_true(kws.get("postgresql_concurrently")):
             yield _hit("non-concurrent-index", call, f"create_index({what!r})")
     elif name in ("execute", "exec_driver_sql"):
         sql = _sql_text(call)
@@ -287,13 +273,13 @@ def _sql_call_hits(call: ast.Call, name: str, postgres: bool) -> Iterator[Hit]:
 
 
 def _mongo_hits(fn: ast.AST) -> Iterator[Hit]:
-    for call, name in _calls(fn):
+    for call, name in calls(fn):
         if name == "drop" and (call.args or not isinstance(call.func, ast.Attribute)):
             continue  # `coll.drop()` takes no arguments; anything else is not a collection
         if name in _MONGO_DROPS:
-            yield _hit(_MONGO_DROPS[name], call, f"{name}({_first_string(call) or ''!s})")
+            yield _hit(_MONGO_DROPS[name], call, f"{name}({first_string(call) or ''!s})")
         elif name == "command":
-            verb = _string_arg(call, 0) or ""
+            verb = string_arg(call, 0) or ""
             if verb in ("drop", "dropDatabase"):
                 yield _hit("drop-collection", call, f"command({verb!r})")
             elif verb in ("dropIndexes", "deleteIndexes"):
@@ -317,24 +303,24 @@ def _contract_hits(fn: ast.AST, backend: str) -> Iterator[Hit]:
     """`contract-in-pre`: the contract steps of `fn`, less those on a table it creates
     itself first (nothing deployed uses that table yet)."""
     if backend == "mongo":
-        for call, name in _calls(fn):
+        for call, name in calls(fn):
             if name in _MONGO_CONTRACT and isinstance(call.func, ast.Attribute):
-                yield _hit("contract-in-pre", call, f"{name}({_first_string(call) or ''!s})")
+                yield _hit("contract-in-pre", call, f"{name}({first_string(call) or ''!s})")
         return
-    batches = _batch_tables(fn)
-    created = {t for call, name in _calls(fn) if name == "create_table"
+    batches = batch_tables(fn)
+    created = {t for call, name in calls(fn) if name == "create_table"
                for t in [_table_of(call, name, batches)] if t is not None}
-    for call, name in _calls(fn):
+    for call, name in calls(fn):
         if _table_of(call, name, batches) in created:
             continue
-        what = _first_string(call)
+        what = first_string(call)
         kws = {k.arg: k.value for k in call.keywords if k.arg}
         if name in _CONTRACT_CALLS:
             yield _hit("contract-in-pre", call, f"{name}({what!r})" if what else f"{name}()")
         elif name == "alter_column":
-            column = _string_arg(call, 1) or _keyword_string(call, "column_name") or "?"
+            column = string_arg(call, 1) or keyword_string(call, "column_name") or "?"
             changes = [v for k, v in _CONTRACT_ALTERS.items() if k in kws]
-            changes += ["SET NOT NULL"] if _is_false(kws.get("nullable")) else []
+            changes += ["SET NOT NULL"] if is_false(kws.get("nullable")) else []
             if changes:
                 yield _hit("contract-in-pre", call, f"alter_column({column!r}) ({', '.join(changes)})")
         elif name in ("execute", "exec_driver_sql"):
@@ -344,34 +330,9 @@ def _contract_hits(fn: ast.AST, backend: str) -> Iterator[Hit]:
                 yield _hit("contract-in-pre", call, f"{name}() with {verb}")
 
 
-def _string_arg(call: ast.Call, index: int) -> str | None:
-    if len(call.args) > index:
-        arg = call.args[index]
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            return arg.value
-    return None
 
 
-def _keyword_string(call: ast.Call, name: str) -> str | None:
-    for kw in call.keywords:
-        if kw.arg == name and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
-            return kw.value.value
-    return None
 
-
-def _first_string(call: ast.Call) -> str | None:
-    for arg in call.args:
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            return arg.value
-    return None
-
-
-def _is_false(node: ast.expr | None) -> bool:
-    return isinstance(node, ast.Constant) and node.value is False
-
-
-def _is_true(node: ast.expr | None) -> bool:
-    return isinstance(node, ast.Constant) and node.value is True
 
 
 def _column_call(call: ast.Call) -> ast.Call | None:
@@ -386,11 +347,11 @@ def _column_call(call: ast.Call) -> ast.Call | None:
 
 def _required_without_default(column: ast.Call) -> bool:
     kws = {k.arg: k.value for k in column.keywords if k.arg}
-    if _is_true(kws.get("primary_key")):
+    if is_true(kws.get("primary_key")):
         return False
     default = kws.get("server_default")
     has_default = default is not None and not (isinstance(default, ast.Constant) and default.value is None)
-    return _is_false(kws.get("nullable")) and not has_default
+    return is_false(kws.get("nullable")) and not has_default
 
 
 def _sql_text(call: ast.Call) -> str | None:

@@ -12,6 +12,17 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from .revision_ast import Table as NamedTable
+from .revision_ast import (
+    batch_tables,
+    calls,
+    first_string,
+    is_false,
+    is_true,
+    keyword_string,
+    string_arg,
+)
+
 # Each rule's reason and its fix: the finding's message says what to write instead.
 RULES: dict[str, str] = {
     "constraint-not-valid": (
@@ -93,10 +104,10 @@ def unsafe_ddl(upgrade: ast.AST) -> Iterator[Unsafe]:
 
     Operations on a table that the same `upgrade()` creates first are safe: nobody reads or
     writes it yet."""
-    calls = sorted(_calls(upgrade), key=lambda c: (c[0].lineno, c[0].col_offset))
-    batches = _batch_tables(upgrade)
+    ordered = sorted(calls(upgrade), key=lambda c: (c[0].lineno, c[0].col_offset))
+    batches = batch_tables(upgrade)
     created: dict[Table, int] = {}
-    for call, name in calls:
+    for call, name in ordered:
         table = _table_of(call, name, batches)
         if name == "create_table" and table:
             created.setdefault(table, call.lineno)
@@ -109,19 +120,19 @@ def unsafe_ddl(upgrade: ast.AST) -> Iterator[Unsafe]:
         return table is not None and not (table in created and created[table] <= line)
 
     checked: dict[Table, int] = {}  # validated NOT NULL checks: table -> first line
-    if any(_locks_existing(call, name, batches, existing) for call, name in calls):
-        yield from _backfills(upgrade, calls)
-    for call, name in calls:
+    if any(_locks_existing(call, name, batches, existing) for call, name in ordered):
+        yield from _backfills(upgrade, ordered)
+    for call, name in ordered:
         table = _table_of(call, name, batches)
         kws = {k.arg: k.value for k in call.keywords if k.arg}
-        what = f"{name}({_first_string(call)!r})" if _first_string(call) else f"{name}()"
-        not_valid = _is_true(kws.get("postgresql_not_valid"))
+        what = f"{name}({first_string(call)!r})" if first_string(call) else f"{name}()"
+        not_valid = is_true(kws.get("postgresql_not_valid"))
         adds_constraint = name in ("create_foreign_key", "create_check_constraint")
         if adds_constraint and existing(table, call.lineno) and not not_valid:
             yield _unsafe("constraint-not-valid", call, what)
         if name == "create_check_constraint" and table and not not_valid:
-            condition = (_string_arg(call, 1 if _in_batch(call, batches) else 2)
-                         or _keyword_string(call, "condition"))
+            condition = (string_arg(call, 1 if _in_batch(call, batches) else 2)
+                         or keyword_string(call, "condition"))
             if condition and _IS_NOT_NULL.search(condition):
                 checked.setdefault(table, call.lineno)  # validated as it is added
         elif name == "create_unique_constraint" and existing(table, call.lineno):
@@ -130,8 +141,8 @@ def unsafe_ddl(upgrade: ast.AST) -> Iterator[Unsafe]:
             default = _server_default(call)
             if default is not None and _VOLATILE.search(default):
                 yield _unsafe("volatile-default", call, f"{what} with server_default {default}")
-        elif name == "alter_column" and existing(table, call.lineno) and _is_false(kws.get("nullable")):
-            column = _string_arg(call, 0 if _in_batch(call, batches) else 1) or "?"
+        elif name == "alter_column" and existing(table, call.lineno) and is_false(kws.get("nullable")):
+            column = string_arg(call, 0 if _in_batch(call, batches) else 1) or "?"
             if table not in checked:
                 yield _unsafe("set-not-null-without-check", call, f"alter_column({column!r}, nullable=False)")
         for text in _statements(call, name):
@@ -143,8 +154,8 @@ def proven_not_null(upgrade: ast.AST) -> set[int]:
     them (on their table: `VALIDATE CONSTRAINT` names no column) makes safe; no row can be
     NULL there, so `not-null-without-default` does not apply to them either."""
     unsafe = {u.line for u in unsafe_ddl(upgrade) if u.rule == "set-not-null-without-check"}
-    return {call.lineno for call, name in _calls(upgrade) if name == "alter_column"
-            and any(k.arg == "nullable" and _is_false(k.value) for k in call.keywords)} - unsafe
+    return {call.lineno for call, name in calls(upgrade) if name == "alter_column"
+            and any(k.arg == "nullable" and is_false(k.value) for k in call.keywords)} - unsafe
 
 
 def _raw_sql(call: ast.Call, name: str, text: str, existing: Callable[[Table | None, int], bool],
@@ -168,7 +179,7 @@ def _raw_sql(call: ast.Call, name: str, text: str, existing: Callable[[Table | N
         yield _unsafe("set-not-null-without-check", call, f"{name}() with SET NOT NULL")
 
 
-def _locks_existing(call: ast.Call, name: str, batches: Mapping[str, Table],
+def _locks_existing(call: ast.Call, name: str, batches: Mapping[str, NamedTable],
                     existing: Callable[[Table | None, int], bool]) -> bool:
     """Whether a call changes the schema of a table that exists already (or one it does not
     name): a lock others wait for, held until the revision's transaction ends. A table the
@@ -212,44 +223,21 @@ def _unsafe(rule: str, node: ast.Call, detail: str) -> Unsafe:
     return Unsafe(rule, node.lineno, node.end_lineno or node.lineno, detail)
 
 
-def _calls(fn: ast.AST) -> Iterator[tuple[ast.Call, str]]:
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Attribute):
-                yield node, func.attr
-            elif isinstance(func, ast.Name):
-                yield node, func.id
 
 
-def _batch_tables(fn: ast.AST) -> dict[str, Table]:
-    """`with op.batch_alter_table("t") as batch_op:`: the table of each such name."""
-    out: dict[str, Table] = {}
-    for node in ast.walk(fn):
-        if isinstance(node, ast.With | ast.AsyncWith):
-            for item in node.items:
-                ctx, alias = item.context_expr, item.optional_vars
-                if (isinstance(ctx, ast.Call) and isinstance(ctx.func, ast.Attribute)
-                        and ctx.func.attr == "batch_alter_table" and isinstance(alias, ast.Name)):
-                    table = _string_arg(ctx, 0) or _keyword_string(ctx, "table_name")
-                    if table:
-                        out[alias.id] = table
-    return out
-
-
-def _in_batch(call: ast.Call, batches: Mapping[str, Table]) -> bool:
+def _in_batch(call: ast.Call, batches: Mapping[str, NamedTable]) -> bool:
     func = call.func
     return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in batches
 
 
-def _table_of(call: ast.Call, name: str, batches: Mapping[str, Table]) -> Table | None:
+def _table_of(call: ast.Call, name: str, batches: Mapping[str, NamedTable]) -> Table | None:
     if _in_batch(call, batches):
         assert isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
-        return batches[call.func.value.id]
+        return batches[call.func.value.id][1]
     if name not in _TABLE_ARG:
         return None
-    return (_string_arg(call, _TABLE_ARG[name]) or _keyword_string(call, "table_name")
-            or _keyword_string(call, "source_table"))
+    return (string_arg(call, _TABLE_ARG[name]) or keyword_string(call, "table_name")
+            or keyword_string(call, "source_table"))
 
 
 def _statements(call: ast.Call, name: str) -> list[str]:
@@ -284,29 +272,5 @@ def _server_default(call: ast.Call) -> str | None:
     return None
 
 
-def _string_arg(call: ast.Call, index: int) -> str | None:
-    if len(call.args) > index:
-        arg = call.args[index]
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            return arg.value
-    return None
 
 
-def _keyword_string(call: ast.Call, name: str) -> str | None:
-    for kw in call.keywords:
-        if kw.arg == name and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
-            return kw.value.value
-    return None
-
-
-def _first_string(call: ast.Call) -> str | None:
-    return next((a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)),
-                None)
-
-
-def _is_false(node: ast.expr | None) -> bool:
-    return isinstance(node, ast.Constant) and node.value is False
-
-
-def _is_true(node: ast.expr | None) -> bool:
-    return isinstance(node, ast.Constant) and node.value is True
