@@ -24,6 +24,16 @@ from .output import (
     write_plain,
 )
 
+# The findings commands' report options (validate, lint, check, drift), declared once.
+JsonOption = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+FormatOption = Annotated[
+    OutputFormat | None,
+    typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
+]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
+]
+
 
 def services_cmd(
     ctx: typer.Context,
@@ -184,15 +194,10 @@ def doctor_cmd(
 def validate_cmd(
     ctx: typer.Context,
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    as_json: JsonOption = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
-    fmt: Annotated[
-        OutputFormat | None,
-        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
-    ] = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
 ) -> None:
     """Check the graph, revision files, version tables, applied checksums and lint.
 
@@ -212,15 +217,10 @@ def validate_cmd(
 def lint_cmd(
     ctx: typer.Context,
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    as_json: JsonOption = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
-    fmt: Annotated[
-        OutputFormat | None,
-        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
-    ] = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
 ) -> None:
     """Find dangerous operations in revisions' upgrade(), with file, line and reason.
 
@@ -242,15 +242,10 @@ def check_cmd(
     services: Annotated[
         list[str] | None, typer.Argument(help="Services for --drift and --roundtrip (default: all).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    as_json: JsonOption = False,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too.")] = False,
-    fmt: Annotated[
-        OutputFormat | None,
-        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
-    ] = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
     changed_since: Annotated[
         str | None,
         typer.Option("--changed-since", metavar="REF",
@@ -282,14 +277,9 @@ def check_cmd(
 def drift_cmd(
     ctx: typer.Context,
     services: Annotated[list[str] | None, typer.Argument(help="Services (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
-    fmt: Annotated[
-        OutputFormat | None,
-        typer.Option("--format", help="text, json, github (workflow commands), sarif or junit."),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
-    ] = None,
+    as_json: JsonOption = False,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
 ) -> None:
     """Compare each live database with the schema its applied revisions give; exit 1 on drift.
 
