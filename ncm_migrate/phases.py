@@ -4,7 +4,7 @@ deployed, contract after it) and by maintenance window. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from .findings import Finding, relative_file
@@ -19,17 +19,20 @@ def needs_of(graph: Graph, key: RevisionKey) -> tuple[RevisionKey, ...]:
 
 
 def phase_findings(
-    graph: Graph, keys: Iterable[RevisionKey] | None = None, root: Path | None = None
+    graph: Graph, keys: Iterable[RevisionKey], pending: Callable[[RevisionKey], bool],
+    root: Path | None = None,
 ) -> list[Finding]:
-    """Pre-deploy revisions (of `keys`, default all) that need a post-deploy one: `migrate
-    --phase pre` would have to contract before the deploy."""
+    """Pending pre-deploy revisions (of `keys`) that need a pending post-deploy one:
+    `migrate --phase pre` would have to contract before the deploy. A post-deploy revision
+    already applied (the last deploy's contract step) is no obstacle: the next expand step
+    builds on it."""
     findings: list[Finding] = []
-    for key in graph.nodes if keys is None else keys:
+    for key in keys:
         rev = graph.nodes[key]
-        if rev.phase != "pre":
+        if rev.phase != "pre" or not pending(key):
             continue
         for need in needs_of(graph, key):
-            if need in graph.nodes and graph.nodes[need].phase == "post":
+            if need in graph.nodes and graph.nodes[need].phase == "post" and pending(need):
                 findings.append(Finding(
                     key.service, key.revision, "phase-order", "error",
                     f"{key} is a pre-deploy revision but needs {need}, a post-deploy one "

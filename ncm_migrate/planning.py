@@ -106,7 +106,8 @@ def plan_migrate(
         targets = upgrade_targets(project.graph, [s.name for s in selected])
     steps = plan_upgrade(project.graph, applied, targets)
     if phase == "pre":
-        raise_first(phase_findings(project.graph, [s.key for s in steps.steps], project.root))
+        todo = {s.key for s in steps.steps}  # every pending revision the plan needs
+        raise_first(phase_findings(project.graph, todo, todo.__contains__, project.root))
     steps = select_phase(steps, project.graph, phase)
     missing = left_out(project, steps)
     if missing:

@@ -121,7 +121,6 @@ def graph_findings(
         unreadable=unreadable,
     )
     findings += heads_findings(graph, [svc.name for svc in settings.services], root)
-    findings += phase_findings(graph, root=root)
     for rev in graph.nodes.values():
         for fn in ("upgrade", "downgrade"):
             if fn not in rev.defines:
@@ -275,6 +274,13 @@ def validate_settings(
             return others[name]
 
         findings += requirement_findings(settings, graph, states, state_of)
+
+        def not_applied(key: RevisionKey) -> bool:
+            state = states.get(key.service) or state_of(key.service)
+            return state is None or key.revision not in state.applied
+
+        mine = [k for k in graph.nodes if k.service in chosen]
+        findings += phase_findings(graph, mine, not_applied, root=settings.root)
     return findings
 
 

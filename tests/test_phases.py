@@ -147,6 +147,23 @@ def test_a_pre_revision_that_needs_a_post_one_is_refused(repo: Monorepo, sqlite_
     assert repo.cli("migrate").code == 0  # in graph order it still runs
 
 
+def test_the_next_expand_step_builds_on_the_last_contract_step(repo: Monorepo, sqlite_url: str) -> None:
+    """The lifecycle: once a deploy's post-deploy revision is applied, the next pre-deploy
+    revision after it is no phase-order problem (only a pending post-deploy one is)."""
+    _expand_contract(repo, sqlite_url)
+    assert repo.cli("migrate").code == 0  # the first deploy, contract step included
+    repo.revision("billing", "0003", down="0002",
+                  upgrade="op.add_column('invoices', sa.Column('total', sa.Integer))",
+                  downgrade="""
+        with op.batch_alter_table('invoices') as batch:
+            batch.drop_column('total')""")
+    found = repo.cli("validate", "--json")
+    assert "phase-order" not in {f["rule"] for f in json.loads(found.stdout)["findings"]}
+    expand = repo.cli("migrate", "--phase", "pre")
+    assert expand.code == 0, expand.output
+    assert "total" in [name for name, _type, _null in _schema(sqlite_url)["invoices"]]
+
+
 @pytest.mark.parametrize("value", ["'during'", "True", "['post']"])
 def test_a_bad_phase_is_exit_2_naming_the_file(repo: Monorepo, sqlite_url: str, value: str) -> None:
     repo.settings(f'[development]\ndatabase_url = "{sqlite_url}"\n')
@@ -288,7 +305,7 @@ def test_select_phase_in_memory() -> None:
         "a": [_rev("a", "1"), _rev("a", "2", "1", "post")],
         "b": [_rev("b", "1", requires=("a:1",)), _rev("b", "2", "1")],
     }, {})
-    assert findings == [] and phase_findings(graph) == []
+    assert findings == [] and phase_findings(graph, graph.nodes, lambda _key: True) == []
     full = plan_upgrade(graph, {}, upgrade_targets(graph, ["a", "b"]))
     pre = select_phase(full, graph, "pre")
     assert [str(s.key) for s in pre.steps] == ["a:1", "b:1", "b:2"]
