@@ -178,8 +178,8 @@ class StepAttempts:
         return (
             f"Revision {step.service}:{step.revision} could not take its locks: its {tries} "
             f"over {attempts.elapsed_ms() / 1000:.1f}s ended in a {lock_failure(exc)} "
-            f"({setting} {wait}; {policy}).{blockers} Nothing of it stays; once they are done, "
-            f"run the same command again (for example `manage.py migrate {step.service}`)."
+            f"({setting} {wait}; {policy}).{blockers} Nothing of it stays; when the sessions "
+            "holding its tables' locks are done, run the same command again."
         )
 
     def not_retried_note(self, exc: BaseException) -> str:
