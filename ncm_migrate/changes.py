@@ -129,6 +129,9 @@ def services_of_paths(
     owners: set[str] = set()
     for name in paths:
         path = Path(name).absolute()
+        if not path.exists():
+            raise BadInput(f"No such file: {name} (a file argument must be a file of the "
+                           "project; a service is named without a slash).")
         owner = service_of(settings, path)
         if owner is not None:
             owners.add(owner)

@@ -127,3 +127,16 @@ def test_bad_refs_and_folders_are_exit_2(project: Monorepo, repo: Monorepo, tmp_
 
     no_git = project.cli("check", "--changed-since", "main", env={"PATH": str(tmp_path / "empty")})
     assert no_git.code == 2 and "needs git" in no_git.stderr
+
+
+def test_a_file_argument_that_does_not_exist_is_bad_input(repo: Monorepo, tmp_path: Path) -> None:
+    """`lint`/`validate` take files (pre-commit passes them); a misspelt one checks nothing
+    and must not pass as "OK"."""
+    repo.table("users", "0001_initial", "users_t")
+    repo.settings(f'[development]\ndatabase_url = "sqlite:///{tmp_path}/db.sqlite"\n')
+    real = repo.root / "services/users/migrations/0001_initial.py"
+    assert repo.cli("lint", str(real)).code == 0
+    for command in ("lint", "validate"):
+        missing = repo.cli(command, str(repo.root / "services/userz/migrations/0001_initial.py"))
+        assert missing.code == 2 and "No such file" in missing.stderr, missing.output
+        assert "Traceback" not in missing.output
