@@ -154,10 +154,11 @@ def test_rollback_last_run_returns_every_database_to_before_that_run(
     # The newest run that applied something is still B, and nothing of it is left to revert.
     again = repo.cli("rollback", "--last-run")
     assert again.code == 0, again.output
-    assert f"Nothing to do: what run {run_b} applied is rolled back already." in again.stdout
+    assert f"Nothing to do: run {run_b} left nothing applied to revert." in again.stdout
 
     older = repo.cli("rollback", "--run", str(run_a))
     assert older.code == 0, older.output
+    assert f"Reverted what run {run_a} applied." in older.stdout  # the text says which run
     assert schemas(urls) == before_a
     assert heads(urls) == {"users": set(), "billing": set()}
 

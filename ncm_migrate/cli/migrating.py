@@ -71,9 +71,11 @@ def _run_and_print(
                     "reverted_run": result.undid_run, "deferred": result.plan.deferred})
     elif not quiet:
         if not result.plan.steps and not result.plan.deferred:
-            out.print("Nothing to do: " + (f"what run {result.undid_run} applied is rolled back already."
+            out.print("Nothing to do: " + (f"run {result.undid_run} left nothing applied to revert."
                                            if result.undid_run else "every service is at its target."))
         print_summary(result.report)
+        if result.undid_run and result.plan.steps:
+            out.print(f"Reverted what run {result.undid_run} applied.", markup=False)
         print_deferred(result.plan)
         _print_run_id(result.run_id, result.results)
 
