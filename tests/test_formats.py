@@ -84,6 +84,10 @@ def test_github_sarif_and_junit_carry_the_json_findings(
     assert sarif_run.code == 1 and sarif_run.stdout == ""
     sarif = json.loads(out.read_text())
     jsonschema.Draft4Validator(_sarif_schema()).validate(sarif)
+    text_out = tmp_path / "reports" / f"{command}.txt"  # the default format, to a file
+    text_run = repo.cli(*cmd, "-o", str(text_out))
+    assert text_run.code == 1 and text_run.stdout == "" and text_out.read_text()
+    assert f"text report written to {text_out}" in " ".join(text_run.stderr.split())
     assert sarif["version"] == "2.1.0" and len(sarif["runs"]) == 1
     run = sarif["runs"][0]
     rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}

@@ -241,7 +241,7 @@ def print_findings(report: Report, fmt: Format, quiet: bool, output: Path | None
         except OSError as exc:
             err.print(f"Error: cannot write {output}: {exc.strerror or exc}.", markup=False)
             raise typer.Exit(2) from None
-        if not quiet and fmt != "text":
+        if not quiet:
             err.print(f"{report.summary()}; {fmt} report written to {output}", markup=False)
     elif fmt != "text":
         sys.stdout.write(render(report, fmt, command))
