@@ -58,9 +58,10 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\s*")
 
 
 def duration_ms(value: object) -> int | None:
-    """A timeout as PostgreSQL writes one (`"2s"`, `"500ms"`, `"1min"`, `"0"`; a bare number
-    is milliseconds, as in PostgreSQL) in whole milliseconds; -1 for `""` (the server's own
-    value, not set); None if it is not one."""
+    """A timeout as PostgreSQL writes one (`"2s"`, `"500ms"`, `"1min"`, `"0"`) in whole
+    milliseconds; -1 for `""` (the server's own value, not set); None if it is not one. A
+    bare number other than 0 is not one: PostgreSQL reads it as milliseconds, ncm-migrate's
+    other `*_s` settings as seconds, so `5` is refused rather than guessed."""
     if value == "":
         return -1
     if isinstance(value, bool):
@@ -70,14 +71,14 @@ def duration_ms(value: object) -> int | None:
     if not isinstance(value, str):
         return None
     found = _DURATION.fullmatch(value)
-    if found is None:
+    if found is None or (found.group(2) is None and float(found.group(1)) != 0):
         return None
     ms = float(found.group(1)) * _UNIT_MS[found.group(2) or "ms"]
     return 0 if ms == 0 else max(1, math.ceil(ms))
 
 
-DURATION_HINT = ('a duration such as "2s", "500ms" or "1min" ("0" for none, "" for the '
-                 "server's own)")
+DURATION_HINT = ('a duration with its unit, such as "2s", "500ms" or "1min" ("0" for none, "" '
+                 "for the server's own)")
 
 
 @dataclass(frozen=True)

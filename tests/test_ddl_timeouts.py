@@ -270,8 +270,10 @@ def test_one_transaction_is_given_to_squawk_without_its_begin_and_commit() -> No
 
 
 @pytest.mark.parametrize(("text", "ms"), [("2s", 2000), ("500ms", 500), ("1min", 60_000),
-                                          ("0", 0), (250, 250), ("1.5s", 1500), ("", -1),
-                                          ("soon", None), ("-1s", None), (True, None)])
+                                          ("0", 0), (0, 0), ("1.5s", 1500), ("", -1),
+                                          ("soon", None), ("-1s", None), (True, None),
+                                          # no unit: ms to PostgreSQL, s to our *_s settings
+                                          (250, None), ("5", None)])
 def test_durations_read_as_postgresql_writes_them(text: object, ms: int | None) -> None:
     assert duration_ms(text) == ms
 
@@ -288,9 +290,10 @@ def test_set_statements_per_database() -> None:
 
 def test_bad_timeout_settings_and_headers_are_one_sentence(repo: Monorepo, sqlite_url: str) -> None:
     repo.table("shop", "0001_items", "items")
-    repo.urls({"shop": sqlite_url}, extra='[development.ddl]\nlock_timeout = "soon"\n')
-    result = repo.cli("showmigrations")
-    assert result.code == 2 and "ddl.lock_timeout" in result.stderr and "2s" in result.stderr
+    for value in ('"soon"', "5"):
+        repo.urls({"shop": sqlite_url}, extra=f"[development.ddl]\nlock_timeout = {value}\n")
+        result = repo.cli("showmigrations")
+        assert result.code == 2 and "ddl.lock_timeout" in result.stderr and "2s" in result.stderr
     assert "Traceback" not in result.output
     repo.urls({"shop": sqlite_url})
     repo.revision("shop", "0002_x", down="0001_items", extra='lock_timeout = "a while"\n')
