@@ -162,12 +162,12 @@ class _RoundTrip:
             self.scratch.apply([step])
         except MigrationFailed as exc:
             self.findings.append(roundtrip_failure(
-                step.service, step.revision, self.scratch.file(step.service), doing, str(exc)))
+                step.service, step.revision, self.scratch.file(step.service, step.revision), doing, str(exc)))
             return False
         if after is not None and self._checked(step):
             new = new_differences(old, compare_schemas(after, self.scratch.schema()))
             self.findings += roundtrip_findings(step.service, step.revision,
-                                                self.scratch.file(step.service), new, problem)
+                                                self.scratch.file(step.service, step.revision), new, problem)
         return True
 
     def _checked(self, step: Step) -> bool:
@@ -221,8 +221,11 @@ class _Scratch:
         return self.backend(next(iter(self.backends), self.config.name)).read_schema(
             _version_tables(self.project))
 
-    def file(self, service: str) -> str:
-        return _file(self.project, service)
+    def file(self, service: str, revision: str) -> str:
+        """Where a finding about `revision` points: its file (so a CI annotation lands on
+        it), else the service's migrations folder."""
+        rev = self.project.revisions[service].get(revision)
+        return relative_file(rev.path, self.project.root) if rev else _file(self.project, service)
 
 
 def _quiet(_step: Step, _phase: str, _result: StepResult | None) -> None:

@@ -71,6 +71,7 @@ def test_a_downgrade_that_raises_is_named_with_its_error(
     code, findings = roundtrip(repo)
     assert code == 1
     assert [f["revision"] for f in findings] == ["0003_notes"]
+    assert findings[0]["file"].endswith("migrations/0003_notes.py")  # where CI annotates it
     assert "cannot undo notes" in findings[0]["message"]
     assert findings[0]["message"].startswith("its downgrade failed")
     assert_dropped(scratches, db_url, listed)
