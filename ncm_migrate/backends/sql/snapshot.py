@@ -74,6 +74,8 @@ def _column(col: Mapping[str, Any], dialect: sa.Dialect) -> str:
 
 
 def _checks(inspector: sa.Inspector, table: str) -> list[Any]:
+    """The table's check constraints; none where the dialect cannot reflect them
+    (SQLAlchemy's inspector raises NotImplementedError there)."""
     try:
         return list(inspector.get_check_constraints(table))
     except NotImplementedError:
